@@ -1,0 +1,103 @@
+"""What plugs into JupyterHub. `configure(c, settings)` is the whole hub config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from shangzhuang.settings import Settings, node_gpus
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+ADMIN_PASSWORD_FILE = "admin-password"
+NOT_ISOLATED = (
+    "This hub does not run as root, so every session runs as the same Unix account: "
+    "users are not isolated from each other. Run the hub as root to give each user "
+    "their own account."
+)
+
+
+def proxy_command() -> str:
+    """configurable-http-proxy as `make up` installs it into the project, else from PATH."""
+    local = PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
+    return str(local) if local.exists() else (shutil.which("configurable-http-proxy") or str(local))
+
+
+def configure(c, settings: Settings) -> None:
+    """Fill a JupyterHub config object from the site settings."""
+    from shangzhuang.hub.auth import WorkbenchAuthenticator
+    from shangzhuang.hub.gpus import GpuPool
+    from shangzhuang.hub.spawners import LocalSpawner
+
+    hub, state = settings.hub, settings.hub.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)  # hub state is never readable by user sessions
+
+    c.JupyterHub.bind_url = hub.url
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub.api_port}"
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
+    c.ConfigurableHTTPProxy.command = [proxy_command()]
+    c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    c.JupyterHub.db_url = hub.db_url
+    c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
+    c.JupyterHub.pid_file = str(state / "hub.pid")
+    # Hub restarts (upgrades, crashes) leave running sessions alone, as z2jh does.
+    c.JupyterHub.cleanup_servers = not hub.keep_sessions_on_restart
+    c.JupyterHub.template_vars = {"site_name": settings.site.name}
+
+    # --- sign-in ---------------------------------------------------------------------
+    c.JupyterHub.authenticator_class = WorkbenchAuthenticator
+    native = settings.auth.native
+    c.Authenticator.admin_users = set(hub.admins)
+    c.Authenticator.allow_all = True  # NativeAuthenticator's approval is the gate
+    # Hub names become Unix account names (after the prefix): keep them portable.
+    c.Authenticator.username_pattern = r"^[a-z][a-z0-9_-]{0,15}$"
+    c.WorkbenchAuthenticator.open_signup = native.open_signup
+    c.WorkbenchAuthenticator.minimum_password_length = native.minimum_password_length
+    c.WorkbenchAuthenticator.allowed_failed_logins = native.allowed_failed_logins
+    c.WorkbenchAuthenticator.seconds_before_next_try = native.seconds_before_next_try
+    password_file = state / ADMIN_PASSWORD_FILE
+    if password_file.exists():
+        c.WorkbenchAuthenticator.bootstrap_admin_password = password_file.read_text().strip()
+    c.WorkbenchAuthenticator.reset_admin_password = os.environ.get(
+        "SHANGZHUANG_ADMIN_PASSWORD", ""
+    )
+
+    # --- sessions --------------------------------------------------------------------
+    local = settings.backend.local
+    c.JupyterHub.spawner_class = LocalSpawner
+    c.LocalSpawner.profiles = list(settings.profiles)
+    c.LocalSpawner.gpu_pool = GpuPool(node_gpus(settings))
+    c.LocalSpawner.user_prefix = local.user_prefix
+    c.LocalSpawner.home_root = str(local.home_root)
+    c.LocalSpawner.log_dir = str(state / "sessions")
+    c.Spawner.cmd = [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
+    c.Spawner.default_url = "/lab"
+    c.Spawner.start_timeout = 120
+    c.Spawner.http_timeout = 120
+    if os.geteuid() != 0:
+        c.JupyterHub.template_vars["announcement_home"] = NOT_ISOLATED
+        c.JupyterHub.template_vars["announcement_spawn"] = NOT_ISOLATED
+
+    # --- services --------------------------------------------------------------------
+    services, roles = [], []
+    if hub.idle_timeout_seconds:
+        services.append(
+            {
+                "name": "idle-culler",
+                "command": [
+                    sys.executable, "-m", "jupyterhub_idle_culler",
+                    f"--timeout={hub.idle_timeout_seconds}",
+                ],
+            }
+        )  # fmt: skip
+        roles.append(
+            {
+                "name": "idle-culler",
+                "services": ["idle-culler"],
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            }
+        )
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles

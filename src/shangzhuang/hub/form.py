@@ -1,0 +1,60 @@
+"""The spawn page's form: one choice per profile, with its resources and whether it is free now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+
+from shangzhuang.hub.gpus import GpuPool
+from shangzhuang.settings import Profile
+
+
+@dataclass(frozen=True)
+class Choice:
+    profile: Profile
+    available: bool
+    why_not: str = ""
+
+
+def choices(profiles: list[Profile], pool: GpuPool) -> list[Choice]:
+    """Each profile with whether the node can start it right now, and why not."""
+    out = []
+    free = len(pool.free())
+    for p in profiles:
+        if p.gpus and pool.total == 0:
+            out.append(Choice(p, False, "this node has no GPU"))
+        elif p.gpus > free:
+            out.append(Choice(p, False, f"{free} of {pool.total} GPUs free"))
+        else:
+            out.append(Choice(p, True))
+    return out
+
+
+def resources(p: Profile) -> str:
+    """'2 cores · 4 GB · no GPU' as shown beside a profile."""
+    gib = p.memory / 1024**3
+    mem = f"{gib:g} GB" if gib >= 1 else f"{p.memory // 1024**2} MB"
+    gpus = {0: "no GPU", 1: "1 GPU"}.get(p.gpus, f"{p.gpus} GPUs")
+    return f"{p.cores:g} cores · {mem} · {gpus}"
+
+
+def render(options: list[Choice]) -> str:
+    """The HTML JupyterHub puts inside its spawn form."""
+    first_free = next((c.profile.name for c in options if c.available), None)
+    rows = []
+    for c in options:
+        p = c.profile
+        checked = " checked" if p.name == first_free else ""
+        disabled = "" if c.available else " disabled"
+        status = "available" if c.available else escape(c.why_not)
+        rows.append(
+            f'<label class="sz-profile list-group-item{" disabled" if disabled else ""}"'
+            f' data-profile="{escape(p.name)}" data-available="{str(c.available).lower()}">'
+            f'<input type="radio" name="profile" value="{escape(p.name)}"{checked}{disabled}> '
+            f"<strong>{escape(p.title)}</strong> "
+            f'<span class="sz-resources">{escape(resources(p))}</span> '
+            f'<span class="sz-status badge">{status}</span>'
+            + (f'<div class="text-muted">{escape(p.description)}</div>' if p.description else "")
+            + "</label>"
+        )
+    return '<div class="list-group sz-profiles">' + "".join(rows) + "</div>"

@@ -1,0 +1,31 @@
+"""One Unix account per hub user, so sessions can't read each other's files (hub as root)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+
+
+class AccountError(Exception):
+    pass
+
+
+async def ensure_account(unix_name: str, home: str, hub_name: str) -> pwd.struct_passwd:
+    """Create the account if missing (home 0700, own group); return its passwd entry."""
+    try:
+        account = pwd.getpwnam(unix_name)
+    except KeyError:
+        proc = await asyncio.create_subprocess_exec(
+            "useradd", "--create-home", "--home-dir", home, "--shell", "/bin/bash",
+            "--user-group", "--comment", f"Shangzhuang user {hub_name}", unix_name,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise AccountError(f"useradd {unix_name} failed: {out.decode().strip()}")
+        account = pwd.getpwnam(unix_name)
+    os.makedirs(account.pw_dir, exist_ok=True)
+    os.chown(account.pw_dir, account.pw_uid, account.pw_gid)
+    os.chmod(account.pw_dir, 0o700)
+    return account

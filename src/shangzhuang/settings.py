@@ -1,0 +1,263 @@
+"""The site config: `hub_config/shangzhuang.toml` parsed into typed, validated settings.
+
+Every other module reads these objects, never the raw TOML. `load_settings` raises
+`SettingsError`, whose lines name each wrong key (``profiles[1].gpus``) and why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "hub_config" / "shangzhuang.toml"
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_bytes(value: object) -> int:
+    """'4G', '512M', '1.5GiB' or a plain integer of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as '4G' or a number of bytes")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and (m := _SIZE.match(value)):
+        return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    raise ValueError("must be a size such as '4G' or '512M' or a number of bytes")
+
+
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0)]
+# TOML has no path type: a path is a string.
+PathStr = Annotated[Path, Strict(False)]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, types are strict."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Site(Section):
+    name: str = "Shangzhuang Workbench"
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as 'Asia/Shanghai')")
+        return v
+
+
+class Hub(Section):
+    ip: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_port: int = Field(8081, ge=1, le=65535)  # the hub's internal API, on 127.0.0.1
+    proxy_api_port: int = Field(8001, ge=1, le=65535)  # the proxy's REST API, on 127.0.0.1
+    # Relative paths are resolved against the folder of the config file.
+    state_dir: PathStr = Path("../state")
+    database_url: str = ""  # empty: SQLite in state_dir
+    admins: list[str] = ["admin"]
+    idle_timeout_seconds: int = Field(3600, ge=0)  # 0 turns the idle culler off
+    keep_sessions_on_restart: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'jupyterhub.sqlite'}"
+
+
+class NativeAuth(Section):
+    open_signup: bool = False  # False: an admin approves every sign-up
+    minimum_password_length: int = Field(8, ge=1)
+    allowed_failed_logins: int = Field(3, ge=0)  # 0: never lock out
+    seconds_before_next_try: int = Field(600, ge=0)
+
+
+class Auth(Section):
+    kind: Literal["native"] = "native"
+    native: NativeAuth = NativeAuth()
+
+
+class Gpu(Section):
+    """A GPU of the node, listed by hand (or faked in tests) instead of found with NVML."""
+
+    index: int = Field(ge=0)
+    uuid: str = ""
+    device: PathStr | None = None  # /dev/nvidiaN; None: no device file to guard
+
+
+class LocalBackend(Section):
+    user_prefix: str = Field("sz-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$")
+    home_root: PathStr = Path("/home")
+    # Empty: detect with NVML. Non-empty: exactly these GPUs (how tests fake them).
+    gpus: list[Gpu] = []
+
+    @field_validator("gpus")
+    @classmethod
+    def _distinct(cls, gpus: list[Gpu]) -> list[Gpu]:
+        seen = [g.index for g in gpus]
+        if len(seen) != len(set(seen)):
+            raise ValueError("two GPUs share an index")
+        return gpus
+
+
+class Backend(Section):
+    kind: Literal["local"] = "local"
+    local: LocalBackend = LocalBackend()
+
+
+class Profile(Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    display_name: str = ""
+    cores: float = Field(gt=0)
+    memory: Bytes
+    gpus: int = Field(0, ge=0)
+    description: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.display_name or self.name
+
+
+class Settings(Section):
+    site: Site = Site()
+    hub: Hub = Hub()
+    auth: Auth = Auth()
+    backend: Backend = Backend()
+    profiles: list[Profile] = Field(min_length=1)
+
+    # Filled in by load_settings, not by the file.
+    source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [p.name for p in self.profiles]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"profiles: duplicate profile name {dupes[0]!r}")
+        return self
+
+    def profile(self, name: str) -> Profile:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+class SettingsError(Exception):
+    """A site config that can't be used; `problems` holds one 'key: reason' line each."""
+
+    def __init__(self, source: Path | str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        lines = [f"{self.source} is not a valid Shangzhuang config:"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _key(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_distinct()]",) or "[" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _reason(err: dict) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"{err['msg'].lower()}, got {err['input']!r}"
+    msg = err["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
+    """Validate a parsed TOML document; relative paths resolve against `source`'s folder."""
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = _key(err["loc"])
+            reason = _reason(err)
+            if key == "(top level)" and ": " in reason:  # model-level checks name their own key
+                key, reason = reason.split(": ", 1)
+            problems.append(f"{key}: {reason}")
+        raise SettingsError(source, problems) from None
+    problems = _node_problems(settings)
+    if problems:
+        raise SettingsError(source, problems)
+    base = Path(source).resolve().parent if source != "<config>" else Path.cwd()
+    hub = settings.hub.model_copy(update={"state_dir": (base / settings.hub.state_dir).resolve()})
+    return settings.model_copy(update={"hub": hub, "source": Path(source)})
+
+
+def node_gpus(settings: Settings) -> list:
+    """The GPUs this node offers: those listed in the config, else those NVML finds."""
+    from shangzhuang.hub.gpus import Gpu, detect_gpus
+
+    listed = settings.backend.local.gpus
+    if listed:
+        return [Gpu(index=g.index, uuid=g.uuid, device=g.device) for g in listed]
+    return detect_gpus()
+
+
+def _node_problems(settings: Settings) -> list[str]:
+    """Checks against this node. With no GPU detected, GPU profiles are offered as
+    unavailable rather than refused, so one config serves CPU and GPU nodes."""
+    listed = settings.backend.local.gpus
+    count = len(node_gpus(settings))
+    if not listed and count == 0:
+        return []
+    where = "listed in backend.local.gpus" if listed else "found by NVML"
+    return [
+        f"profiles[{i}].gpus: asks for {p.gpus} GPUs but this node has {count} ({where})"
+        for i, p in enumerate(settings.profiles)
+        if p.gpus > count
+    ]
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read the site config: `path`, else $SHANGZHUANG_CONFIG, else the embedded default."""
+    path = Path(path or os.environ.get("SHANGZHUANG_CONFIG") or DEFAULT_CONFIG)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SettingsError(path, [f"cannot read the file: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(path, [f"not valid TOML: {e}"]) from None
+    return parse_settings(data, path)
