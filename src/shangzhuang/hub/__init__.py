@@ -27,7 +27,6 @@ def proxy_command() -> str:
 def configure(c, settings: Settings) -> None:
     """Fill a JupyterHub config object from the site settings."""
     from shangzhuang.hub.auth import WorkbenchAuthenticator
-    from shangzhuang.hub.gpus import GpuPool
     from shangzhuang.hub.spawners import LocalSpawner
 
     hub, state = settings.hub, settings.hub.state_dir
@@ -68,7 +67,7 @@ def configure(c, settings: Settings) -> None:
     local = settings.backend.local
     c.JupyterHub.spawner_class = LocalSpawner
     c.LocalSpawner.profiles = list(settings.profiles)
-    c.LocalSpawner.gpu_pool = GpuPool(node_gpus(settings))
+    c.LocalSpawner.gpus = node_gpus(settings)
     c.LocalSpawner.user_prefix = local.user_prefix
     c.LocalSpawner.home_root = str(local.home_root)
     c.LocalSpawner.log_dir = str(state / "sessions")

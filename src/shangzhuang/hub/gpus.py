@@ -102,6 +102,17 @@ class GpuPool:
         return gone
 
 
+_shared: dict[tuple[Gpu, ...], GpuPool] = {}
+
+
+def shared_pool(gpus: list[Gpu]) -> GpuPool:
+    """The one pool of the hub process for these GPUs, whichever spawner asks."""
+    key = tuple(sorted(gpus, key=lambda g: g.index))
+    if key not in _shared:
+        _shared[key] = GpuPool(list(key))
+    return _shared[key]
+
+
 def detect_gpus() -> list[Gpu]:
     """The node's NVIDIA GPUs through NVML; an empty list where there is no driver."""
     try:

@@ -16,7 +16,7 @@ from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_set
 from traitlets import Bool, Instance, List, Unicode, default
 
 from shangzhuang.hub import form, unix
-from shangzhuang.hub.gpus import GpuPool, GpusBusy, grant_device, revoke_device
+from shangzhuang.hub.gpus import Gpu, GpuPool, GpusBusy, grant_device, revoke_device, shared_pool
 from shangzhuang.settings import Profile
 
 
@@ -28,14 +28,15 @@ class WorkbenchSpawner(LocalProcessSpawner):
         help="The profiles users choose from (from the site config's [[profiles]]).",
     ).tag(config=True)
 
-    gpu_pool = Instance(
-        GpuPool,
-        help="The node's GPUs; each goes to one session at a time.",
+    gpus = List(
+        Instance(Gpu),
+        help="The node's GPUs (from the config, or found with NVML); each goes to one session.",
     ).tag(config=True)
 
-    @default("gpu_pool")
-    def _no_gpus(self):
-        return GpuPool([])
+    @property
+    def gpu_pool(self) -> GpuPool:
+        # Config values are copied into each spawner: the pool itself is the hub's one.
+        return shared_pool(self.gpus)
 
     @default("options_form")
     def _form(self):

@@ -1,0 +1,21 @@
+import os
+
+import pytest
+
+from .hub import RunningHub, workdir
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """One real workbench (hub, proxy, 2 fake GPUs) per test module."""
+    h = RunningHub(workdir())
+    h.start()
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+root_only = pytest.mark.skipif(
+    os.geteuid() != 0, reason="per-user Unix accounts need the hub to run as root"
+)

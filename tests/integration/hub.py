@@ -1,0 +1,288 @@
+"""A real workbench for tests: `shangzhuang up` (hub + configurable-http-proxy) under a temp folder.
+
+`RunningHub` starts and stops it and speaks to it the way a browser and a notebook
+client do: sign-up and login forms with their XSRF cookie, the hub REST API, and the
+Jupyter REST + websocket API of a user's session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import websocket
+
+ADMIN = "admin"
+ADMIN_PASSWORD = "admin-test-password-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def workdir() -> Path:
+    """A temp folder users' sessions can traverse (mkdtemp makes 0700 folders)."""
+    base = Path(tempfile.mkdtemp(prefix="sz-test-"))
+    base.chmod(0o755)
+    return base
+
+
+class RunningHub:
+    def __init__(self, base: Path, *, gpus: int = 2, extra_toml: str = "", prefix: str = ""):
+        self.base = base
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state = base / "state"
+        self.homes = base / "home"
+        self.homes.mkdir(mode=0o755, exist_ok=True)
+        self.dev = base / "dev"
+        self.dev.mkdir(exist_ok=True)
+        # Fake GPUs: plain files stand in for /dev/nvidiaN (ownership and mode are what
+        # the pool guards; no CUDA here).
+        self.devices = []
+        for i in range(gpus):
+            d = self.dev / f"nvidia{i}"
+            d.touch()
+            d.chmod(0o600)
+            self.devices.append(d)
+        self.prefix = prefix or f"t{uuid.uuid4().hex[:4]}-"
+        gpu_lines = "\n".join(
+            f'[[backend.local.gpus]]\nindex = {i}\ndevice = "{d}"' for i, d in enumerate(self.devices)
+        )
+        self.config = base / "shangzhuang.toml"
+        self.config.write_text(
+            f"""
+[site]
+name = "Test Workbench"
+[hub]
+port = {self.port}
+api_port = {free_port()}
+proxy_api_port = {free_port()}
+state_dir = "state"
+admins = ["{ADMIN}"]
+idle_timeout_seconds = 0
+[auth.native]
+allowed_failed_logins = 3
+seconds_before_next_try = 600
+[backend.local]
+user_prefix = "{self.prefix}"
+home_root = "{self.homes}"
+{gpu_lines}
+[[profiles]]
+name = "cpu"
+cores = 2
+memory = "4G"
+[[profiles]]
+name = "gpu-1"
+cores = 1
+memory = "2G"
+gpus = 1
+{extra_toml}
+"""
+        )
+        self.isolated = os.geteuid() == 0
+        self.proc: subprocess.Popen | None = None
+        self.log = base / "hub.log"
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self, timeout: float = 60) -> None:
+        env = {**os.environ, "SHANGZHUANG_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shangzhuang.cli", "up", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                if requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"hub not up in {timeout}s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        """Stop the hub as Ctrl-C would, and wait until it has exited."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def cleanup(self) -> None:
+        """Stop every session, the hub, and remove the Unix accounts the test made."""
+        if self.proc and self.proc.poll() is None:
+            for user in self.api("GET", "/users").json():
+                for name in user.get("servers", {}):
+                    self.api("DELETE", f"/users/{user['name']}/servers/{name}", ok=(202, 204, 404))
+            self.wait(lambda: not any(u.get("servers") for u in self.api("GET", "/users").json()))
+        self.stop()
+        for line in Path("/etc/passwd").read_text().splitlines():
+            name = line.split(":")[0]
+            if name.startswith(self.prefix):
+                subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+                subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # --- hub REST API ----------------------------------------------------------------
+    def admin_token(self) -> str:
+        if not hasattr(self, "_admin_token"):
+            s = self.login(ADMIN, ADMIN_PASSWORD)
+            r = s.post(
+                f"{self.url}/hub/api/users/{ADMIN}/tokens",
+                json={"note": "tests"},
+                headers={"X-XSRFToken": s.cookies.get("_xsrf")},
+            )
+            r.raise_for_status()
+            self._admin_token = r.json()["token"]
+        return self._admin_token
+
+    def api(self, method: str, path: str, token: str | None = None, ok=(200, 201, 202, 204), **kw):
+        r = requests.request(
+            method,
+            f"{self.url}/hub/api{path}",
+            headers={"Authorization": f"token {token or self.admin_token()}"},
+            timeout=30,
+            **kw,
+        )
+        if ok and r.status_code not in ok:
+            raise AssertionError(f"{method} {path}: {r.status_code} {r.text}")
+        return r
+
+    def token_for(self, name: str) -> str:
+        return self.api("POST", f"/users/{name}/tokens", json={"note": "tests"}).json()["token"]
+
+    # --- browser-like forms ----------------------------------------------------------
+    def form(self, s: requests.Session, path: str, data: dict, **kw) -> requests.Response:
+        s.get(f"{self.url}{path}")  # sets the _xsrf cookie
+        return s.post(f"{self.url}{path}", data={**data, "_xsrf": s.cookies.get("_xsrf")}, **kw)
+
+    def signup(self, name: str, password: str) -> requests.Response:
+        s = requests.Session()
+        return self.form(
+            s,
+            "/hub/signup",
+            {"username": name, "signup_password": password, "signup_password_confirmation": password},
+        )
+
+    def try_login(self, name: str, password: str) -> tuple[requests.Session, requests.Response]:
+        s = requests.Session()
+        r = self.form(
+            s, "/hub/login", {"username": name, "password": password}, allow_redirects=False
+        )
+        return s, r
+
+    def login(self, name: str, password: str) -> requests.Session:
+        s, r = self.try_login(name, password)
+        assert r.status_code == 302, f"login {name}: {r.status_code} {r.text[-500:]}"
+        return s
+
+    def approve(self, name: str) -> None:
+        admin = self.login(ADMIN, ADMIN_PASSWORD)
+        r = admin.get(f"{self.url}/hub/authorize/{name}", allow_redirects=False)
+        assert r.status_code == 302, r.status_code
+
+    def new_user(self, name: str, password: str = "correct-horse-9") -> requests.Session:
+        """Sign up, get approved by the admin over HTTP, log in."""
+        self.signup(name, password)
+        self.approve(name)
+        return self.login(name, password)
+
+    # --- sessions --------------------------------------------------------------------
+    def spawn(self, name: str, profile: str, ok=(201, 202)) -> requests.Response:
+        return self.api("POST", f"/users/{name}/server", json={"profile": profile}, ok=ok)
+
+    def wait_ready(self, name: str, timeout: float = 120) -> dict:
+        def ready():
+            server = self.api("GET", f"/users/{name}").json()["servers"].get("")
+            return server if server and server["ready"] else None
+
+        return self.wait(ready, timeout, f"{name}'s server ready")
+
+    def stop_server(self, name: str) -> None:
+        self.api("DELETE", f"/users/{name}/server")
+        self.wait(lambda: "" not in self.api("GET", f"/users/{name}").json()["servers"])
+
+    def wait(self, cond, timeout: float = 120, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if v := cond():
+                return v
+            time.sleep(0.5)
+        raise TimeoutError(f"{what} not reached in {timeout}s\n{self.tail()}")
+
+    def run_code(self, name: str, code: str, token: str | None = None) -> str:
+        """Run `code` on a new kernel in NAME's session; return what it printed."""
+        token = token or self.token_for(name)
+        base = f"{self.url}/user/{name}/api"
+        headers = {"Authorization": f"token {token}"}
+        r = requests.post(f"{base}/kernels", json={"name": "python3"}, headers=headers, timeout=60)
+        r.raise_for_status()
+        kid = r.json()["id"]
+        try:
+            ws = websocket.create_connection(
+                f"ws://127.0.0.1:{self.port}/user/{name}/api/kernels/{kid}/channels",
+                header=[f"Authorization: token {token}"],
+                timeout=60,
+            )
+            msg_id = uuid.uuid4().hex
+            ws.send(json.dumps(execute_request(msg_id, code)))
+            out, done = [], False
+            while not done:
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind, content = msg["msg_type"], msg["content"]
+                if kind == "stream":
+                    out.append(content["text"])
+                elif kind == "error":
+                    out.append("\n".join(content["traceback"]))
+                elif kind == "status" and content["execution_state"] == "idle":
+                    done = True
+            ws.close()
+            return re.sub(r"\x1b\[[0-9;]*m", "", "".join(out))
+        finally:
+            requests.delete(f"{base}/kernels/{kid}", headers=headers, timeout=30)
+
+
+def execute_request(msg_id: str, code: str) -> dict:
+    return {
+        "header": {
+            "msg_id": msg_id,
+            "username": "test",
+            "session": uuid.uuid4().hex,
+            "msg_type": "execute_request",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {"code": code, "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False},
+        "channel": "shell",
+    }
