@@ -179,13 +179,13 @@ class SettingsError(Exception):
         return "\n".join(lines)
 
 
-def _key(loc: tuple) -> str:
+def _key(loc: tuple, last_is_user_key: bool = False) -> str:
     out = ""
-    for part in loc:
+    for n, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after[_distinct()]",) or "[" in str(part):
-            continue
+        elif "[" in str(part) and not (last_is_user_key and n == len(loc) - 1):
+            continue  # a step of pydantic's own (a validator, a union member), not a file key
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
@@ -199,24 +199,32 @@ def _reason(err: dict) -> str:
         return "required key is missing"
     if kind == "literal_error":
         return f"{err['msg'].lower()}, got {err['input']!r}"
+    # pydantic names its own classes here ("instance of Site", "<class 'pathlib.Path'>").
+    if kind == "model_type":
+        return "Input should be a table"
+    if kind == "path_type":
+        return "Input should be a path (a string)"
+    if kind == "too_short":
+        return err["msg"].replace(" after validation", "")
     msg = err["msg"]
     return msg.removeprefix("Value error, ")
 
 
 def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
     """Validate a parsed TOML document; relative paths resolve against `source`'s folder."""
+    # `source` is filled in by load_settings: in the file it is a key like any unknown one.
+    problems = ["source: unknown key"] if "source" in data else []
     try:
-        settings = Settings.model_validate(data)
+        settings = Settings.model_validate({k: v for k, v in data.items() if k != "source"})
     except ValidationError as e:
-        problems = []
         for err in e.errors():
-            key = _key(err["loc"])
+            key = _key(err["loc"], last_is_user_key=err["type"] == "extra_forbidden")
             reason = _reason(err)
             if key == "(top level)" and ": " in reason:  # model-level checks name their own key
                 key, reason = reason.split(": ", 1)
             problems.append(f"{key}: {reason}")
         raise SettingsError(source, problems) from None
-    problems = _node_problems(settings)
+    problems += _node_problems(settings)
     if problems:
         raise SettingsError(source, problems)
     base = Path(source).resolve().parent if source != "<config>" else Path.cwd()
@@ -253,9 +261,11 @@ def load_settings(path: Path | str | None = None) -> Settings:
     """Read the site config: `path`, else $SHANGZHUANG_CONFIG, else the embedded default."""
     path = Path(path or os.environ.get("SHANGZHUANG_CONFIG") or DEFAULT_CONFIG)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # TOML is UTF-8 whatever the locale
     except OSError as e:
         raise SettingsError(path, [f"cannot read the file: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise SettingsError(path, [f"not valid TOML: not UTF-8 text (byte {e.start})"]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -182,4 +182,4 @@ def test_login_lockout(hub):
     assert r.status_code == 403
     assert "Too many failed logins" in r.text
     # Another user is not affected.
-    hub.login("alice", "correct-horse-9")
+    hub.new_user("oscar")
