@@ -41,8 +41,20 @@ def workdir() -> Path:
 
 
 class RunningHub:
-    def __init__(self, base: Path, *, gpus: int = 2, extra_toml: str = "", prefix: str = ""):
+    def __init__(
+        self,
+        base: Path,
+        *,
+        gpus: int = 2,
+        extra_toml: str = "",
+        prefix: str = "",
+        run_as: str | None = None,
+        admin_password: str | None = ADMIN_PASSWORD,
+        idle_timeout: int = 0,
+    ):
         self.base = base
+        self.run_as = run_as  # a Unix account to run the hub as, instead of root
+        self.admin_password = admin_password  # None: let `up` generate one
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = base / "state"
@@ -73,7 +85,7 @@ api_port = {free_port()}
 proxy_api_port = {free_port()}
 state_dir = "state"
 admins = ["{ADMIN}"]
-idle_timeout_seconds = 0
+idle_timeout_seconds = {idle_timeout}
 [auth.native]
 allowed_failed_logins = 3
 seconds_before_next_try = 600
@@ -93,16 +105,23 @@ gpus = 1
 {extra_toml}
 """
         )
-        self.isolated = os.geteuid() == 0
+        self.isolated = os.geteuid() == 0 and not run_as
         self.proc: subprocess.Popen | None = None
         self.log = base / "hub.log"
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self, timeout: float = 60) -> None:
-        env = {**os.environ, "SHANGZHUANG_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        env = dict(os.environ)
+        env.pop("SHANGZHUANG_ADMIN_PASSWORD", None)
+        if self.admin_password:
+            env["SHANGZHUANG_ADMIN_PASSWORD"] = self.admin_password
+        cmd = [sys.executable, "-m", "shangzhuang.cli", "up", "--config", str(self.config)]
+        if self.run_as:
+            cmd = ["runuser", "-u", self.run_as, "--", *cmd]
+            env["HOME"] = os.path.expanduser(f"~{self.run_as}")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shangzhuang.cli", "up", "--config", str(self.config)],
+                cmd,
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -132,6 +151,11 @@ gpus = 1
         self.stop()
         self.start()
 
+    def password_of_admin(self) -> str:
+        if self.admin_password:
+            return self.admin_password
+        return (self.state / "admin-password").read_text().strip()
+
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
@@ -153,7 +177,7 @@ gpus = 1
     # --- hub REST API ----------------------------------------------------------------
     def admin_token(self) -> str:
         if not hasattr(self, "_admin_token"):
-            s = self.login(ADMIN, ADMIN_PASSWORD)
+            s = self.login(ADMIN, self.password_of_admin())
             r = s.post(
                 f"{self.url}/hub/api/users/{ADMIN}/tokens",
                 json={"note": "tests"},
@@ -204,7 +228,7 @@ gpus = 1
         return s
 
     def approve(self, name: str) -> None:
-        admin = self.login(ADMIN, ADMIN_PASSWORD)
+        admin = self.login(ADMIN, self.password_of_admin())
         r = admin.get(f"{self.url}/hub/authorize/{name}", allow_redirects=False)
         assert r.status_code == 302, r.status_code
 
