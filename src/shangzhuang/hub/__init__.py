@@ -7,7 +7,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from shangzhuang.settings import Settings, node_gpus
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keep `shangzhuang.hub.gpus` importable without pydantic (GPU test hosts)
+    from shangzhuang.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 ADMIN_PASSWORD_FILE = "admin-password"
@@ -28,6 +31,7 @@ def configure(c, settings: Settings) -> None:
     """Fill a JupyterHub config object from the site settings."""
     from shangzhuang.hub.auth import WorkbenchAuthenticator
     from shangzhuang.hub.spawners import LocalSpawner
+    from shangzhuang.settings import node_gpus
 
     hub, state = settings.hub, settings.hub.state_dir
     state.mkdir(parents=True, exist_ok=True)
