@@ -57,7 +57,9 @@ def cmd_up(args) -> int:
             print(f"First start: admin {admin!r}, password {password}")
             print(f"(kept in {state / 'admin-password'}, mode 0600)")
         else:
-            print(f"Admin {admin!r}: password from $SHANGZHUANG_ADMIN_PASSWORD or {state}/admin-password")
+            print(
+                f"Admin {admin!r}: password from $SHANGZHUANG_ADMIN_PASSWORD or {state}/admin-password"
+            )
     print(f"Shangzhuang Workbench on {settings.hub.url}  (Ctrl-C stops it)", flush=True)
 
     source = Path(settings.source).resolve()

@@ -51,6 +51,7 @@ class RunningHub:
         run_as: str | None = None,
         admin_password: str | None = ADMIN_PASSWORD,
         idle_timeout: int = 0,
+        quota: str = "",
     ):
         self.base = base
         self.run_as = run_as  # a Unix account to run the hub as, instead of root
@@ -86,6 +87,9 @@ proxy_api_port = {free_port()}
 state_dir = "state"
 admins = ["{ADMIN}"]
 idle_timeout_seconds = {idle_timeout}
+[quota]
+port = {free_port()}
+{quota}
 [auth.native]
 allowed_failed_logins = 3
 seconds_before_next_try = 600

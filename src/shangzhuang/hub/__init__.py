@@ -6,7 +6,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # keep `shangzhuang.hub.gpus` importable without pydantic (GPU test hosts)
@@ -63,9 +62,7 @@ def configure(c, settings: Settings) -> None:
     password_file = state / ADMIN_PASSWORD_FILE
     if password_file.exists():
         c.WorkbenchAuthenticator.bootstrap_admin_password = password_file.read_text().strip()
-    c.WorkbenchAuthenticator.reset_admin_password = os.environ.get(
-        "SHANGZHUANG_ADMIN_PASSWORD", ""
-    )
+    c.WorkbenchAuthenticator.reset_admin_password = os.environ.get("SHANGZHUANG_ADMIN_PASSWORD", "")
 
     # --- sessions --------------------------------------------------------------------
     local = settings.backend.local
@@ -102,5 +99,57 @@ def configure(c, settings: Settings) -> None:
                 "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             }
         )
+    user_scopes = ["self"]
+    if settings.quota.enabled:
+        configure_quota(c, settings, services, roles)
+        user_scopes.append("access:services!service=quota")
+    # Users (and their sessions' tokens) may call the quota service; nothing else changes.
+    roles.append({"name": "user", "scopes": user_scopes})
+    c.Spawner.server_token_scopes = [
+        "users:activity!user", "access:servers!server", *user_scopes[1:],
+    ]  # fmt: skip
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+
+
+def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
+    """The quota service, its hub permissions, and what the hub pages show of it."""
+    from shangzhuang.quota import open_ledger
+
+    q = settings.quota
+    url = f"http://127.0.0.1:{q.port}"
+    open_ledger(settings)  # create or migrate the schema before the service starts
+    services.append(
+        {
+            "name": "quota",
+            "url": url,
+            "command": [sys.executable, "-m", "shangzhuang.quota.service"],
+            "environment": {"SHANGZHUANG_CONFIG": str(Path(settings.source).resolve())},
+            "oauth_no_confirm": True,
+        }
+    )
+    roles.append(
+        {
+            "name": "quota-service",
+            "services": ["quota"],
+            "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
+        }
+    )
+    c.LocalSpawner.site_config = str(Path(settings.source).resolve())
+    c.Spawner.environment = {"SHANGZHUANG_QUOTA_URL": f"{url}/services/quota/"}
+    c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
+    c.JupyterHub.template_vars["quota"] = home_quota(settings)
+    c.JupyterHub.template_vars["quota_warn"] = q.warn_fraction
+
+
+def home_quota(settings: Settings):
+    """For the home page: the signed-in user's balance (None when they have none yet)."""
+
+    def for_user(user):
+        if user is None:
+            return None
+        from shangzhuang.quota import open_ledger
+
+        return open_ledger(settings).balance(user.name).as_dict()
+
+    return for_user

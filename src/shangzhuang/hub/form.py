@@ -16,18 +16,37 @@ class Choice:
     why_not: str = ""
 
 
-def choices(profiles: list[Profile], pool: GpuPool) -> list[Choice]:
-    """Each profile with whether the node can start it right now, and why not."""
+def choices(
+    profiles: list[Profile], pool: GpuPool, balance=None, min_hours: float = 0.0
+) -> list[Choice]:
+    """Each profile with whether it can start right now, and why not.
+
+    `balance` (a quota Balance) greys out what it can't pay for `min_hours`.
+    """
+    from shangzhuang.quota.ledger import rates_of
+
     out = []
     free = len(pool.free())
     for p in profiles:
+        short = balance.can_afford(rates_of(p), min_hours) if balance is not None else []
         if p.gpus and pool.total == 0:
             out.append(Choice(p, False, "this node has no GPU"))
         elif p.gpus > free:
             out.append(Choice(p, False, f"{free} of {pool.total} GPUs free"))
+        elif short:
+            left = ", ".join(f"{balance.remaining(r):.2f} {r}" for r in short)
+            out.append(Choice(p, False, f"not enough quota ({left} left)"))
         else:
             out.append(Choice(p, True))
     return out
+
+
+def cost(p: Profile) -> str:
+    """'1 gpu_hours + 8 cpu_hours per hour': what a profile burns."""
+    from shangzhuang.quota.ledger import rates_of
+
+    parts = [f"{v:g} {r}" for r, v in rates_of(p).items() if v]
+    return " + ".join(parts) + " per hour"
 
 
 def resources(p: Profile) -> str:
@@ -53,6 +72,7 @@ def render(options: list[Choice]) -> str:
             f'<input type="radio" name="profile" value="{escape(p.name)}"{checked}{disabled}> '
             f"<strong>{escape(p.title)}</strong> "
             f'<span class="sz-resources">{escape(resources(p))}</span> '
+            f'<span class="sz-cost">{escape(cost(p))}</span> '
             f'<span class="sz-status badge">{status}</span>'
             + (f'<div class="text-muted">{escape(p.description)}</div>' if p.description else "")
             + "</label>"

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import pwd
 import sys
+import time
+from datetime import UTC
+from functools import cache
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
@@ -17,7 +20,17 @@ from traitlets import Bool, Instance, List, Unicode, default
 
 from shangzhuang.hub import form, unix
 from shangzhuang.hub.gpus import Gpu, GpuPool, GpusBusy, grant_device, revoke_device, shared_pool
-from shangzhuang.settings import Profile
+from shangzhuang.quota.ledger import rates_of
+from shangzhuang.quota.meter import lab_consumer
+from shangzhuang.settings import Profile, load_settings
+
+
+@cache
+def site_ledger(path: str):
+    """The quota ledger of the hub process (one per site config)."""
+    from shangzhuang.quota import open_ledger
+
+    return open_ledger(load_settings(path))
 
 
 class WorkbenchSpawner(LocalProcessSpawner):
@@ -40,7 +53,15 @@ class WorkbenchSpawner(LocalProcessSpawner):
 
     @default("options_form")
     def _form(self):
-        return lambda spawner: form.render(form.choices(spawner.profiles, spawner.gpu_pool))
+        return lambda spawner: form.render(spawner.profile_choices())
+
+    def profile_choices(self) -> list[form.Choice]:
+        ledger = self.ledger
+        if ledger is None:
+            return form.choices(self.profiles, self.gpu_pool)
+        balance = ledger.balance(self.user.name)
+        hours = ledger.policy.min_minutes_to_spawn / 60
+        return form.choices(self.profiles, self.gpu_pool, balance, hours)
 
     def options_from_form(self, formdata):
         return {"profile": formdata.get("profile", [""])[0]}
@@ -56,6 +77,91 @@ class WorkbenchSpawner(LocalProcessSpawner):
         raise SpawnException(
             f"Unknown profile {name!r}; this site offers: {known}.", reason="bad-profile"
         )
+
+    site_config = Unicode(
+        "",
+        help="The site config file; when set, spawns are metered and checked against quota.",
+    ).tag(config=True)
+
+    consumer = Unicode("", help="The ledger's id of the running session (kept in state).")
+
+    @property
+    def ledger(self):
+        return site_ledger(self.site_config) if self.site_config else None
+
+    def check_quota(self, profile: Profile) -> None:
+        """Refuse a spawn the balance can't pay for `min_minutes_to_spawn`, saying why."""
+        ledger = self.ledger
+        if ledger is None:
+            return
+        minutes = ledger.policy.min_minutes_to_spawn
+        ledger.set_account(self.user.name, ledger.account_for(self.user.name, self.group_names))
+        balance = ledger.balance(self.user.name)
+        rates = rates_of(profile)
+        short = balance.can_afford(rates, minutes / 60)
+        if not short:
+            return
+        left = ", ".join(f"{balance.remaining(r):.2f} {r}" for r in short)
+        cost = " + ".join(f"{v:g} {r}" for r, v in rates.items() if v)
+        resets = balance.as_dict()["period"]["resets_at"]
+        when = (
+            f"Your quota resets at {resets} ({ledger.tz})" if resets else "This site has no reset"
+        )
+        raise SpawnException(
+            f"Not enough quota to start {profile.name}: {left} left in account "
+            f"{balance.account}. {profile.name} costs {cost} per hour and needs at least "
+            f"{minutes:g} minutes. {when}; an admin can grant more.",
+            reason="quota",
+            status_code=403,
+        )
+
+    @property
+    def group_names(self) -> list[str]:
+        return [g.name for g in getattr(self.user, "groups", [])]
+
+    def open_consumer(self, profile: Profile) -> None:
+        """Start metering this session from the moment the hub started it."""
+        if self.ledger is None:
+            return
+        started = self.orm_spawner.started if self.orm_spawner else None
+        t = started.replace(tzinfo=UTC).timestamp() if started else time.time()
+        self.consumer = lab_consumer(self.user.name, self.name, t)
+        self.ledger.open(
+            self.consumer, user=self.user.name, account=self.ledger.account_of(self.user.name),
+            source="lab", started=t, rates=rates_of(profile), profile=profile.name,
+        )  # fmt: skip
+
+    def close_consumer(self, stopped_now: bool) -> None:
+        """Stopped by the hub: charge up to now. Found dead: up to the meter's last mark."""
+        if self.consumer and self.ledger is not None:
+            self.ledger.close(self.consumer, time.time() if stopped_now else None)
+        self.consumer = ""
+
+    # --- state: the ledger's consumer survives a hub restart ---------------------------
+    def load_state(self, state):
+        super().load_state(state)
+        self.consumer = state.get("consumer", "")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.consumer:
+            state["consumer"] = self.consumer
+        return state
+
+    _stopping = False
+
+    def clear_state(self):
+        """The session stopped or was found dead: close its metering."""
+        super().clear_state()
+        self.close_consumer(stopped_now=self._stopping)
+
+    async def stop(self, now=False):
+        # Alive until we stop it: its end is exact. Already dead: the meter's mark stands.
+        self._stopping = bool(self.pid) and (await self.poll()) is None
+        try:
+            await super().stop(now=now)
+        finally:
+            self._stopping = False
 
     def apply_profile(self, profile: Profile) -> None:
         """Limits the session sees as MEM_LIMIT and CPU_LIMIT (read by jupyter-resource-usage)."""
@@ -80,9 +186,7 @@ class LocalSpawner(WorkbenchSpawner):
     user_prefix = Unicode("sz-", help="Prefix of the Unix account made for each hub user.").tag(
         config=True
     )
-    home_root = Unicode("/home", help="Folder that holds the users' home folders.").tag(
-        config=True
-    )
+    home_root = Unicode("/home", help="Folder that holds the users' home folders.").tag(config=True)
     log_dir = Unicode("", help="Folder for the sessions' logs (one file per server).").tag(
         config=True
     )
@@ -139,7 +243,9 @@ class LocalSpawner(WorkbenchSpawner):
     def get_env(self):
         env = super().get_env()
         # The session's Python is the workbench's environment, not whatever PATH the hub had.
-        env["PATH"] = os.pathsep.join([os.path.join(sys.prefix, "bin"), "/usr/local/bin", "/usr/bin", "/bin"])
+        env["PATH"] = os.pathsep.join(
+            [os.path.join(sys.prefix, "bin"), "/usr/local/bin", "/usr/bin", "/bin"]
+        )
         env["VIRTUAL_ENV"] = sys.prefix
         gpus = self.gpu_pool.held_by(self.owner)
         # Empty hides every GPU from CUDA: a CPU profile must not touch a GPU by accident.
@@ -151,6 +257,7 @@ class LocalSpawner(WorkbenchSpawner):
     async def start(self):
         profile = self.profile
         self.apply_profile(profile)
+        self.check_quota(profile)
         if self.isolate:
             account = await unix.ensure_account(self.unix_name, self.home, self.user.name)
         else:
@@ -161,6 +268,7 @@ class LocalSpawner(WorkbenchSpawner):
         except GpusBusy as e:
             raise SpawnException(str(e), reason="gpus-busy", status_code=503) from None
         try:
+            self.open_consumer(profile)
             for gpu in gpus:
                 if account is not None:
                     grant_device(gpu, account.pw_uid, account.pw_gid)

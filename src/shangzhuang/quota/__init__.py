@@ -1,0 +1,43 @@
+"""Quota: the allocation ledger, the meter, the quota service, and `shangzhuang.quota()`.
+
+In a notebook, `shangzhuang.quota()` returns what GET .../api/v1/me returns. This package
+is itself that callable (see the end of this file), so the call reads as it should.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from functools import cache
+
+from shangzhuang.quota.client import QuotaReport, my_quota
+
+
+@cache
+def _engine(url: str):
+    from shangzhuang.quota.db import make_engine, migrate
+
+    engine = make_engine(url)
+    migrate(engine)
+    return engine
+
+
+def database_url(settings) -> str:
+    return settings.quota.database_url or f"sqlite:///{settings.hub.state_dir / 'quota.sqlite'}"
+
+
+def open_ledger(settings):
+    """The ledger of this site (schema migrated on first use; one engine per process)."""
+    from shangzhuang.quota.ledger import Ledger
+
+    return Ledger(_engine(database_url(settings)), settings.quota, settings.site.timezone)
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, **kwargs) -> QuotaReport:
+        return my_quota(**kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["QuotaReport", "database_url", "my_quota", "open_ledger"]

@@ -1,0 +1,148 @@
+"""The quota database: SQLAlchemy 2 tables, engines (SQLite WAL or PostgreSQL), Alembic migrations.
+
+Times are epoch seconds (floats): exact, zone-free, and the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Charge(Base):
+    """One charged interval of one consumer for one resource: the append-only ledger."""
+
+    __tablename__ = "charges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    consumer: Mapped[str] = mapped_column(String(200))
+    user: Mapped[str] = mapped_column(String(100))
+    account: Mapped[str] = mapped_column(String(100))
+    resource: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(10))  # lab | job | app
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float] = mapped_column(Float)
+    period_start: Mapped[float] = mapped_column(Float)
+    __table_args__ = (
+        # Charging the same interval twice is a no-op: a restarted meter can't double-count.
+        UniqueConstraint("consumer", "resource", "start", name="uq_charge_interval"),
+        Index("ix_charges_user_start", "user", "start"),
+    )
+
+
+class Total(Base):
+    """Running sums of the ledger per period, so a balance is one row read, not a scan."""
+
+    __tablename__ = "totals"
+    period_start: Mapped[float] = mapped_column(Float, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)  # user | account
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(20), primary_key=True)
+    used: Mapped[float] = mapped_column(Float, default=0.0)
+    granted: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Grant(Base):
+    """A top-up of the current period: who granted how much to whom, and why."""
+
+    __tablename__ = "grants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    by: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(10))  # user | account
+    name: Mapped[str] = mapped_column(String(100))
+    resource: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(500))
+    period_start: Mapped[float] = mapped_column(Float)
+
+
+class Consumer(Base):
+    """Something that burns quota while it runs (a Lab session, a job, an app): the meter's mark."""
+
+    __tablename__ = "consumers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    user: Mapped[str] = mapped_column(String(100))
+    account: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(10))
+    profile: Mapped[str] = mapped_column(String(100), default="")
+    cpu_rate: Mapped[float] = mapped_column(Float, default=0.0)  # cpu_hours per hour
+    gpu_rate: Mapped[float] = mapped_column(Float, default=0.0)  # gpu_hours per hour
+    started: Mapped[float] = mapped_column(Float)
+    charged_until: Mapped[float] = mapped_column(Float)
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (Index("ix_consumers_open", "closed", "user"),)
+
+
+class Member(Base):
+    """Which account a user is charged to (kept current by logins and spawns)."""
+
+    __tablename__ = "members"
+    user: Mapped[str] = mapped_column(String(100), primary_key=True)
+    account: Mapped[str] = mapped_column(String(100))
+
+
+class Exhaustion(Base):
+    """Since when a user's balance has been at zero: the grace period counts from here."""
+
+    __tablename__ = "exhaustions"
+    user: Mapped[str] = mapped_column(String(100), primary_key=True)
+    since: Mapped[float] = mapped_column(Float)
+
+
+class Stop(Base):
+    """A consumer stopped by enforcement, with why."""
+
+    __tablename__ = "stops"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    user: Mapped[str] = mapped_column(String(100))
+    consumer: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(500))
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the quota database; SQLite gets WAL and a busy timeout (hub + service write)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

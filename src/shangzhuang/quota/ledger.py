@@ -1,0 +1,553 @@
+"""The allocation ledger: charges, grants and balances, shared by the hub and the quota service.
+
+Charging is idempotent and crash-safe: a consumer's `charged_until` mark moves in the same
+transaction as the charges it covers, and an interval is charged only from the mark on.
+Balances read one `totals` row per limit, however long the history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy import event, func, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from shangzhuang.quota.db import Charge, Consumer, Exhaustion, Grant, Member, Stop, Total
+from shangzhuang.quota.periods import FOREVER, Period, iso, period_at, split
+from shangzhuang.settings import RESOURCES, Profile, Quota
+
+RATE_COLUMN = {"cpu_hours": "cpu_rate", "gpu_hours": "gpu_rate"}
+
+
+def rates_of(profile: Profile) -> dict[str, float]:
+    """What a session of this profile burns per hour: its cores and its GPUs."""
+    return {"cpu_hours": float(profile.cores), "gpu_hours": float(profile.gpus)}
+
+
+class QuotaError(ValueError):
+    """Bad input to the ledger (an unknown account, a grant nobody can receive...)."""
+
+
+@dataclass
+class Limit:
+    """One limit on one resource this period: an account's pool or a personal cap."""
+
+    allocated: float
+    granted: float
+    used: float
+
+    @property
+    def total(self) -> float:
+        return self.allocated + self.granted
+
+    @property
+    def remaining(self) -> float:
+        return self.total - self.used
+
+    def as_dict(self) -> dict:
+        return {
+            "allocated": round(self.allocated, 6),
+            "granted": round(self.granted, 6),
+            "used": round(self.used, 6),
+            "remaining": round(self.remaining, 6),
+        }
+
+
+@dataclass
+class ResourceBalance:
+    resource: str
+    account: Limit | None
+    personal: Limit | None
+
+    @property
+    def binding(self) -> Limit | None:
+        """The limit that runs out first."""
+        limits = [x for x in (self.personal, self.account) if x is not None]
+        return min(limits, key=lambda x: x.remaining) if limits else None
+
+    @property
+    def remaining(self) -> float | None:
+        b = self.binding
+        return None if b is None else max(b.remaining, 0.0)
+
+
+@dataclass
+class Balance:
+    """What a user has left this period, per resource; None means not limited."""
+
+    user: str
+    account: str
+    period: Period
+    resources: dict[str, ResourceBalance]
+    warn_fraction: float
+    tz: str
+    exhausted_since: float | None = None
+    running: list[dict] = field(default_factory=list)
+
+    def remaining(self, resource: str) -> float | None:
+        return self.resources[resource].remaining
+
+    @property
+    def state(self) -> str:
+        """'exhausted' (a limit at zero), 'low' (under warn_fraction of a limit) or 'ok'."""
+        state = "ok"
+        for rb in self.resources.values():
+            b = rb.binding
+            if b is None:
+                continue
+            if b.remaining <= 1e-9:
+                return "exhausted"
+            if b.total > 0 and b.remaining < self.warn_fraction * b.total:
+                state = "low"
+        return state
+
+    def can_afford(self, rates: dict[str, float], hours: float) -> list[str]:
+        """The resources that can't pay `hours` at `rates`; empty when all can."""
+        short = []
+        for r, rate in rates.items():
+            left = self.remaining(r)
+            if rate > 0 and left is not None and left < rate * hours - 1e-9:
+                short.append(r)
+        return short
+
+    def as_dict(self) -> dict:
+        return {
+            "user": self.user,
+            "account": self.account,
+            "state": self.state,
+            "period": {
+                "start": iso(self.period.start, self.tz),
+                "resets_at": iso(self.period.end, self.tz),
+            },
+            "resources": {
+                r: {
+                    "remaining": None if rb.remaining is None else round(rb.remaining, 6),
+                    "account": rb.account.as_dict() if rb.account else None,
+                    "personal": rb.personal.as_dict() if rb.personal else None,
+                }
+                for r, rb in self.resources.items()
+            },
+            "exhausted_since": iso(self.exhausted_since, self.tz) if self.exhausted_since else None,
+            "running": self.running,
+        }
+
+
+class Ledger:
+    """Reads and writes the quota database under one site policy (`[quota]` of the config)."""
+
+    def __init__(self, engine: Engine, policy: Quota, tz: str = "UTC"):
+        self.engine = engine
+        self.policy = policy
+        self.tz = tz
+        if engine.dialect.name == "sqlite":
+            _sqlite_explicit_transactions(engine)
+
+    # --- transactions --------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction that holds the write lock from its start (no lost updates)."""
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def period(self, now: float | None = None) -> Period:
+        return period_at(time.time() if now is None else now, self.policy.period, self.tz)
+
+    # --- accounts ------------------------------------------------------------------------
+    def account_for(self, user: str, groups: Iterable[str] = ()) -> str:
+        """A user's account: set in the config, else a hub group that is an account, else default."""
+        configured = self.policy.users.get(user)
+        if configured and configured.account:
+            return configured.account
+        for g in sorted(groups):
+            if g in self.policy.accounts:
+                return g
+        return self.policy.default_account
+
+    def set_account(self, user: str, account: str) -> None:
+        """Charge `user` to `account` from now on (called at spawn and by the meter)."""
+        if account not in self.policy.accounts:
+            raise QuotaError(f"unknown account {account!r}")
+        with self._write() as conn:
+            row = conn.execute(select(Member.account).where(Member.user == user)).first()
+            if row is None:
+                conn.execute(Member.__table__.insert().values(user=user, account=account))
+            elif row.account != account:
+                conn.execute(update(Member).where(Member.user == user).values(account=account))
+
+    def account_of(self, user: str, conn: Connection | None = None) -> str:
+        if conn is None:
+            with self._read() as conn:
+                return self.account_of(user, conn)
+        row = conn.execute(select(Member.account).where(Member.user == user)).first()
+        return row.account if row else self.account_for(user)
+
+    def users(self, conn: Connection | None = None) -> list[str]:
+        """Every user the ledger knows: configured, members, or charged."""
+        if conn is None:
+            with self._read() as conn:
+                return self.users(conn)
+        names = set(self.policy.users) | set(conn.scalars(select(Member.user)))
+        return sorted(names)
+
+    # --- metering ------------------------------------------------------------------------
+    def open(
+        self,
+        consumer: str,
+        *,
+        user: str,
+        account: str,
+        source: str,
+        started: float,
+        rates: dict[str, float],
+        profile: str = "",
+    ) -> bool:
+        """Start metering a consumer from `started` (idempotent: True only the first time)."""
+        with self._write() as conn:
+            if conn.execute(select(Consumer.id).where(Consumer.id == consumer)).first():
+                return False
+            conn.execute(
+                Consumer.__table__.insert().values(
+                    id=consumer, user=user, account=account, source=source, profile=profile,
+                    cpu_rate=rates.get("cpu_hours", 0.0), gpu_rate=rates.get("gpu_hours", 0.0),
+                    started=started, charged_until=started, closed=False,
+                )
+            )  # fmt: skip
+            return True
+
+    def charge(self, marks: dict[str, float | None], close: Iterable[str] = ()) -> int:
+        """Charge each open consumer in `marks` up to its time; close those in `close`.
+
+        One transaction for the lot: a crash loses nothing that was not yet committed,
+        and the next call charges from the old marks. Returns the number of charge rows.
+        """
+        close = set(close)
+        if not marks:
+            return 0
+        with self._write() as conn:
+            rows = conn.execute(
+                select(Consumer).where(Consumer.id.in_(list(marks)), Consumer.closed.is_(False))
+            ).all()
+            charges, totals = [], defaultdict(float)
+            moved, closed = [], []
+            for c in rows:
+                until = marks[c.id]
+                if until is None:  # end unknown: close at the last mark, charge nothing more
+                    until = c.charged_until
+                if until > c.charged_until:
+                    for start, end, period in split(
+                        c.charged_until, until, self.policy.period, self.tz
+                    ):
+                        for resource, col in RATE_COLUMN.items():
+                            rate = getattr(c, col)
+                            if rate <= 0:
+                                continue
+                            amount = rate * (end - start) / 3600.0
+                            charges.append(
+                                dict(
+                                    consumer=c.id, user=c.user, account=c.account,
+                                    resource=resource, source=c.source, start=start, end=end,
+                                    amount=amount, period_start=period.start,
+                                )
+                            )  # fmt: skip
+                            totals[(period.start, "user", c.user, resource)] += amount
+                            totals[(period.start, "account", c.account, resource)] += amount
+                    moved.append({"cid": c.id, "until": until})
+                if c.id in close:
+                    closed.append({"cid": c.id})
+            if charges:
+                conn.execute(Charge.__table__.insert(), charges)
+            self._add_totals(conn, totals, "used")
+            t = Consumer.__table__
+            if moved:
+                conn.execute(
+                    t.update().where(t.c.id == _bind("cid")).values(charged_until=_bind("until")),
+                    moved,
+                )
+            if closed:
+                conn.execute(t.update().where(t.c.id == _bind("cid")).values(closed=True), closed)
+            return len(charges)
+
+    def close(self, consumer: str, end: float | None) -> None:
+        """The consumer stopped at `end` (exact, from the spawner): charge up to it and close.
+
+        `end=None`: it died at an unknown time; close it at its last charged mark."""
+        self.charge({consumer: end}, close=[consumer])
+
+    def open_consumers(self, source: str | None = None) -> list:
+        with self._read() as conn:
+            q = select(Consumer).where(Consumer.closed.is_(False))
+            if source:
+                q = q.where(Consumer.source == source)
+            return list(conn.execute(q).all())
+
+    def _add_totals(self, conn: Connection, totals: dict, column: str) -> None:
+        if not totals:
+            return
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(Total.__table__)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["period_start", "kind", "name", "resource"],
+            set_={column: getattr(Total.__table__.c, column) + getattr(stmt.excluded, column)},
+        )
+        other = "granted" if column == "used" else "used"
+        conn.execute(
+            stmt,
+            [
+                {"period_start": p, "kind": k, "name": n, "resource": r, column: v, other: 0.0}
+                for (p, k, n, r), v in totals.items()
+            ],
+        )
+
+    # --- grants --------------------------------------------------------------------------
+    def grant(
+        self,
+        *,
+        by: str,
+        resource: str,
+        amount: float,
+        reason: str,
+        user: str | None = None,
+        account: str | None = None,
+        now: float | None = None,
+    ) -> dict:
+        """Top up the current period of an account, or of a user's personal cap."""
+        now = time.time() if now is None else now
+        if resource not in RESOURCES:
+            raise QuotaError(f"resource must be one of {', '.join(RESOURCES)}, not {resource!r}")
+        if not amount > 0:
+            raise QuotaError("amount must be a positive number of hours")
+        if not reason.strip():
+            raise QuotaError("reason must say why the grant is made")
+        if (user is None) == (account is None):
+            raise QuotaError("give exactly one of user or account")
+        if account is not None and account not in self.policy.accounts:
+            raise QuotaError(f"unknown account {account!r}")
+        if user is not None:
+            cap = self.policy.users.get(user)
+            if cap is None or getattr(cap, resource) is None:
+                raise QuotaError(
+                    f"{user} has no personal cap on {resource}: grant to their account "
+                    f"({self.account_of(user)}) instead"
+                )
+        kind, name = ("user", user) if user is not None else ("account", account)
+        period = self.period(now)
+        with self._write() as conn:
+            gid = conn.execute(
+                Grant.__table__.insert().values(
+                    at=now, by=by, kind=kind, name=name, resource=resource, amount=amount,
+                    reason=reason, period_start=period.start,
+                )
+            ).inserted_primary_key[0]  # fmt: skip
+            self._add_totals(conn, {(period.start, kind, name, resource): amount}, "granted")
+            # Whoever the grant lifts above zero leaves the grace period; the meter
+            # puts back anyone still at zero on its next tick.
+            lifted = (
+                Exhaustion.user == user
+                if user is not None
+                else Exhaustion.user.in_(select(Member.user).where(Member.account == account))
+            )
+            conn.execute(Exhaustion.__table__.delete().where(lifted))
+        return {
+            "id": gid, "at": iso(now, self.tz), "by": by, kind: name, "resource": resource,
+            "amount": amount, "reason": reason,
+        }  # fmt: skip
+
+    # --- balances ------------------------------------------------------------------------
+    def balance(self, user: str, now: float | None = None) -> Balance:
+        return self.balances([user], now)[user]
+
+    def balances(self, users: list[str], now: float | None = None) -> dict[str, Balance]:
+        """Balances of several users at once: a few queries whatever their number."""
+        now = time.time() if now is None else now
+        period = self.period(now)
+        with self._read() as conn:
+            members = dict(
+                conn.execute(select(Member.user, Member.account).where(Member.user.in_(users)))
+                .tuples()
+                .all()
+            )
+            accounts = {u: members.get(u) or self.account_for(u) for u in users}
+            names = set(users) | set(accounts.values())
+            got = {
+                (r.kind, r.name, r.resource): r
+                for r in conn.execute(
+                    select(Total).where(Total.period_start == period.start, Total.name.in_(names))
+                )
+            }
+            since = dict(
+                conn.execute(select(Exhaustion.user, Exhaustion.since).where(
+                    Exhaustion.user.in_(users))).tuples().all()
+            )  # fmt: skip
+            running: dict[str, list] = {u: [] for u in users}
+            for c in conn.execute(
+                select(Consumer).where(Consumer.user.in_(users), Consumer.closed.is_(False))
+            ):
+                running[c.user].append(
+                    {"consumer": c.id, "source": c.source, "profile": c.profile,
+                     "cost_per_hour": {"cpu_hours": c.cpu_rate, "gpu_hours": c.gpu_rate}}
+                )  # fmt: skip
+        out = {}
+        for user in users:
+            account = accounts[user]
+            acct_policy = self.policy.accounts[account].limits()
+            cap = self.policy.users.get(user)
+            user_policy = cap.limits() if cap else {}
+
+            def limit(kind, name, r, policy):
+                if r not in policy:
+                    return None
+                t = got.get((kind, name, r))
+                return Limit(policy[r], t.granted if t else 0.0, t.used if t else 0.0)
+
+            resources = {
+                r: ResourceBalance(
+                    r,
+                    limit("account", account, r, acct_policy),
+                    limit("user", user, r, user_policy),
+                )
+                for r in RESOURCES
+            }
+            out[user] = Balance(
+                user, account, period, resources, self.policy.warn_fraction, self.tz,
+                exhausted_since=since.get(user), running=running[user],
+            )  # fmt: skip
+        return out
+
+    def accounts_pool(self, now: float | None = None) -> dict[str, dict[str, dict]]:
+        """Every account's pool this period: account -> resource -> limit as a dict."""
+        period = self.period(now)
+        with self._read() as conn:
+            got = {
+                (r.name, r.resource): r
+                for r in conn.execute(
+                    select(Total).where(Total.period_start == period.start, Total.kind == "account")
+                )
+            }
+        out = {}
+        for name, acct in self.policy.accounts.items():
+            out[name] = {}
+            for r, allocated in acct.limits().items():
+                t = got.get((name, r))
+                out[name][r] = Limit(
+                    allocated, t.granted if t else 0.0, t.used if t else 0.0
+                ).as_dict()
+        return out
+
+    def account_pool(self, name: str, now: float | None = None) -> dict:
+        period = self.period(now)
+        return {
+            "account": name,
+            "description": self.policy.accounts[name].description,
+            "period": {"start": iso(period.start, self.tz), "resets_at": iso(period.end, self.tz)},
+            "resources": self.accounts_pool(now)[name],
+        }
+
+    # --- enforcement records -------------------------------------------------------------
+    def mark_exhausted(self, states: dict[str, bool], now: float) -> dict[str, float]:
+        """Record who is at zero (since when, kept from the first tick) and who no longer is.
+
+        Returns user -> since for those at zero: the grace period counts from there.
+        """
+        with self._write() as conn:
+            known = dict(
+                conn.execute(select(Exhaustion.user, Exhaustion.since).where(
+                    Exhaustion.user.in_(list(states)))).tuples().all()
+            )  # fmt: skip
+            recovered = [u for u, ex in states.items() if not ex and u in known]
+            new = [u for u, ex in states.items() if ex and u not in known]
+            if recovered:
+                conn.execute(Exhaustion.__table__.delete().where(Exhaustion.user.in_(recovered)))
+            if new:
+                conn.execute(
+                    Exhaustion.__table__.insert(), [{"user": u, "since": now} for u in new]
+                )
+        return {u: known.get(u, now) for u, ex in states.items() if ex}
+
+    def record_stop(self, user: str, consumer: str, reason: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                Stop.__table__.insert().values(at=now, user=user, consumer=consumer, reason=reason)
+            )
+
+    def stops(self, user: str | None = None) -> list:
+        with self._read() as conn:
+            q = select(Stop).order_by(Stop.at)
+            if user:
+                q = q.where(Stop.user == user)
+            return list(conn.execute(q).all())
+
+    # --- history -------------------------------------------------------------------------
+    def usage(
+        self,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list:
+        with self._read() as conn:
+            q = select(Charge)
+            if user is not None:
+                q = q.where(Charge.user == user)
+            if since is not None:
+                q = q.where(Charge.end > since)
+            if until is not None:
+                q = q.where(Charge.start < until)
+            q = q.order_by(Charge.start.desc() if newest_first else Charge.start, Charge.id)
+            if limit:
+                q = q.limit(limit)
+            return list(conn.execute(q).all())
+
+    def grants(self, since_period: float | None = None) -> list:
+        with self._read() as conn:
+            q = select(Grant).order_by(Grant.at)
+            if since_period is not None:
+                q = q.where(Grant.period_start >= since_period)
+            return list(conn.execute(q).all())
+
+    def totals_used(self, period_start: float) -> dict[tuple[str, str, str], float]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(Total.kind, Total.name, Total.resource, func.sum(Total.used))
+                .where(Total.period_start == period_start)
+                .group_by(Total.kind, Total.name, Total.resource)
+            )
+            return {(k, n, r): u for k, n, r, u in rows}
+
+
+def _bind(name: str):
+    from sqlalchemy import bindparam
+
+    return bindparam(name)
+
+
+def _sqlite_explicit_transactions(engine: Engine) -> None:
+    """pysqlite starts transactions lazily and never as IMMEDIATE; take control so that a
+    write transaction holds the lock from its first read (the SQLAlchemy-documented recipe)."""
+    if getattr(engine, "_sz_tx", False):
+        return
+    engine._sz_tx = True
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        write = conn.get_execution_options().get("write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+__all__ = ["Balance", "Ledger", "Limit", "QuotaError", "rates_of", "FOREVER"]

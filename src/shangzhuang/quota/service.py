@@ -1,0 +1,399 @@
+"""The quota service: a JupyterHub-managed Tornado service at /services/quota/.
+
+It runs the meter every `quota.sample_seconds` and answers API v1 (see openapi.py).
+Users and notebooks authenticate with JupyterHub tokens or the hub's OAuth cookie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import os
+import time
+from datetime import datetime
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httputil import url_concat
+
+from shangzhuang.quota import open_ledger
+from shangzhuang.quota.ledger import Ledger, QuotaError, rates_of
+from shangzhuang.quota.meter import Meter, Running, lab_consumer
+from shangzhuang.quota.openapi import document
+from shangzhuang.quota.periods import iso
+from shangzhuang.settings import RESOURCES, Settings, load_settings
+
+log = logging.getLogger("shangzhuang.quota")
+
+
+class LabSessions:
+    """Lab servers as the hub reports them: a `UsageSource` for the meter."""
+
+    name = "lab"
+
+    def __init__(self, settings: Settings, api_url: str, token: str):
+        self.settings = settings
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.http = AsyncHTTPClient()
+
+    async def _api(self, method: str, path: str) -> dict | list | None:
+        req = HTTPRequest(
+            self.api_url + path,
+            method=method,
+            headers={
+                "Authorization": f"token {self.token}",
+                "Accept": "application/jupyterhub-pagination+json",
+            },
+            request_timeout=30,
+        )
+        resp = await self.http.fetch(req, raise_error=method == "GET")
+        return json.loads(resp.body) if resp.body else None
+
+    async def running(self) -> list[Running]:
+        out, offset = [], 0
+        while True:
+            page = await self._api("GET", f"/users?state=active&offset={offset}&limit=200")
+            for user in page["items"]:
+                for server, s in (user.get("servers") or {}).items():
+                    if not s.get("started"):
+                        continue
+                    started = datetime.fromisoformat(s["started"].replace("Z", "+00:00"))
+                    profile = self.profile((s.get("user_options") or {}).get("profile"))
+                    out.append(
+                        Running(
+                            consumer=lab_consumer(user["name"], server, started.timestamp()),
+                            user=user["name"], source="lab", started=started.timestamp(),
+                            rates=rates_of(profile), profile=profile.name,
+                            groups=tuple(user.get("groups") or ()),
+                        )
+                    )  # fmt: skip
+            nxt = page.get("_pagination", {}).get("next")
+            if not nxt:
+                return out
+            offset = nxt["offset"]
+
+    def profile(self, name: str | None):
+        for p in self.settings.profiles:
+            if p.name == name:
+                return p
+        return self.settings.profiles[0]  # what the spawner starts when none was named
+
+    async def stop(self, consumer: str, user: str, reason: str) -> None:
+        server = consumer.split("/", 1)[1].rsplit("@", 1)[0]
+        path = (
+            f"/users/{quote(user)}/server"
+            if not server
+            else (f"/users/{quote(user)}/servers/{quote(server)}")
+        )
+        await self._api("DELETE", path)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.remaining = Gauge(
+            "shangzhuang_quota_account_remaining_hours",
+            "Hours left in each account's pool this period",
+            ["account", "resource"], registry=self.registry,
+        )  # fmt: skip
+        self.charges = Counter(
+            "shangzhuang_quota_charges_total", "Charge rows written by the meter",
+            registry=self.registry,
+        )  # fmt: skip
+        self.stops = Counter(
+            "shangzhuang_quota_enforced_stops_total", "Consumers stopped at zero quota",
+            registry=self.registry,
+        )  # fmt: skip
+        self.tick = Histogram(
+            "shangzhuang_quota_meter_tick_seconds", "Duration of one meter tick",
+            registry=self.registry,
+        )  # fmt: skip
+
+
+class APIHandler(HubOAuthenticated, web.RequestHandler):
+    """JSON in, JSON out; errors as {"status", "message"}; no anonymous access."""
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.settings["ledger"]
+
+    @property
+    def site(self) -> Settings:
+        return self.settings["site"]
+
+    def check_xsrf_cookie(self):
+        # Token-authenticated API calls carry no XSRF cookie; cookie-authenticated ones do.
+        if self.request.headers.get("Authorization"):
+            return
+        return super().check_xsrf_cookie()
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def caller(self) -> dict:
+        """The authenticated caller's hub model; 401 (or the login page for a browser)."""
+        user = self.current_user
+        if user:
+            return user
+        if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", ""):
+            self.redirect(url_concat(self.get_login_url(), {"next": self.request.uri}))
+            raise web.Finish()
+        self.set_header("WWW-Authenticate", "token")
+        raise web.HTTPError(401, "a JupyterHub token or login is required")
+
+    def is_admin(self, model: dict) -> bool:
+        return bool(model.get("admin")) or "admin:users" in model.get("scopes", ())
+
+    def self_or_admin(self, name: str) -> dict:
+        me = self.caller()
+        if me.get("name") != name and not self.is_admin(me):
+            raise web.HTTPError(403, f"you may read your own quota, not {name}'s")
+        return me
+
+    def admin(self) -> dict:
+        me = self.caller()
+        if not self.is_admin(me):
+            raise web.HTTPError(403, "only admins may do this")
+        return me
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+    def int_arg(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.get_argument(name, None)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise web.HTTPError(400, f"{name} must be an integer, not {raw!r}") from None
+        if not lo <= value <= hi:
+            raise web.HTTPError(400, f"{name} must be between {lo} and {hi}")
+        return value
+
+    def time_arg(self, name: str) -> float | None:
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return None
+        try:
+            t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise web.HTTPError(
+                400, f"{name} must be an ISO 8601 date or time, such as 2026-11-01, not {raw!r}"
+            ) from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=ZoneInfo(self.site.site.timezone))
+        return t.timestamp()
+
+
+class MeHandler(APIHandler):
+    def get(self):
+        me = self.caller()
+        self.write_json(self.ledger.balance(me["name"]).as_dict())
+
+
+class UserHandler(APIHandler):
+    def get(self, name):
+        self.self_or_admin(name)
+        self.write_json(self.ledger.balance(name).as_dict())
+
+
+class UsersHandler(APIHandler):
+    def get(self):
+        self.admin()
+        offset = self.int_arg("offset", 0, 0, 10**9)
+        limit = self.int_arg("limit", 100, 1, 1000)
+        names = self.ledger.users()
+        page = names[offset : offset + limit]
+        balances = self.ledger.balances(page)
+        self.write_json(
+            {
+                "items": [balances[n].as_dict() for n in page],
+                "total": len(names),
+                "offset": offset,
+                "limit": limit,
+            }
+        )
+
+
+class AccountHandler(APIHandler):
+    def get(self, name):
+        me = self.caller()
+        if name not in self.site.quota.accounts:
+            raise web.HTTPError(404, f"no account {name!r}")
+        if not self.is_admin(me) and self.ledger.account_of(me["name"]) != name:
+            raise web.HTTPError(403, f"you are not a member of {name}")
+        self.write_json(self.ledger.account_pool(name))
+
+
+class GrantsHandler(APIHandler):
+    def get(self):
+        self.admin()
+        period = self.ledger.period()
+        self.write_json([_grant_dict(g, self.ledger.tz) for g in self.ledger.grants(period.start)])
+
+    def post(self):
+        me = self.admin()
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        unknown = set(body) - {"user", "account", "resource", "amount", "reason"}
+        if unknown:
+            raise web.HTTPError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        amount = body.get("amount")
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise web.HTTPError(400, "amount must be a number of hours")
+        for key in ("user", "account", "resource", "reason"):
+            if key in body and not isinstance(body[key], str):
+                raise web.HTTPError(400, f"{key} must be a string")
+        try:
+            grant = self.ledger.grant(
+                by=me["name"], resource=body.get("resource", ""), amount=float(amount),
+                reason=body.get("reason", ""), user=body.get("user"), account=body.get("account"),
+            )  # fmt: skip
+        except QuotaError as e:
+            raise web.HTTPError(400, str(e)) from None
+        self.write_json(grant, status=201)
+
+
+class UsageHandler(APIHandler):
+    COLUMNS = ("consumer", "user", "account", "resource", "source", "start", "end", "amount")
+
+    def get(self):
+        me = self.caller()
+        user = self.get_argument("user", None)
+        if user is None:
+            user = None if self.is_admin(me) else me["name"]
+        elif user != me["name"] and not self.is_admin(me):
+            raise web.HTTPError(403, f"you may read your own usage, not {user}'s")
+        fmt = self.get_argument("format", "json")
+        if fmt not in ("json", "csv"):
+            raise web.HTTPError(400, f"format must be json or csv, not {fmt!r}")
+        since, until = self.time_arg("since"), self.time_arg("until")
+        limit = self.int_arg("limit", 100000, 1, 100000)
+        rows = self.ledger.usage(user=user, since=since, until=until, limit=limit)
+        tz = self.ledger.tz
+        records = [
+            {
+                "consumer": r.consumer, "user": r.user, "account": r.account,
+                "resource": r.resource, "source": r.source, "start": iso(r.start, tz),
+                "end": iso(r.end, tz), "amount": round(r.amount, 9),
+            }
+            for r in rows
+        ]  # fmt: skip
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=self.COLUMNS)
+            w.writeheader()
+            w.writerows(records)
+            self.set_header("Content-Type", "text/csv; charset=utf-8")
+            self.set_header("Content-Disposition", 'attachment; filename="usage.csv"')
+            self.finish(buf.getvalue())
+        else:
+            self.write_json({"user": user, "records": records})
+
+
+class OpenAPIHandler(APIHandler):
+    def get(self):
+        self.caller()
+        self.write_json(document(self.settings["prefix"]))
+
+
+class MetricsHandler(APIHandler):
+    def get(self):
+        me = self.caller()
+        if not self.is_admin(me) and "read:metrics" not in me.get("scopes", ()):
+            raise web.HTTPError(403, "metrics need an admin token or the read:metrics scope")
+        metrics: Metrics = self.settings["metrics"]
+        for account, pool in self.ledger.accounts_pool().items():
+            for resource, limit in pool.items():
+                metrics.remaining.labels(account, resource).set(limit["remaining"])
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(generate_latest(metrics.registry))
+
+
+def _grant_dict(g, tz: str) -> dict:
+    return {
+        "id": g.id, "at": iso(g.at, tz), "by": g.by, g.kind: g.name, "resource": g.resource,
+        "amount": g.amount, "reason": g.reason,
+    }  # fmt: skip
+
+
+def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) -> web.Application:
+    api = url_path_join(prefix, "api/v1")
+    return web.Application(
+        [
+            (url_path_join(api, "me"), MeHandler),
+            (url_path_join(api, "users"), UsersHandler),
+            (url_path_join(api, "users/([^/]+)"), UserHandler),
+            (url_path_join(api, "accounts/([^/]+)"), AccountHandler),
+            (url_path_join(api, "grants"), GrantsHandler),
+            (url_path_join(api, "usage"), UsageHandler),
+            (url_path_join(api, "openapi.json"), OpenAPIHandler),
+            (url_path_join(prefix, "metrics"), MetricsHandler),
+            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+        ],
+        ledger=ledger,
+        site=settings,
+        prefix=prefix,
+        metrics=metrics,
+        cookie_secret=os.urandom(32),
+        xsrf_cookies=False,
+    )
+
+
+async def run_meter(meter: Meter, every: float, metrics: Metrics) -> None:
+    while True:
+        started = time.monotonic()
+        try:
+            report = await meter.tick()
+            metrics.tick.observe(report.seconds)
+            metrics.charges.inc(report.charged)
+            metrics.stops.inc(len(report.stopped))
+        except Exception:
+            log.exception("meter tick failed")
+        await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+async def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="[%(levelname)1.1s %(asctime)s quota] %(message)s"
+    )
+    settings = load_settings()
+    ledger = open_ledger(settings)
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/quota/")
+    metrics = Metrics()
+    app = make_app(settings, ledger, prefix, metrics)
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL", f"http://127.0.0.1:{settings.quota.port}")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    app.listen(port, address="127.0.0.1")
+    log.info("quota service on %s%s (meter every %ss)", url, prefix, settings.quota.sample_seconds)
+    source = LabSessions(
+        settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]
+    )
+    meter = Meter(ledger, [source], settings.quota.grace_seconds)
+    await run_meter(meter, settings.quota.sample_seconds, metrics)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+
+
+__all__ = ["LabSessions", "lab_consumer", "make_app", "RESOURCES"]
