@@ -61,8 +61,10 @@ class Site(Section):
     def _known_zone(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as 'Asia/Shanghai')")
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Asia" is a folder
+            raise ValueError(
+                f"unknown time zone {v!r} (use an IANA name such as 'Asia/Shanghai')"
+            ) from None
         return v
 
 
@@ -140,11 +142,64 @@ class Profile(Section):
         return self.display_name or self.name
 
 
+RESOURCES = ("gpu_hours", "cpu_hours")
+
+
+class Amounts(Section):
+    """An allocation per period; a resource left out is not limited."""
+
+    gpu_hours: float | None = Field(None, ge=0)
+    cpu_hours: float | None = Field(None, ge=0)
+
+    def limits(self) -> dict[str, float]:
+        return {r: getattr(self, r) for r in RESOURCES if getattr(self, r) is not None}
+
+
+class QuotaAccount(Amounts):
+    """An institution or project: a pool shared by its members."""
+
+    description: str = ""
+
+
+class QuotaUser(Amounts):
+    """A user's account, if not the default, and optional personal caps."""
+
+    account: str | None = None
+
+
+class Quota(Section):
+    enabled: bool = True
+    period: Literal["monthly", "weekly", "none"] = "monthly"
+    database_url: str = ""  # empty: SQLite quota.sqlite in hub.state_dir
+    port: int = Field(8082, ge=1, le=65535)  # the quota service, on 127.0.0.1
+    sample_seconds: float = Field(15, gt=0)
+    min_minutes_to_spawn: float = Field(10, ge=0)
+    warn_fraction: float = Field(0.10, ge=0, le=1)
+    grace_seconds: float = Field(300, ge=0)
+    default_account: str = "default"
+    accounts: dict[str, QuotaAccount] = {"default": QuotaAccount()}
+    users: dict[str, QuotaUser] = {}
+
+    @model_validator(mode="after")
+    def _accounts_exist(self) -> Quota:
+        if self.default_account not in self.accounts:
+            raise ValueError(
+                f"quota.default_account: {self.default_account!r} is not in quota.accounts"
+            )
+        for name, user in self.users.items():
+            if user.account is not None and user.account not in self.accounts:
+                raise ValueError(
+                    f"quota.users.{name}.account: {user.account!r} is not in quota.accounts"
+                )
+        return self
+
+
 class Settings(Section):
     site: Site = Site()
     hub: Hub = Hub()
     auth: Auth = Auth()
     backend: Backend = Backend()
+    quota: Quota = Quota()
     profiles: list[Profile] = Field(min_length=1)
 
     # Filled in by load_settings, not by the file.
@@ -220,8 +275,12 @@ def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
         for err in e.errors():
             key = _key(err["loc"], last_is_user_key=err["type"] == "extra_forbidden")
             reason = _reason(err)
-            if key == "(top level)" and ": " in reason:  # model-level checks name their own key
-                key, reason = reason.split(": ", 1)
+            # Model-level checks name their own key ("quota.default_account: ...").
+            named, _, rest = reason.partition(": ")
+            if rest and " " not in named and named.startswith(key.split("[")[0].split(".")[0]):
+                key, reason = named, rest
+            elif rest and key == "(top level)":
+                key, reason = named, rest
             problems.append(f"{key}: {reason}")
         raise SettingsError(source, problems) from None
     problems += _node_problems(settings)
