@@ -71,7 +71,7 @@ def render(options: list[Choice]) -> str:
             f' data-profile="{escape(p.name)}" data-available="{str(c.available).lower()}">'
             f'<input type="radio" name="profile" value="{escape(p.name)}"{checked}{disabled}> '
             f"<strong>{escape(p.title)}</strong> "
-            f'<span class="sz-resources">{escape(resources(p))}</span> '
+            f'<span class="sz-resources">{escape(resources(p)).replace("·", "&middot;")}</span> '
             f'<span class="sz-cost">{escape(cost(p))}</span> '
             f'<span class="sz-status badge">{status}</span>'
             + (f'<div class="text-muted">{escape(p.description)}</div>' if p.description else "")

@@ -25,7 +25,7 @@ RATE_COLUMN = {"cpu_hours": "cpu_rate", "gpu_hours": "gpu_rate"}
 
 def rates_of(profile: Profile) -> dict[str, float]:
     """What a session of this profile burns per hour: its cores and its GPUs."""
-    return {"cpu_hours": float(profile.cores), "gpu_hours": float(profile.gpus)}
+    return {"gpu_hours": float(profile.gpus), "cpu_hours": float(profile.cores)}
 
 
 class QuotaError(ValueError):

@@ -1,0 +1,203 @@
+"""Quota with the real hub: refused, warned, stopped at zero, granted; the API's access rules."""
+
+import csv
+import io
+import time
+
+import pytest
+import requests
+
+from .hub import RunningHub, workdir
+
+pytestmark = pytest.mark.integration
+
+# cpu profile: 2 cores = 2 cpu_hours per hour. 0.01 cpu_hours = 18 s of it.
+QUOTA = """
+sample_seconds = 1
+min_minutes_to_spawn = 0.05
+grace_seconds = 2
+warn_fraction = 0.5
+[quota.accounts.default]
+cpu_hours = 1000
+[quota.accounts.physics]
+cpu_hours = 1000
+gpu_hours = 5
+[quota.users.quinn]
+cpu_hours = 0.001
+[quota.users.rosa]
+account = "physics"
+"""
+
+
+@pytest.fixture(scope="module")
+def hub():
+    h = RunningHub(workdir(), quota=QUOTA)
+    h.start()
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+def quota_api(hub, method, path, token, **kw):
+    return requests.request(
+        method,
+        f"{hub.url}/services/quota/api/v1{path}",
+        headers={"Authorization": f"token {token}"} if token else {},
+        timeout=30,
+        **kw,
+    )
+
+
+def test_refused_granted_warned_stopped_and_granted_again(hub):
+    hub.new_user("quinn")
+    token = hub.token_for("quinn")
+
+    # 0.001 cpu_hours can't pay 3 minutes... of 2 cores: refused, saying why and when it resets.
+    r = hub.spawn("quinn", "cpu", ok=None)
+    assert r.status_code == 403, r.text
+    msg = r.json()["message"]
+    assert "Not enough quota to start cpu" in msg
+    assert "0.00 cpu_hours left in account default" in msg
+    assert "costs 2 cpu_hours per hour" in msg and "Your quota resets at" in msg
+
+    admin = hub.admin_token()
+    r = quota_api(hub, "POST", "/grants", admin,
+                  json={"user": "quinn", "resource": "cpu_hours", "amount": 0.01, "reason": "test"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert r.json()["by"] == "admin"
+
+    hub.spawn("quinn", "cpu")
+    hub.wait_ready("quinn")
+    states = []
+
+    def stopped():
+        me = quota_api(hub, "GET", "/me", token).json()
+        states.append(me["state"])
+        return "" not in hub.api("GET", "/users/quinn").json()["servers"]
+
+    hub.wait(stopped, timeout=90, what="quinn stopped at zero")
+    assert "low" in states and "exhausted" in states, states
+    me = quota_api(hub, "GET", "/me", token).json()
+    assert me["resources"]["cpu_hours"]["remaining"] == 0
+    personal = me["resources"]["cpu_hours"]["personal"]
+    # It used all of cap + grant, and ran past zero only for the grace period (2 s), one
+    # sampling interval (1 s) and its shutdown (a few s), at 2 cores.
+    assert personal["used"] >= 0.011
+    assert personal["used"] <= 0.011 + (2 + 1 + 5) * 2 / 3600
+
+    # Another grant lets it spawn again.
+    quota_api(hub, "POST", "/grants", admin,
+              json={"user": "quinn", "resource": "cpu_hours", "amount": 1, "reason": "more"})  # fmt: skip
+    hub.spawn("quinn", "cpu")
+    hub.wait_ready("quinn")
+    hub.stop_server("quinn")
+
+    # The usage report holds the session's charges; CSV for spreadsheets.
+    r = quota_api(hub, "GET", "/usage?format=csv", token)
+    assert r.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert rows and {row["user"] for row in rows} == {"quinn"}
+    assert abs(sum(float(x["amount"]) for x in rows) - personal_used(hub, token)) < 1e-6
+
+
+def personal_used(hub, token):
+    return quota_api(hub, "GET", "/me", token).json()["resources"]["cpu_hours"]["personal"]["used"]
+
+
+def test_session_charge_matches_its_running_time(hub):
+    hub.new_user("rosa")
+    token = hub.token_for("rosa")
+    hub.spawn("rosa", "gpu-1")
+    hub.wait_ready("rosa")
+    server = hub.api("GET", "/users/rosa").json()["servers"][""]
+    time.sleep(3)
+    hub.stop_server("rosa")
+    stopped_by = time.time()
+    me = quota_api(hub, "GET", "/me", token).json()
+    assert me["account"] == "physics"
+    from datetime import datetime
+
+    started = datetime.fromisoformat(server["started"].replace("Z", "+00:00")).timestamp()
+    ran = stopped_by - started
+    gpu_used = me["resources"]["gpu_hours"]["account"]["used"]
+    # Charged from start to stop at 1 GPU: never more than it ran, and within a second of it.
+    assert gpu_used * 3600 <= ran + 0.01
+    assert gpu_used * 3600 >= ran - 1.5
+    assert me["running"] == []
+
+
+def test_quota_from_a_notebook(hub):
+    hub.new_user("sven")
+    hub.spawn("sven", "cpu")
+    hub.wait_ready("sven")
+    out = hub.run_code(
+        "sven",
+        "import shangzhuang; q = shangzhuang.quota(); print(q['user'], q['account']); print(repr(q))",
+    )
+    first, *rest = out.splitlines()
+    assert first == "sven default"
+    assert rest[0].startswith("Quota of sven (account default): ok")
+    assert any(line.strip().startswith("cpu_hours:") for line in rest)
+    hub.stop_server("sven")
+
+
+def test_access_rules(hub):
+    hub.new_user("tara")
+    hub.new_user("ugo")
+    tara = hub.token_for("tara")
+    # Own quota: yes. Another user's: 403. No token: 401.
+    assert quota_api(hub, "GET", "/users/tara", tara).status_code == 200
+    r = quota_api(hub, "GET", "/users/ugo", tara)
+    assert r.status_code == 403 and r.json()["message"]
+    assert quota_api(hub, "GET", "/me", None).status_code == 401
+    assert quota_api(hub, "GET", "/me", "not-a-token").status_code in (401, 403)
+    # A browser without a session is sent to log in.
+    r = requests.get(
+        f"{hub.url}/services/quota/api/v1/me", headers={"Accept": "text/html"},
+        allow_redirects=False,
+    )  # fmt: skip
+    assert r.status_code == 302
+    assert r.headers["Location"].startswith("/hub/api/oauth2/authorize?client_id=service-quota")
+    # Grants, the user list and other users' usage are for admins.
+    body = {"user": "tara", "resource": "cpu_hours", "amount": 5, "reason": "please"}
+    assert quota_api(hub, "POST", "/grants", tara, json=body).status_code == 403
+    assert quota_api(hub, "GET", "/users", tara).status_code == 403
+    assert quota_api(hub, "GET", "/usage?user=ugo", tara).status_code == 403
+    assert quota_api(hub, "GET", "/accounts/physics", tara).status_code == 403
+    assert quota_api(hub, "GET", "/accounts/default", tara).status_code == 200
+    # Admins see everyone, paginated.
+    admin = hub.admin_token()
+    page = quota_api(hub, "GET", "/users?limit=2", admin).json()
+    assert len(page["items"]) == 2 and page["total"] >= 3
+    # Bad input: 4xx with a JSON error naming the field.
+    r = quota_api(hub, "POST", "/grants", admin, json={**body, "resource": "tpu_hours"})
+    assert r.status_code == 400 and "resource must be one of" in r.json()["message"]
+    r = quota_api(hub, "GET", "/usage?since=yesterday", admin)
+    assert r.status_code == 400 and "since must be an ISO 8601" in r.json()["message"]
+    r = quota_api(hub, "POST", "/grants", admin, json={**body})
+    assert r.status_code == 400 and "tara has no personal cap" in r.json()["message"]
+
+
+def test_metrics_and_openapi(hub):
+    admin = hub.admin_token()
+    r = requests.get(
+        f"{hub.url}/services/quota/metrics", headers={"Authorization": f"token {admin}"}
+    )
+    assert r.status_code == 200
+    assert 'shangzhuang_quota_account_remaining_hours{account="physics",resource="gpu_hours"}' in r.text
+    assert "shangzhuang_quota_meter_tick_seconds_count" in r.text
+    user = hub.token_for("tara")
+    assert requests.get(
+        f"{hub.url}/services/quota/metrics", headers={"Authorization": f"token {user}"}
+    ).status_code == 403
+    doc = quota_api(hub, "GET", "/openapi.json", user).json()
+    assert doc["openapi"].startswith("3.") and "/me" in doc["paths"]
+
+
+def test_home_page_and_spawn_form_show_quota(hub):
+    browser = hub.login("quinn", "correct-horse-9")
+    home = browser.get(f"{hub.url}/hub/home").text
+    assert 'id="sz-quota"' in home and "Resets at" in home
+    form = browser.get(f"{hub.url}/hub/spawn").text
+    assert "2 cpu_hours per hour" in form and "1 gpu_hours + 1 cpu_hours per hour" in form
