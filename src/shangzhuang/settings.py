@@ -49,7 +49,7 @@ PathStr = Annotated[Path, Strict(False)]
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, types are strict."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class Site(Section):
@@ -302,18 +302,26 @@ def node_gpus(settings: Settings) -> list:
 
 
 def _node_problems(settings: Settings) -> list[str]:
-    """Checks against this node. With no GPU detected, GPU profiles are offered as
-    unavailable rather than refused, so one config serves CPU and GPU nodes."""
+    """Checks against this node's GPUs when the config lists them. GPUs found by NVML
+    instead vary from node to node: profiles that ask for more are offered as unavailable,
+    so one config serves CPU nodes, one-GPU nodes and big ones."""
     listed = settings.backend.local.gpus
-    count = len(node_gpus(settings))
-    if not listed and count == 0:
-        return []
-    where = "listed in backend.local.gpus" if listed else "found by NVML"
-    return [
-        f"profiles[{i}].gpus: asks for {p.gpus} GPUs but this node has {count} ({where})"
+    problems = [
+        f"profiles[{i}].gpus: asks for {p.gpus} GPUs but this node has {len(listed)} "
+        "(listed in backend.local.gpus)"
         for i, p in enumerate(settings.profiles)
-        if p.gpus > count
+        if listed and p.gpus > len(listed)
     ]
+    hub, ports = settings.hub, {}
+    named = [
+        ("hub.port", hub.port), ("hub.api_port", hub.api_port),
+        ("hub.proxy_api_port", hub.proxy_api_port), ("quota.port", settings.quota.port),
+    ]  # fmt: skip
+    for key, port in named:
+        if port in ports:
+            problems.append(f"{key}: port {port} is already used by {ports[port]}")
+        ports.setdefault(port, key)
+    return problems
 
 
 def load_settings(path: Path | str | None = None) -> Settings:

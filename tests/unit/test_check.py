@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shangzhuang.hub.gpus import detect_gpus
 from shangzhuang.settings import DEFAULT_CONFIG, SettingsError, load_settings, parse_settings
 
 SHIPPED = DEFAULT_CONFIG.read_text(encoding="utf-8")
@@ -356,13 +355,8 @@ def test_gpu_profiles_within_the_listed_gpus_pass(tmp_path):
 
 def test_cli_shipped_config_passes(tmp_path):
     done = cli("check", str(DEFAULT_CONFIG), cwd=tmp_path)
-    found = len(detect_gpus())
-    if found == 1:
-        # The shipped gpu-2 profile does not fit a node where NVML finds one GPU: `check`
-        # refuses it there (a node with no GPU offers GPU profiles as unavailable instead).
-        problem = "profiles[2].gpus: asks for 2 GPUs but this node has 1 (found by NVML)"
-        assert (done.returncode, done.stderr) == (2, refusal(DEFAULT_CONFIG, [problem]))
-        return
+    # Whatever NVML finds here (none, one GPU, eight), the shipped config is valid: GPU
+    # profiles a node can't hold are offered as unavailable, not refused.
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"ok: {DEFAULT_CONFIG}\n"
     assert done.stderr == ""

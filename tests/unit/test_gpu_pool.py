@@ -88,7 +88,7 @@ def test_an_owner_gets_gpus_once():
 def test_busy_on_a_node_without_gpu():
     with pytest.raises(GpusBusy) as busy:
         GpuPool([]).allocate("ana/", 1)
-    assert str(busy.value) == "This node has no GPU; the profile asks for 1."
+    assert str(busy.value) == "This node has no GPU; the profile asks for 1 GPU."
     assert (busy.value.wanted, busy.value.total, busy.value.free) == (1, 0, 0)
 
 
@@ -104,13 +104,24 @@ def test_busy_when_all_gpus_are_in_use():
     assert pool.held_by("bo/") == []
 
 
+def test_busy_messages_read_well_for_one_gpu_and_for_too_many():
+    one = GpuPool(gpus(1))
+    one.allocate("ana/", 1)
+    with pytest.raises(GpusBusy) as busy:
+        one.allocate("bo/", 1)
+    assert str(busy.value) == "The only GPU of this node is in use; try again when one is released."
+    with pytest.raises(GpusBusy) as busy:
+        GpuPool(gpus(1)).allocate("bo/", 2)
+    assert str(busy.value) == "The profile asks for 2 GPUs but this node has only 1 GPU."
+
+
 def test_busy_when_fewer_are_free_than_asked_takes_nothing():
     pool = GpuPool(gpus(4))
     pool.allocate("ana/", 3)
     with pytest.raises(GpusBusy) as busy:
         pool.allocate("bo/", 2)
     assert str(busy.value) == (
-        "The profile asks for 2 GPUs but only 1 of this node's 4 GPUs are free."
+        "The profile asks for 2 GPUs but only 1 of this node's 4 GPUs is free."
     )
     assert (busy.value.wanted, busy.value.total, busy.value.free) == (2, 4, 1)
     assert pool.holders() == {0: "ana/", 1: "ana/", 2: "ana/"}  # bo got no partial share
@@ -273,7 +284,7 @@ def test_start_refuses_with_503_when_too_few_gpus_are_free(home):
     assert refused.value.status_code == 503
     assert refused.value.reason == "gpus-busy"
     assert refused.value.message == (
-        "The profile asks for 2 GPUs but only 1 of this node's 2 GPUs are free."
+        "The profile asks for 2 GPUs but only 1 of this node's 2 GPUs is free."
     )
     assert spawner.proc is None  # nothing was started
     assert pool.holders() == {0: "bo/"}

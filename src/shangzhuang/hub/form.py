@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-from shangzhuang.hub.gpus import GpuPool
+from shangzhuang.hub.gpus import GpuPool, gpus
 from shangzhuang.settings import Profile
 
 
@@ -31,6 +31,8 @@ def choices(
         short = balance.can_afford(rates_of(p), min_hours) if balance is not None else []
         if p.gpus and pool.total == 0:
             out.append(Choice(p, False, "this node has no GPU"))
+        elif p.gpus > pool.total:
+            out.append(Choice(p, False, f"this node has only {gpus(pool.total)}"))
         elif p.gpus > free:
             out.append(Choice(p, False, f"{free} of {pool.total} GPUs free"))
         elif short:
@@ -53,8 +55,8 @@ def resources(p: Profile) -> str:
     """'2 cores · 4 GB · no GPU' as shown beside a profile."""
     gib = p.memory / 1024**3
     mem = f"{gib:g} GB" if gib >= 1 else f"{p.memory // 1024**2} MB"
-    gpus = {0: "no GPU", 1: "1 GPU"}.get(p.gpus, f"{p.gpus} GPUs")
-    return f"{p.cores:g} cores · {mem} · {gpus}"
+    cores = "1 core" if p.cores == 1 else f"{p.cores:g} cores"
+    return f"{cores} · {mem} · {gpus(p.gpus) if p.gpus else 'no GPU'}"
 
 
 def render(options: list[Choice]) -> str:

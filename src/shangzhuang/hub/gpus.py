@@ -26,19 +26,27 @@ class Gpu:
         return self.uuid or str(self.index)
 
 
+def gpus(n: int) -> str:
+    """'1 GPU', '2 GPUs'."""
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
+
+
 class GpusBusy(Exception):
     """Not enough free GPUs for a request."""
 
     def __init__(self, wanted: int, total: int, free: int):
         self.wanted, self.total, self.free = wanted, total, free
         if total == 0:
-            msg = f"This node has no GPU; the profile asks for {wanted}."
+            msg = f"This node has no GPU; the profile asks for {gpus(wanted)}."
+        elif wanted > total:
+            msg = f"The profile asks for {gpus(wanted)} but this node has only {gpus(total)}."
         elif free == 0:
-            msg = f"All {total} GPUs of this node are in use; try again when one is released."
+            every = "The only GPU" if total == 1 else f"All {total} GPUs"
+            msg = f"{every} of this node {'is' if total == 1 else 'are'} in use; try again when one is released."
         else:
             msg = (
-                f"The profile asks for {wanted} GPUs but only {free} of this node's "
-                f"{total} GPUs are free."
+                f"The profile asks for {gpus(wanted)} but only {free} of this node's "
+                f"{gpus(total)} {'is' if free == 1 else 'are'} free."
             )
         super().__init__(msg)
 
