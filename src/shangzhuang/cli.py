@@ -1,4 +1,4 @@
-"""`shangzhuang up | check`: the operator's command line."""
+"""`shangzhuang up | check | quota ...`: the operator's command line."""
 
 from __future__ import annotations
 
@@ -73,6 +73,106 @@ def cmd_up(args) -> int:
     os.execve(sys.executable, argv, env)
 
 
+# --- quota: straight on the ledger, so it works on the hub host even with the hub down ----
+def _ledger(args):
+    from sqlalchemy.exc import OperationalError
+
+    from shangzhuang.quota import database_url, open_ledger
+
+    settings = _settings_or_exit(args.config)
+    try:
+        return open_ledger(settings)
+    except OperationalError as e:
+        print(
+            f"cannot open the quota database {database_url(settings)} "
+            f"(quota.database_url): {e.orig}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def cmd_quota_show(args) -> int:
+    from shangzhuang.quota import QuotaReport
+
+    ledger = _ledger(args)
+    if args.user:
+        print(repr(QuotaReport(ledger.balance(args.user).as_dict())))
+        return 0
+    period = ledger.period()
+    from shangzhuang.quota.periods import iso
+
+    print(f"Period from {iso(period.start, ledger.tz)}, resets {iso(period.end, ledger.tz) or 'never'}")
+    print(f"{'account':<20} {'resource':<10} {'used':>12} {'of':>12} {'left':>12}")
+    for account, pool in ledger.accounts_pool().items():
+        for resource, lim in pool.items():
+            total = lim["allocated"] + lim["granted"]
+            print(
+                f"{account:<20} {resource:<10} {lim['used']:>12.2f} {total:>12.2f} "
+                f"{lim['remaining']:>12.2f}"
+            )
+    return 0
+
+
+def cmd_quota_grant(args) -> int:
+    from shangzhuang.quota.ledger import QuotaError
+
+    ledger = _ledger(args)
+    by = args.by or os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+    try:
+        grant = ledger.grant(
+            by=by, resource=args.resource, amount=args.amount, reason=args.reason,
+            user=args.user, account=args.account,
+        )  # fmt: skip
+    except QuotaError as e:
+        print(f"shangzhuang quota grant: {e}", file=sys.stderr)
+        return 2
+    target = f"user {args.user}" if args.user else f"account {args.account}"
+    print(f"granted {grant['amount']:g} {grant['resource']} to {target} (grant {grant['id']})")
+    return 0
+
+
+def cmd_quota_report(args) -> int:
+    import csv
+    from collections import defaultdict
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from shangzhuang.quota.periods import iso
+
+    ledger = _ledger(args)
+
+    def when(text, name):
+        if not text:
+            return None
+        try:
+            t = datetime.fromisoformat(text)
+        except ValueError:
+            print(f"--{name} must be an ISO 8601 date or time, not {text!r}", file=sys.stderr)
+            sys.exit(2)
+        return (t if t.tzinfo else t.replace(tzinfo=ZoneInfo(ledger.tz))).timestamp()
+
+    since = when(args.since, "since")
+    if since is None and not args.all:
+        since = ledger.period().start  # this period, by default
+    rows = ledger.usage(user=args.user, since=since, until=when(args.until, "until"))
+    if args.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(["consumer", "user", "account", "resource", "source", "start", "end", "amount"])
+        for r in rows:
+            w.writerow(
+                [r.consumer, r.user, r.account, r.resource, r.source,
+                 iso(r.start, ledger.tz), iso(r.end, ledger.tz), f"{r.amount:.9f}"]
+            )  # fmt: skip
+        return 0
+    sums = defaultdict(float)
+    for r in rows:
+        sums[(r.user, r.account, r.resource)] += r.amount
+    print(f"{'user':<20} {'account':<20} {'resource':<10} {'used':>12}")
+    for (user, account, resource), used in sorted(sums.items()):
+        print(f"{user:<20} {account:<20} {resource:<10} {used:>12.4f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shangzhuang", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +185,31 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--config", help="the site config (default: $SHANGZHUANG_CONFIG or embedded)")
     up.add_argument("hub_args", nargs="*", help="extra arguments passed to jupyterhub")
     up.set_defaults(func=cmd_up)
+
+    quota = sub.add_parser("quota", help="balances, grants and usage reports").add_subparsers(
+        dest="quota_command", required=True
+    )
+    show = quota.add_parser("show", help="a user's balance, or every account's pool")
+    show.add_argument("user", nargs="?")
+    show.set_defaults(func=cmd_quota_show)
+    grant = quota.add_parser("grant", help="top up an account or a user's personal cap")
+    target = grant.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user")
+    target.add_argument("--account")
+    grant.add_argument("--resource", required=True, choices=["gpu_hours", "cpu_hours"])
+    grant.add_argument("--amount", required=True, type=float, help="hours")
+    grant.add_argument("--reason", required=True)
+    grant.add_argument("--by", help="who grants (default: $SUDO_USER or $USER)")
+    grant.set_defaults(func=cmd_quota_grant)
+    report = quota.add_parser("report", help="usage per user, or every charge as CSV")
+    report.add_argument("--csv", action="store_true", help="every charged interval, as CSV")
+    report.add_argument("--user")
+    report.add_argument("--since", help="ISO date or time (default: start of this period)")
+    report.add_argument("--until", help="ISO date or time")
+    report.add_argument("--all", action="store_true", help="all history, not this period")
+    report.set_defaults(func=cmd_quota_report)
+    for p in (show, grant, report):
+        p.add_argument("--config", help="the site config (default: $SHANGZHUANG_CONFIG or embedded)")
 
     args = parser.parse_args(argv)
     return args.func(args)

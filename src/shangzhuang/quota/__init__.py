@@ -30,6 +30,9 @@ def open_ledger(settings):
     """The ledger of this site (schema migrated on first use; one engine per process)."""
     from shangzhuang.quota.ledger import Ledger
 
+    if not settings.quota.database_url:
+        settings.hub.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
     return Ledger(_engine(database_url(settings)), settings.quota, settings.site.timezone)
 
 

@@ -1,0 +1,123 @@
+"""`shangzhuang quota show | grant | report` against a real quota database (SQLite)."""
+
+import csv
+import io
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shangzhuang.quota import open_ledger
+from shangzhuang.settings import load_settings
+
+CONFIG = """
+[site]
+timezone = "Asia/Shanghai"
+[hub]
+state_dir = "state"
+[quota.accounts.default]
+gpu_hours = 10
+cpu_hours = 100
+[quota.accounts.physics]
+gpu_hours = 50
+[quota.users.ann]
+gpu_hours = 2
+[quota.users.ben]
+account = "physics"
+[[profiles]]
+name = "gpu-1"
+cores = 4
+memory = "8G"
+gpus = 1
+"""
+
+
+@pytest.fixture
+def site(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def sz(site, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "shangzhuang.cli", "quota", *args, "--config", str(site)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def charge_an_hour(site, user, account):
+    ledger = open_ledger(load_settings(site))
+    now = time.time()
+    cid = f"lab:{user}/@{int(now)}"
+    ledger.open(cid, user=user, account=account, source="lab", started=now - 3600,
+                rates={"gpu_hours": 1, "cpu_hours": 4})  # fmt: skip
+    ledger.close(cid, now)
+
+
+def test_show_grant_and_show_again(site):
+    out = sz(site, "show")
+    assert out.returncode == 0, out.stderr
+    assert "default              gpu_hours          0.00        10.00        10.00" in out.stdout
+    assert "physics              gpu_hours          0.00        50.00        50.00" in out.stdout
+
+    out = sz(site, "grant", "--user", "ann", "--resource", "gpu_hours", "--amount", "1.5",
+             "--reason", "course project", "--by", "ops")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("granted 1.5 gpu_hours to user ann")
+
+    charge_an_hour(site, "ann", "default")
+    out = sz(site, "show", "ann")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "Quota of ann (account default): ok"
+    assert "resets 2026" in lines[1] or "resets 20" in lines[1]
+    # personal cap 2 + grant 1.5 - 1 used = 2.5; the account has 10 - 1 = 9.
+    assert "gpu_hours: 2.50 left · account 1.00 used of 10.00 · personal 1.00 used of 3.50" in lines[2]
+    grants = open_ledger(load_settings(site)).grants()
+    assert [(g.by, g.name, g.amount, g.reason) for g in grants] == [
+        ("ops", "ann", 1.5, "course project")
+    ]
+
+
+def test_grant_refusals_name_the_problem(site):
+    out = sz(site, "grant", "--user", "ben", "--resource", "gpu_hours", "--amount", "1",
+             "--reason", "x")  # fmt: skip
+    assert out.returncode == 2
+    assert "ben has no personal cap on gpu_hours: grant to their account (physics)" in out.stderr
+    out = sz(site, "grant", "--account", "chemistry", "--resource", "gpu_hours", "--amount", "1",
+             "--reason", "x")  # fmt: skip
+    assert out.returncode == 2 and "unknown account 'chemistry'" in out.stderr
+    out = sz(site, "grant", "--account", "physics", "--resource", "gpu_hours", "--amount", "-1",
+             "--reason", "x")  # fmt: skip
+    assert out.returncode == 2 and "amount must be a positive number" in out.stderr
+
+
+def test_report_summary_and_csv(site):
+    charge_an_hour(site, "ann", "default")
+    charge_an_hour(site, "ben", "physics")
+    out = sz(site, "report")
+    assert out.returncode == 0, out.stderr
+    assert "ann                  default              gpu_hours        1.0000" in out.stdout
+    assert "ben                  physics              cpu_hours        4.0000" in out.stdout
+
+    out = sz(site, "report", "--csv", "--user", "ben")
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert {r["user"] for r in rows} == {"ben"}
+    assert sum(float(r["amount"]) for r in rows if r["resource"] == "cpu_hours") == pytest.approx(4)
+    assert rows[0]["start"].endswith("+08:00")  # in the site's time zone
+
+    out = sz(site, "report", "--since", "last week")
+    assert out.returncode == 2 and "--since must be an ISO 8601 date" in out.stderr
+
+
+def test_unreachable_database_is_named(tmp_path):
+    path = tmp_path / "pg.toml"
+    path.write_text(
+        '[quota]\ndatabase_url = "postgresql+psycopg://nobody@127.0.0.1:1/none"\n'
+        '[[profiles]]\nname = "cpu"\ncores = 1\nmemory = "1G"\n'
+    )
+    out = sz(path, "show")
+    assert out.returncode == 2
+    assert "cannot open the quota database" in out.stderr and "(quota.database_url)" in out.stderr
