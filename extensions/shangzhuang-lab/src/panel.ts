@@ -1,0 +1,311 @@
+/**
+ * The quota side panel: a bar per limit (account pool, personal cap), this session's
+ * profile and cost, time to empty, reset date, live GPU use, the last ten charges and
+ * the full usage as CSV. Plain DOM with textContent: nothing from the API is parsed as HTML.
+ */
+import { Message } from '@lumino/messaging';
+import { Widget } from '@lumino/widgets';
+
+import {
+  formatAmount,
+  formatChargeTime,
+  formatCost,
+  formatDuration,
+  formatGiB,
+  formatHours,
+  formatPercent,
+  hoursToEmpty,
+  ICharge,
+  IGpuUse,
+  ILimit,
+  IQuotaInfo,
+  limitText,
+  limitedResources,
+  resetText,
+  resourceLabel,
+  resourceTitle,
+  stateClass,
+  statusText,
+  stopsInText,
+  UNAVAILABLE_TEXT,
+  usedFraction
+} from './format';
+import { endpointUrl, fetchCharges, fetchGpus, QuotaModel } from './model';
+
+export const PANEL_ID = 'shangzhuang-quota-panel';
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className = '',
+  text = ''
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (className) {
+    node.className = className;
+  }
+  if (text) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+function bar(fraction: number, className = ''): HTMLElement {
+  const outer = el('div', `sz-bar ${className}`.trim());
+  const fill = el('div', 'sz-bar-fill');
+  fill.style.width = `${(fraction * 100).toFixed(1)}%`;
+  outer.setAttribute('role', 'meter');
+  outer.setAttribute('aria-valuemin', '0');
+  outer.setAttribute('aria-valuemax', '100');
+  outer.setAttribute('aria-valuenow', (fraction * 100).toFixed(0));
+  outer.appendChild(fill);
+  return outer;
+}
+
+export class QuotaPanel extends Widget {
+  gpuRefreshSeconds = 5;
+
+  private _charges: ICharge[] | null = null;
+  private _chargesError: string | null = null;
+  private _gpus: { gpus: IGpuUse[]; message: string | null } | null = null;
+  private _gpuError: string | null = null;
+  private _gpuTimer: number | null = null;
+
+  constructor(private model: QuotaModel) {
+    super();
+    this.id = PANEL_ID;
+    this.addClass('sz-quota-panel');
+    this.title.caption = 'Quota: GPU and CPU hours';
+    model.changed.connect(this.onQuotaChanged, this);
+    this.render();
+  }
+
+  dispose(): void {
+    this.stopGpuTimer();
+    super.dispose();
+  }
+
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    void this.refreshDetails();
+    this.startGpuTimer();
+  }
+
+  protected onAfterHide(msg: Message): void {
+    super.onAfterHide(msg);
+    this.stopGpuTimer();
+  }
+
+  private onQuotaChanged(): void {
+    if (this.isVisible) {
+      void this.refreshCharges();
+    } else {
+      this.render();
+    }
+  }
+
+  private startGpuTimer(): void {
+    this.stopGpuTimer();
+    this._gpuTimer = window.setInterval(
+      () => void this.refreshGpus(),
+      Math.max(1, this.gpuRefreshSeconds) * 1000
+    );
+  }
+
+  private stopGpuTimer(): void {
+    if (this._gpuTimer !== null) {
+      window.clearInterval(this._gpuTimer);
+      this._gpuTimer = null;
+    }
+  }
+
+  async refreshDetails(): Promise<void> {
+    await Promise.all([this.refreshCharges(), this.refreshGpus()]);
+  }
+
+  private async refreshCharges(): Promise<void> {
+    try {
+      this._charges = (await fetchCharges()).records;
+      this._chargesError = null;
+    } catch (err) {
+      this._chargesError = err instanceof Error ? err.message : String(err);
+    }
+    this.render();
+  }
+
+  private async refreshGpus(): Promise<void> {
+    try {
+      this._gpus = await fetchGpus();
+      this._gpuError = null;
+    } catch (err) {
+      this._gpuError = err instanceof Error ? err.message : String(err);
+    }
+    this.render();
+  }
+
+  render(): void {
+    const node = this.node;
+    node.replaceChildren();
+    const info = this.model.info;
+    const head = el('div', 'sz-panel-head');
+    head.appendChild(el('h2', '', 'Quota'));
+    const state = this.model.error ? 'unavailable' : info?.state ?? 'ok';
+    const summary = el(
+      'div',
+      `sz-panel-summary ${stateClass(state)}`,
+      this.model.error ? UNAVAILABLE_TEXT : info ? statusText(info) || 'not limited' : 'loading…'
+    );
+    summary.dataset.state = state;
+    head.appendChild(summary);
+    node.appendChild(head);
+
+    if (this.model.error) {
+      const retry = Math.max(0, Math.round((this.model.nextAt - Date.now()) / 1000));
+      node.appendChild(
+        el(
+          'p',
+          'sz-panel-error',
+          `The quota service does not answer (${this.model.error}); trying again in ${retry} s.` +
+            (info ? ' The figures below are from the last answer.' : '')
+        )
+      );
+    }
+    if (!info) {
+      return;
+    }
+
+    node.appendChild(this.renderSession(info));
+    node.appendChild(this.renderLimits(info));
+    node.appendChild(this.renderGpus());
+    node.appendChild(this.renderCharges());
+  }
+
+  private renderSession(info: IQuotaInfo): HTMLElement {
+    const section = el('section', 'sz-session');
+    section.appendChild(el('h3', '', 'This session'));
+    const dl = el('dl', 'sz-facts');
+    const fact = (term: string, value: string, cls: string) => {
+      dl.appendChild(el('dt', '', term));
+      dl.appendChild(el('dd', cls, value));
+    };
+    fact('Profile', info.session.profile ?? 'unknown', 'sz-session-profile');
+    fact('Cost per hour', formatCost(info.session.cost_per_hour), 'sz-session-cost');
+    fact('Account', info.account, 'sz-account');
+    fact('Period', resetText(info.period.resets_at), 'sz-resets');
+    if (info.state === 'exhausted') {
+      fact('Stops', stopsInText(info.stops_in_seconds), 'sz-stops');
+    }
+    if (info.running.length > 1) {
+      fact('Your sessions', String(info.running.length), 'sz-running-count');
+    }
+    section.appendChild(dl);
+    return section;
+  }
+
+  private renderLimits(info: IQuotaInfo): HTMLElement {
+    const section = el('section', 'sz-limits');
+    const resources = limitedResources(info);
+    if (!resources.length) {
+      section.appendChild(el('p', 'sz-muted', 'No GPU or CPU hours are limited for you.'));
+      return section;
+    }
+    for (const r of resources) {
+      const rb = info.resources[r];
+      const block = el('div', 'sz-resource');
+      block.dataset.resource = r;
+      const title = el('h3', '', `${resourceTitle(r)}: ${formatHours(rb.remaining as number)} left`);
+      block.appendChild(title);
+      const row = (label: string, limit: ILimit, kind: string) => {
+        const line = el('div', `sz-limit sz-limit-${kind}`);
+        line.appendChild(el('div', 'sz-limit-label', label));
+        line.appendChild(bar(usedFraction(limit), limit.remaining <= 0 ? 'sz-bar-empty' : ''));
+        line.appendChild(el('div', 'sz-limit-text', limitText(limit)));
+        block.appendChild(line);
+      };
+      if (rb.account) {
+        row(`Account pool (${info.account})`, rb.account, 'account');
+      }
+      if (rb.personal) {
+        row('Your personal cap', rb.personal, 'personal');
+      }
+      const hours = hoursToEmpty(info, r);
+      block.appendChild(
+        el(
+          'div',
+          'sz-time-to-empty',
+          hours === null
+            ? `Not used by ${info.running.length ? 'your sessions' : 'any session'} now`
+            : `Empty in ${formatDuration(hours)} at the current burn`
+        )
+      );
+      section.appendChild(block);
+    }
+    return section;
+  }
+
+  private renderGpus(): HTMLElement {
+    const section = el('section', 'sz-gpus');
+    section.appendChild(el('h3', '', 'GPUs of this session'));
+    if (this._gpuError) {
+      section.appendChild(el('p', 'sz-muted', `GPU figures unavailable: ${this._gpuError}`));
+    } else if (!this._gpus) {
+      section.appendChild(el('p', 'sz-muted', 'reading…'));
+    } else if (!this._gpus.gpus.length) {
+      section.appendChild(el('p', 'sz-muted sz-no-gpu', this._gpus.message ?? 'no GPU in this session'));
+    } else {
+      for (const gpu of this._gpus.gpus) {
+        const row = el('div', 'sz-gpu');
+        row.appendChild(el('div', 'sz-gpu-name', `GPU ${gpu.index ?? '?'}: ${gpu.name}`));
+        const util = gpu.utilization_percent ?? 0;
+        row.appendChild(el('div', 'sz-limit-label', `Utilisation ${formatPercent(gpu.utilization_percent)}`));
+        row.appendChild(bar(util / 100));
+        const mem =
+          gpu.memory_used_bytes !== null && gpu.memory_total_bytes
+            ? gpu.memory_used_bytes / gpu.memory_total_bytes
+            : 0;
+        row.appendChild(
+          el('div', 'sz-limit-label', `Memory ${formatGiB(gpu.memory_used_bytes, gpu.memory_total_bytes)}`)
+        );
+        row.appendChild(bar(mem));
+        section.appendChild(row);
+      }
+      if (this._gpus.message) {
+        section.appendChild(el('p', 'sz-muted', this._gpus.message));
+      }
+    }
+    return section;
+  }
+
+  private renderCharges(): HTMLElement {
+    const section = el('section', 'sz-charges');
+    section.appendChild(el('h3', '', 'Last charges'));
+    if (this._chargesError) {
+      section.appendChild(el('p', 'sz-muted', `Charges unavailable: ${this._chargesError}`));
+    } else if (!this._charges) {
+      section.appendChild(el('p', 'sz-muted', 'loading…'));
+    } else if (!this._charges.length) {
+      section.appendChild(el('p', 'sz-muted', 'No charges yet.'));
+    } else {
+      const table = el('table', 'sz-charges-table');
+      const head = el('tr');
+      for (const h of ['Start', 'Resource', 'Amount', 'Source']) {
+        head.appendChild(el('th', '', h));
+      }
+      table.appendChild(head);
+      for (const c of this._charges) {
+        const tr = el('tr');
+        tr.title = `${c.consumer}\n${c.start} – ${c.end}`;
+        tr.appendChild(el('td', '', formatChargeTime(c.start)));
+        tr.appendChild(el('td', '', resourceLabel(c.resource)));
+        tr.appendChild(el('td', 'sz-num', formatAmount(c.amount)));
+        tr.appendChild(el('td', '', c.source));
+        table.appendChild(tr);
+      }
+      section.appendChild(table);
+    }
+    const link = el('a', 'sz-csv-link', 'Download all usage (CSV)');
+    link.href = endpointUrl('usage.csv');
+    link.setAttribute('download', 'usage.csv');
+    section.appendChild(link);
+    return section;
+  }
+}
