@@ -55,6 +55,9 @@ class Section(BaseModel):
 class Site(Section):
     name: str = "Shangzhuang Workbench"
     timezone: str = "UTC"
+    # An image shown on every hub page and large on the login page (served at /hub/logo).
+    # Relative paths are resolved against the folder of the config file.
+    logo: PathStr | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -96,9 +99,236 @@ class NativeAuth(Section):
     seconds_before_next_try: int = Field(600, ge=0)
 
 
+def _refuse_inline_secret(data: object, key: str, section: str, stem: str) -> object:
+    """A secret written into the site config is refused (without echoing it)."""
+    if isinstance(data, dict) and key in data:
+        raise ValueError(
+            f"{section}.{key}: a secret never goes in the config file; use {stem}_file "
+            f"(a file only the hub's account can read) or {stem}_env (an environment variable)"
+        )
+    return data
+
+
+def _one_secret_source(section: str, stem: str, file: Path | None, env: str | None) -> None:
+    if (file is None) == (env is None):
+        raise ValueError(f"{section}: set exactly one of {stem}_file and {stem}_env")
+
+
+def _tidy_dn(dn: str) -> str:
+    """'cn=pku, ou=groups' -> 'cn=pku,ou=groups' (ldap3 refuses the spaces); not a DN: error."""
+    parts = [p.strip() for p in re.split(r"(?<!\\),", dn)]
+    if not all(re.match(r"^[A-Za-z][\w.-]*\s*=", p) for p in parts):
+        raise ValueError(f"{dn!r} is not a DN such as 'cn=staff,ou=groups,dc=example,dc=org'")
+    return ",".join(re.sub(r"^([\w.-]+)\s*=\s*", r"\1=", p) for p in parts)
+
+
+class LdapAuth(Section):
+    """Sign-in against an LDAP directory (jupyterhub-ldapauthenticator)."""
+
+    server: str = Field(min_length=1)  # host name or address
+    port: int | None = Field(None, ge=1, le=65535)  # None: 636 for ldaps, else 389
+    # ldaps: TLS from the first byte; starttls: upgrade before the password is sent;
+    # plain: no TLS at all, for test rigs on 127.0.0.1 only.
+    tls: Literal["ldaps", "starttls", "plain"] = "starttls"
+    ca_file: PathStr | None = None  # CA bundle that signed the server's certificate
+    timeout_seconds: float = Field(5, gt=0)  # connect and answer timeout per request
+    # Either a bind DN template ("uid={username},ou=people,dc=example,dc=org") ...
+    bind_dn_template: list[str] = []
+    # ... or a DN lookup: search user_search_base for user_attribute = the login name.
+    user_search_base: str = ""
+    user_attribute: str = "uid"
+    search_user: str = ""  # DN to search as; empty: anonymous search
+    search_password_file: PathStr | None = None
+    search_password_env: str | None = None
+    # Groups: entries under group_search_base whose filter names the user.
+    group_search_base: str = ""
+    group_filter: str = "(|(member={userdn})(uniqueMember={userdn})(memberUid={uid}))"
+    allowed_groups: list[str] = []  # group DNs whose members may sign in
+    admin_groups: list[str] = []  # group DNs whose members are hub admins (and may sign in)
+    allow_all: bool = False  # True: anyone the directory knows may sign in
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_password(cls, data: object) -> object:
+        return _refuse_inline_secret(data, "search_password", "auth.ldap", "search_password")
+
+    @field_validator("user_search_base", "search_user", "group_search_base")
+    @classmethod
+    def _one_dn(cls, v: str) -> str:
+        return _tidy_dn(v) if v else v
+
+    @field_validator("allowed_groups", "admin_groups")
+    @classmethod
+    def _dns(cls, dns: list[str]) -> list[str]:
+        return [_tidy_dn(dn) for dn in dns]
+
+    @field_validator("bind_dn_template")
+    @classmethod
+    def _has_username(cls, templates: list[str]) -> list[str]:
+        for t in templates:
+            if "{username}" not in t:
+                raise ValueError(f"{t!r} has no {{username}} in it")
+        return templates
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LdapAuth:
+        if bool(self.bind_dn_template) == bool(self.user_search_base):
+            raise ValueError(
+                "auth.ldap: set exactly one of bind_dn_template (users' DNs from their "
+                "names) and user_search_base (DNs looked up in the directory)"
+            )
+        secret = self.search_password_file or self.search_password_env
+        if secret and not self.search_user:
+            raise ValueError("auth.ldap.search_user: a search password is set but no search_user")
+        if self.search_user and self.user_search_base:
+            _one_secret_source(
+                "auth.ldap", "search_password", self.search_password_file,
+                self.search_password_env,
+            )  # fmt: skip
+        if not (self.allowed_groups or self.admin_groups or self.allow_all):
+            raise ValueError(
+                "auth.ldap.allowed_groups: empty, so nobody could sign in; list the group DNs "
+                "whose members may, or set allow_all = true to let everyone in the directory in"
+            )
+        return self
+
+    @property
+    def uses_groups(self) -> bool:
+        return bool(self.allowed_groups or self.admin_groups)
+
+
+class OidcAuth(Section):
+    """Sign-in with an OpenID Connect provider (Keycloak, CAS or Shibboleth bridges...)."""
+
+    issuer: str  # discovery reads {issuer}/.well-known/openid-configuration at hub start
+    display_name: str = "your institution"  # the login button: "Sign in with ..."
+    client_id: str = Field(min_length=1)
+    client_secret_file: PathStr | None = None
+    client_secret_env: str | None = None
+    # How the hub authenticates at the token endpoint (as registered with the provider).
+    client_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    # Where the provider sends users back; empty: {hub address}/hub/oauth_callback. Set it
+    # when users reach the hub through another address (a TLS front end).
+    callback_url: str = ""
+    scopes: list[str] = ["openid", "profile", "email"]
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    allowed_groups: list[str] = []  # values of the groups claim whose members may sign in
+    admin_groups: list[str] = []  # ... who are hub admins (and may sign in)
+    allow_all: bool = False  # True: anyone the provider signs in may use the hub
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, data: object) -> object:
+        return _refuse_inline_secret(data, "client_secret", "auth.oidc", "client_secret")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, v: str) -> str:
+        m = re.match(r"^(https?)://([^/:?#]+)(:\d+)?(/[^?#]*)?$", v)
+        if not m:
+            raise ValueError(f"{v!r} is not an http(s) URL such as 'https://sso.example.org'")
+        if m.group(1) == "http" and m.group(2) not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("must be https:// (plain http only for a provider on localhost)")
+        return v.rstrip("/")
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid_scope(cls, scopes: list[str]) -> list[str]:
+        if "openid" not in scopes:
+            raise ValueError("must include 'openid'")
+        return scopes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OidcAuth:
+        _one_secret_source(
+            "auth.oidc", "client_secret", self.client_secret_file, self.client_secret_env
+        )
+        if not (self.allowed_groups or self.admin_groups or self.allow_all):
+            raise ValueError(
+                "auth.oidc.allowed_groups: empty, so nobody could sign in; list the groups "
+                "whose members may, or set allow_all = true to let in everyone the provider "
+                "signs in"
+            )
+        return self
+
+
+class AccountRule(Section):
+    """An institution -> quota account rule: a value equal to `match` (any case), or one
+    matching the regular expression `pattern` (whole value, any case)."""
+
+    match: str | None = None
+    pattern: str | None = None
+    account: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a regular expression ({e})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_test(self) -> AccountRule:
+        if (self.match is None) == (self.pattern is None):
+            raise ValueError("set exactly one of match and pattern")
+        return self
+
+    def matches(self, value: str) -> bool:
+        if self.match is not None:
+            return value.casefold() == self.match.casefold()
+        return re.fullmatch(self.pattern, value, re.IGNORECASE) is not None
+
+
+class Institution(Section):
+    """Which quota account a signed-in user is charged to, decided again at every login."""
+
+    # "groups": the user's directory groups (LDAP, group DNs) or the groups claim (OIDC);
+    # anything else: an attribute of the user's LDAP entry or a claim of the OIDC user.
+    source: str = Field("groups", min_length=1)
+    rules: list[AccountRule] = []  # the first rule matching any value wins
+    fallback: str | None = None  # when no rule matches; None: quota.default_account
+
+    def account_for(self, values: list[str], default: str) -> str:
+        """The account of a user whose `source` has `values`."""
+        for rule in self.rules:
+            if any(rule.matches(v) for v in values):
+                return rule.account
+        return self.fallback or default
+
+
 class Auth(Section):
-    kind: Literal["native"] = "native"
+    kind: Literal["native", "ldap", "oidc"] = "native"
     native: NativeAuth = NativeAuth()
+    ldap: LdapAuth | None = None
+    oidc: OidcAuth | None = None
+    institution: Institution | None = None
+
+    @model_validator(mode="after")
+    def _kind_configured(self) -> Auth:
+        if self.kind == "ldap" and self.ldap is None:
+            raise ValueError("auth.ldap: required when auth.kind = 'ldap'")
+        if self.kind == "oidc" and self.oidc is None:
+            raise ValueError("auth.oidc: required when auth.kind = 'oidc'")
+        if self.kind == "native" and self.institution is not None:
+            raise ValueError(
+                "auth.institution: only used with auth.kind = 'ldap' or 'oidc' (with native "
+                "sign-in an admin puts users in a hub group named like their account)"
+            )
+        uses_groups = self.institution is not None and self.institution.source == "groups"
+        if (
+            self.kind == "ldap"
+            and (self.ldap.uses_groups or uses_groups)
+            and not self.ldap.group_search_base
+        ):
+            raise ValueError(
+                "auth.ldap.group_search_base: needed to find users' groups (for allowed_groups, "
+                "admin_groups or auth.institution.source = 'groups')"
+            )
+        return self
 
 
 class Gpu(Section):
@@ -109,9 +339,14 @@ class Gpu(Section):
     device: PathStr | None = None  # /dev/nvidiaN; None: no device file to guard
 
 
-class LocalBackend(Section):
+class UnixAccounts(Section):
+    """Hub user alice runs as Unix account `{user_prefix}alice` (when the hub is root)."""
+
     user_prefix: str = Field("sz-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$")
     home_root: PathStr = Path("/home")
+
+
+class LocalBackend(UnixAccounts):
     # Empty: detect with NVML. Non-empty: exactly these GPUs (how tests fake them).
     gpus: list[Gpu] = []
 
@@ -124,9 +359,41 @@ class LocalBackend(Section):
         return gpus
 
 
+WALLTIME = r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$"  # Slurm's [D-]HH:MM[:SS]
+
+
+class SlurmBackend(UnixAccounts):
+    """Lab sessions as Slurm jobs; the accounts must exist on the compute nodes too."""
+
+    conf: PathStr | None = None  # SLURM_CONF for the hub and sessions; None: Slurm's default
+    partition: str = ""  # default partition; "" = the cluster's default
+    walltime: str = Field("08:00:00", pattern=WALLTIME)  # of a Lab session
+    # The address the hub reaches a session on: Slurm's NodeAddr of the job's node.
+    bind_ip: str = "0.0.0.0"  # what a session listens on, on its node
+
+
 class Backend(Section):
-    kind: Literal["local"] = "local"
+    kind: Literal["local", "slurm"] = "local"
     local: LocalBackend = LocalBackend()
+    slurm: SlurmBackend = SlurmBackend()
+
+    @property
+    def accounts(self) -> UnixAccounts:
+        """The Unix-account settings of the backend in use."""
+        return self.slurm if self.kind == "slurm" else self.local
+
+
+class Cluster(Section):
+    """Dask for notebooks: what `shangzhuang.cluster.cluster()` and plain
+    `dask_jobqueue.SLURMCluster()` use on this site."""
+
+    worker_cores: int = Field(1, ge=1)
+    worker_memory: Bytes = 2 * 1024**3
+    worker_walltime: str = Field("01:00:00", pattern=WALLTIME)
+    max_workers: int = Field(16, ge=1)
+    interface: str = ""  # network interface workers listen on; "" = Dask's choice
+    log_dir: str = "~/.shangzhuang/dask-logs"  # in the user's home, on shared storage
+    local_dir: str = "/tmp"  # node-local scratch for spilling
 
 
 class Profile(Section):
@@ -136,6 +403,8 @@ class Profile(Section):
     memory: Bytes
     gpus: int = Field(0, ge=0)
     description: str = ""
+    partition: str = ""  # slurm backend: "" = backend.slurm.partition
+    walltime: str = Field("", pattern=r"^$|" + WALLTIME)  # slurm: "" = backend.slurm.walltime
 
     @property
     def title(self) -> str:
@@ -200,6 +469,7 @@ class Settings(Section):
     auth: Auth = Auth()
     backend: Backend = Backend()
     quota: Quota = Quota()
+    cluster: Cluster = Cluster()
     profiles: list[Profile] = Field(min_length=1)
 
     # Filled in by load_settings, not by the file.
@@ -211,6 +481,21 @@ class Settings(Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"profiles: duplicate profile name {dupes[0]!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _institution_accounts(self) -> Settings:
+        institution = self.auth.institution
+        if institution is None or not self.quota.enabled:
+            return self
+        named = [(f"rules[{i}].account", r.account) for i, r in enumerate(institution.rules)]
+        if institution.fallback is not None:
+            named.append(("fallback", institution.fallback))
+        for key, account in named:
+            if account not in self.quota.accounts:
+                raise ValueError(
+                    f"auth.institution.{key}: {account!r} is not in quota.accounts"
+                )
         return self
 
     def profile(self, name: str) -> Profile:
@@ -283,12 +568,32 @@ def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
                 key, reason = named, rest
             problems.append(f"{key}: {reason}")
         raise SettingsError(source, problems) from None
+    base = Path(source).resolve().parent if source != "<config>" else Path.cwd()
+    settings = _resolve_sign_in_paths(settings, base)
     problems += _node_problems(settings)
+    if settings.site.logo is not None and not settings.site.logo.is_file():
+        problems.append(f"site.logo: no such file {str(settings.site.logo)!r}")
     if problems:
         raise SettingsError(source, problems)
-    base = Path(source).resolve().parent if source != "<config>" else Path.cwd()
     hub = settings.hub.model_copy(update={"state_dir": (base / settings.hub.state_dir).resolve()})
     return settings.model_copy(update={"hub": hub, "source": Path(source)})
+
+
+def _resolve_sign_in_paths(settings: Settings, base: Path) -> Settings:
+    """The logo, CA and secret files, relative to the config file's folder."""
+
+    def resolved(section: Section, *keys: str) -> Section:
+        update = {k: base / getattr(section, k) for k in keys if getattr(section, k) is not None}
+        return section.model_copy(update=update)
+
+    auth = settings.auth
+    if auth.ldap is not None:
+        auth = auth.model_copy(
+            update={"ldap": resolved(auth.ldap, "ca_file", "search_password_file")}
+        )
+    if auth.oidc is not None:
+        auth = auth.model_copy(update={"oidc": resolved(auth.oidc, "client_secret_file")})
+    return settings.model_copy(update={"site": resolved(settings.site, "logo"), "auth": auth})
 
 
 def node_gpus(settings: Settings) -> list:

@@ -80,6 +80,13 @@ def test_refused_granted_warned_stopped_and_granted_again(hub):
     assert "low" in states and "exhausted" in states, states
     me = quota_api(hub, "GET", "/me", token).json()
     assert me["resources"]["cpu_hours"]["remaining"] == 0
+    # The stop is on record, with why.
+    from shangzhuang.quota import open_ledger
+    from shangzhuang.settings import load_settings
+
+    (stop,) = open_ledger(load_settings(hub.config)).stops("quinn")
+    assert stop.consumer.startswith("lab:quinn/@")
+    assert stop.reason.startswith("quota exhausted (cpu_hours) for ")
     personal = me["resources"]["cpu_hours"]["personal"]
     # It used all of cap + grant, and ran past zero only for the grace period (2 s), one
     # sampling interval (1 s) and its shutdown (a few s), at 2 cores.
@@ -111,7 +118,10 @@ def test_session_charge_matches_its_running_time(hub):
     hub.spawn("rosa", "gpu-1")
     hub.wait_ready("rosa")
     server = hub.api("GET", "/users/rosa").json()["servers"][""]
-    time.sleep(3)
+    time.sleep(2)
+    # A hub restart (and so a quota service restart) in the middle changes nothing.
+    hub.restart()
+    time.sleep(2)
     hub.stop_server("rosa")
     stopped_by = time.time()
     me = quota_api(hub, "GET", "/me", token).json()
@@ -121,7 +131,8 @@ def test_session_charge_matches_its_running_time(hub):
     started = datetime.fromisoformat(server["started"].replace("Z", "+00:00")).timestamp()
     ran = stopped_by - started
     gpu_used = me["resources"]["gpu_hours"]["account"]["used"]
-    # Charged from start to stop at 1 GPU: never more than it ran, and within a second of it.
+    # Charged from start to stop at 1 GPU, across the restart: never more than it ran, and
+    # within a second of it.
     assert gpu_used * 3600 <= ran + 0.01
     assert gpu_used * 3600 >= ran - 1.5
     assert me["running"] == []

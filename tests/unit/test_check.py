@@ -125,12 +125,12 @@ BROKEN: list[tuple[str, str | bytes | None, list[str]]] = [
     (
         "unknown-auth-kind",
         edit('kind = "native"', 'kind = "kerberos"'),
-        ["auth.kind: input should be 'native', got 'kerberos'"],
+        ["auth.kind: input should be 'native', 'ldap' or 'oidc', got 'kerberos'"],
     ),
     (
         "unknown-backend-kind",
-        edit('kind = "local"', 'kind = "slurm"'),
-        ["backend.kind: input should be 'local', got 'slurm'"],
+        edit('kind = "local"', 'kind = "kubernetes"'),
+        ["backend.kind: input should be 'local' or 'slurm', got 'kubernetes'"],
     ),
     (
         "unknown-time-zone",

@@ -17,7 +17,7 @@ class Choice:
 
 
 def choices(
-    profiles: list[Profile], pool: GpuPool, balance=None, min_hours: float = 0.0
+    profiles: list[Profile], pool: GpuPool | None, balance=None, min_hours: float = 0.0
 ) -> list[Choice]:
     """Each profile with whether it can start right now, and why not.
 
@@ -26,21 +26,27 @@ def choices(
     from shangzhuang.quota.ledger import rates_of
 
     out = []
-    free = len(pool.free())
+    free = len(pool.free()) if pool is not None else 0
     for p in profiles:
         short = balance.can_afford(rates_of(p), min_hours) if balance is not None else []
-        if p.gpus and pool.total == 0:
+        if pool is None:  # a batch system queues what it can't start now
+            why = f"not enough quota ({_left(balance, short)} left)" if short else ""
+            out.append(Choice(p, not short, why))
+        elif p.gpus and pool.total == 0:
             out.append(Choice(p, False, "this node has no GPU"))
         elif p.gpus > pool.total:
             out.append(Choice(p, False, f"this node has only {gpus(pool.total)}"))
         elif p.gpus > free:
             out.append(Choice(p, False, f"{free} of {pool.total} GPUs free"))
         elif short:
-            left = ", ".join(f"{balance.remaining(r):.2f} {r}" for r in short)
-            out.append(Choice(p, False, f"not enough quota ({left} left)"))
+            out.append(Choice(p, False, f"not enough quota ({_left(balance, short)} left)"))
         else:
             out.append(Choice(p, True))
     return out
+
+
+def _left(balance, short: list[str]) -> str:
+    return ", ".join(f"{balance.remaining(r):.2f} {r}" for r in short)
 
 
 def cost(p: Profile) -> str:

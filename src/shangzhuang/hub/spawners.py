@@ -1,27 +1,31 @@
 """Spawners: how a Lab session starts on each backend.
 
-`WorkbenchSpawner` holds what every backend shares (profiles, the spawn form, limits);
-each backend is one small class beside it. `LocalSpawner` runs the Lab as a local
-process, as the user's own Unix account when the hub is root, with exclusive GPUs.
+`WorkbenchSpawner` holds what every backend shares (profiles, the spawn form, limits,
+Unix accounts, quota checks and metering); each backend is one small class beside it:
+`LocalSpawner` runs the Lab as a local process with exclusive GPUs from the node's pool,
+`SlurmSpawner` runs it as a Slurm job (batchspawner) with GPUs through gres.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
+import subprocess
 import sys
 import time
 from datetime import UTC
 from functools import cache
 from pathlib import Path
 
-from jupyterhub.spawner import LocalProcessSpawner, SpawnException, set_user_setuid
+import batchspawner
+from jupyterhub.spawner import LocalProcessSpawner, Spawner, SpawnException, set_user_setuid
 from traitlets import Bool, Instance, List, Unicode, default
 
 from shangzhuang.hub import form, unix
 from shangzhuang.hub.gpus import Gpu, GpuPool, GpusBusy, grant_device, revoke_device, shared_pool
 from shangzhuang.quota.ledger import rates_of
-from shangzhuang.quota.meter import lab_consumer
+from shangzhuang.quota.meter import job_consumer, lab_consumer
 from shangzhuang.settings import Profile, load_settings
 
 
@@ -33,23 +37,20 @@ def site_ledger(path: str):
     return open_ledger(load_settings(path))
 
 
-class WorkbenchSpawner(LocalProcessSpawner):
-    """Profiles and the spawn form; the base of every backend's spawner."""
+class WorkbenchSpawner(Spawner):
+    """What every backend shares; a backend's class puts this before its JupyterHub spawner."""
 
     profiles = List(
         Instance(Profile),
         help="The profiles users choose from (from the site config's [[profiles]]).",
     ).tag(config=True)
 
-    gpus = List(
-        Instance(Gpu),
-        help="The node's GPUs (from the config, or found with NVML); each goes to one session.",
-    ).tag(config=True)
+    user_prefix = Unicode("sz-", help="Prefix of the Unix account made for each hub user.").tag(
+        config=True
+    )
+    home_root = Unicode("/home", help="Folder that holds the users' home folders.").tag(config=True)
 
-    @property
-    def gpu_pool(self) -> GpuPool:
-        # Config values are copied into each spawner: the pool itself is the hub's one.
-        return shared_pool(self.gpus)
+    gpu_pool: GpuPool | None = None  # a pool of this node's GPUs, where the hub hands them out
 
     @default("options_form")
     def _form(self):
@@ -119,16 +120,19 @@ class WorkbenchSpawner(LocalProcessSpawner):
     def group_names(self) -> list[str]:
         return [g.name for g in getattr(self.user, "groups", [])]
 
-    def open_consumer(self, profile: Profile) -> None:
-        """Start metering this session from the moment the hub started it."""
+    def open_consumer(self, profile: Profile, consumer: str = "", started: float = 0) -> None:
+        """Start metering this session (by default from the moment the hub started it)."""
         if self.ledger is None:
             return
-        started = self.orm_spawner.started if self.orm_spawner else None
-        t = started.replace(tzinfo=UTC).timestamp() if started else time.time()
-        self.consumer = lab_consumer(self.user.name, self.name, t)
+        if not consumer:
+            hub_started = self.orm_spawner.started if self.orm_spawner else None
+            started = hub_started.replace(tzinfo=UTC).timestamp() if hub_started else time.time()
+            consumer = lab_consumer(self.user.name, self.name, started)
+        self.consumer = consumer
         self.ledger.open(
-            self.consumer, user=self.user.name, account=self.ledger.account_of(self.user.name),
-            source="lab", started=t, rates=rates_of(profile), profile=profile.name,
+            consumer, user=self.user.name, account=self.ledger.account_of(self.user.name),
+            source=consumer.split(":")[0], started=started, rates=rates_of(profile),
+            profile=profile.name,
         )  # fmt: skip
 
     def close_consumer(self, stopped_now: bool) -> None:
@@ -155,9 +159,16 @@ class WorkbenchSpawner(LocalProcessSpawner):
         super().clear_state()
         self.close_consumer(stopped_now=self._stopping)
 
+    # The backend's JupyterHub spawner (after this class in the MRO) starts and polls.
+    async def start(self):
+        return await super().start()
+
+    async def poll(self):
+        return await super().poll()
+
     async def stop(self, now=False):
         # Alive until we stop it: its end is exact. Already dead: the meter's mark stands.
-        self._stopping = bool(self.pid) and (await self.poll()) is None
+        self._stopping = (await self.poll()) is None
         try:
             await super().stop(now=now)
         finally:
@@ -169,9 +180,50 @@ class WorkbenchSpawner(LocalProcessSpawner):
         self.mem_limit = profile.memory
         self.environment["SHANGZHUANG_PROFILE"] = profile.name
 
+    # --- the user's Unix account --------------------------------------------------------
+    @property
+    def isolated(self) -> bool:
+        return True
 
-class LocalSpawner(WorkbenchSpawner):
+    @property
+    def unix_name(self) -> str:
+        return self.user_prefix + self.user.name if self.isolated else pwd.getpwuid(os.getuid())[0]
+
+    @property
+    def home(self) -> str:
+        if self.isolated:
+            return os.path.join(self.home_root, self.unix_name)
+        # Not isolated: one folder per user under the hub account's home.
+        return str(Path.home() / "shangzhuang-homes" / self.user.name)
+
+    def user_env(self, env):
+        env["USER"] = self.unix_name
+        env["HOME"] = self.home
+        env["SHELL"] = "/bin/bash"
+        return env
+
+    def get_env(self):
+        env = super().get_env()
+        # The session's Python is the workbench's environment, not whatever PATH the hub had.
+        env["PATH"] = os.pathsep.join(
+            [os.path.join(sys.prefix, "bin"), "/usr/local/bin", "/usr/bin", "/bin"]
+        )
+        env["VIRTUAL_ENV"] = sys.prefix
+        return env
+
+
+class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
     """The `local` backend: a Lab process on this machine, as the user's Unix account."""
+
+    gpus = List(
+        Instance(Gpu),
+        help="The node's GPUs (from the config, or found with NVML); each goes to one session.",
+    ).tag(config=True)
+
+    @property
+    def gpu_pool(self) -> GpuPool:
+        # Config values are copied into each spawner: the pool itself is the hub's one.
+        return shared_pool(self.gpus)
 
     isolate = Bool(
         help="""Run each user's Lab as their own Unix account (needs the hub to run as root).
@@ -183,29 +235,18 @@ class LocalSpawner(WorkbenchSpawner):
     def _root(self):
         return os.geteuid() == 0
 
-    user_prefix = Unicode("sz-", help="Prefix of the Unix account made for each hub user.").tag(
-        config=True
-    )
-    home_root = Unicode("/home", help="Folder that holds the users' home folders.").tag(config=True)
     log_dir = Unicode("", help="Folder for the sessions' logs (one file per server).").tag(
         config=True
     )
 
     @property
+    def isolated(self) -> bool:
+        return self.isolate
+
+    @property
     def owner(self) -> str:
         """The pool's name for this session."""
         return f"{self.user.name}/{self.name}"
-
-    @property
-    def unix_name(self) -> str:
-        return self.user_prefix + self.user.name if self.isolate else pwd.getpwuid(os.getuid())[0]
-
-    @property
-    def home(self) -> str:
-        if self.isolate:
-            return os.path.join(self.home_root, self.unix_name)
-        # Not isolated: one folder per user under the hub account's home.
-        return str(Path.home() / "shangzhuang-homes" / self.user.name)
 
     # --- state: the GPUs this session holds survive a hub restart -------------------
     def load_state(self, state):
@@ -234,19 +275,8 @@ class LocalSpawner(WorkbenchSpawner):
         home = self.home
         return lambda: os.chdir(home)
 
-    def user_env(self, env):
-        env["USER"] = self.unix_name
-        env["HOME"] = self.home
-        env["SHELL"] = "/bin/bash"
-        return env
-
     def get_env(self):
         env = super().get_env()
-        # The session's Python is the workbench's environment, not whatever PATH the hub had.
-        env["PATH"] = os.pathsep.join(
-            [os.path.join(sys.prefix, "bin"), "/usr/local/bin", "/usr/bin", "/bin"]
-        )
-        env["VIRTUAL_ENV"] = sys.prefix
         gpus = self.gpu_pool.held_by(self.owner)
         # Empty hides every GPU from CUDA: a CPU profile must not touch a GPU by accident.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(g.cuda_id for g in gpus)
@@ -258,7 +288,7 @@ class LocalSpawner(WorkbenchSpawner):
         profile = self.profile
         self.apply_profile(profile)
         self.check_quota(profile)
-        if self.isolate:
+        if self.isolated:
             account = await unix.ensure_account(self.unix_name, self.home, self.user.name)
         else:
             os.makedirs(self.home, mode=0o700, exist_ok=True)
@@ -287,3 +317,144 @@ class LocalSpawner(WorkbenchSpawner):
         os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
         name = f"{self.user.name}{'-' + self.name if self.name else ''}.log"
         return open(os.path.join(self.log_dir, name), "ab")
+
+
+SLURM_SCRIPT = """#!/bin/bash
+#SBATCH --job-name=shangzhuang-lab
+#SBATCH --output={{homedir}}/.shangzhuang/slurm-lab-%j.log
+#SBATCH --chdir={{homedir}}
+#SBATCH --export={{keepvars}}
+#SBATCH --cpus-per-task={{nprocs}}
+#SBATCH --mem={{memory}}
+#SBATCH --time={{runtime}}
+{% if partition %}#SBATCH --partition={{partition}}
+{% endif %}{% if account %}#SBATCH --account={{account}}
+{% endif %}{% if ngpus %}#SBATCH --gres=gpu:{{ngpus}}
+{% endif %}
+set -euo pipefail
+{{cmd}}
+"""
+
+
+class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
+    """The `slurm` backend: the Lab as a Slurm batch job under the user's Unix account.
+
+    batchspawner 1.3.0 does the submitting and polling; we submit as root with
+    `--uid/--gid` (no sudo on the nodes), name the job's node by Slurm's NodeAddr, say why
+    a job waits, and charge the job from when it starts running.
+    """
+
+    # batchspawner starts from this class default; the hub connects to NodeAddr.
+    ip = Unicode("0.0.0.0")
+    batch_script = Unicode(SLURM_SCRIPT).tag(config=True)
+    exec_prefix = Unicode("").tag(config=True)
+    batch_submit_cmd = Unicode("sbatch --parsable --uid={username} --gid={gid}").tag(config=True)
+    batch_query_cmd = Unicode("squeue -h -j {job_id} -o '%T %r %B'").tag(config=True)
+    req_gid = Unicode("")
+    slurm_conf = Unicode("", help="SLURM_CONF for sbatch, squeue, scancel and sessions.").tag(
+        config=True
+    )
+    default_partition = Unicode("", help="Partition for profiles that name none.").tag(
+        config=True
+    )
+    default_walltime = Unicode("08:00:00", help="Wall time for profiles that name none.").tag(
+        config=True
+    )
+
+    @default("req_username")
+    def _unix_name(self):
+        return self.unix_name
+
+    @default("req_homedir")
+    def _home(self):
+        return self.home
+
+    def get_env(self):
+        env = super().get_env()
+        if self.slurm_conf:
+            env["SLURM_CONF"] = self.slurm_conf
+        return env
+
+    async def start(self):
+        profile = self.profile
+        self.apply_profile(profile)
+        self.check_quota(profile)
+        account = await unix.ensure_account(self.unix_name, self.home, self.user.name)
+        logs = os.path.join(self.home, ".shangzhuang")
+        os.makedirs(logs, mode=0o700, exist_ok=True)
+        os.chown(logs, account.pw_uid, account.pw_gid)
+        self.req_gid = str(account.pw_gid)
+        self.req_partition = profile.partition or self.default_partition
+        self.req_runtime = profile.walltime or self.default_walltime
+        self.req_nprocs = str(max(1, int(profile.cores)))
+        self.req_memory = f"{profile.memory // 1024**2}M"
+        self.req_ngpus = str(profile.gpus) if profile.gpus else ""
+        self.req_account = self.ledger.account_of(self.user.name) if self.ledger else ""
+        if self.req_account:  # the session's Dask workers are charged to it too
+            self.environment["DASK_JOBQUEUE__SLURM__ACCOUNT"] = self.req_account
+        try:
+            ip, port = await super().start()
+        except RuntimeError as e:
+            # sbatch's own words ("Invalid partition", "Unable to contact slurm controller")
+            raise SpawnException(
+                f"Slurm refused the session: {e}", reason="slurm", status_code=503
+            ) from None
+        self.open_consumer(profile, job_consumer(self.job_id), time.time())
+        return ip, port
+
+    def state_gethost(self):
+        """The job's node as the hub can reach it: Slurm's NodeAddr for that node."""
+        node = super().state_gethost()
+        out = subprocess.run(
+            ["scontrol", "show", "node", "-o", node],
+            capture_output=True, text=True, env={**os.environ, **self._slurm_env()}, timeout=30,
+        )  # fmt: skip
+        for field in out.stdout.split():
+            if field.startswith("NodeAddr="):
+                return field.split("=", 1)[1]
+        return node
+
+    def _slurm_env(self) -> dict:
+        return {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
+
+    async def progress(self):
+        """While the job waits, say why (Slurm's reason) and where it is in the queue."""
+        while True:
+            status = self.job_status or ""
+            if self.state_isrunning():
+                yield {"message": "The Slurm job is running; starting JupyterLab..."}
+                return
+            if self.state_ispending():
+                reason = status.split()[1] if len(status.split()) > 1 else "Priority"
+                ahead, total = await self._queue_position()
+                where = f", {ahead} job(s) ahead of it" if total else ""
+                yield {
+                    "message": f"Waiting in the Slurm queue: {REASONS.get(reason, reason)}{where}."
+                }
+            elif self.job_id:
+                yield {"message": f"Slurm job {self.job_id} submitted..."}
+            await asyncio.sleep(1)
+
+    async def _queue_position(self) -> tuple[int, int]:
+        """How many pending jobs of the partition come before this one, and how many wait."""
+        cmd = ["squeue", "-h", "-t", "PENDING", "-o", "%i", "--sort=-p,i"]
+        if self.req_partition:
+            cmd += ["-p", self.req_partition]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **self._slurm_env()},
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        ids = out.decode().split()
+        return (ids.index(self.job_id), len(ids)) if self.job_id in ids else (0, len(ids))
+
+
+# Slurm's pending reasons, as a person would say them.
+REASONS = {
+    "Resources": "the nodes are busy (waiting for cores, memory or GPUs to free up)",
+    "Priority": "jobs with higher priority are ahead of it",
+    "ReqNodeNotAvail": "the nodes it needs are not available",
+    "PartitionDown": "its partition is down",
+    "AssocGrpGRES": "its account's GPU limit is reached",
+    "QOSMaxGRESPerUser": "your GPU limit is reached",
+}

@@ -14,87 +14,23 @@ import logging
 import os
 import time
 from datetime import datetime
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httputil import url_concat
 
 from shangzhuang.quota import open_ledger
-from shangzhuang.quota.ledger import Ledger, QuotaError, rates_of
-from shangzhuang.quota.meter import Meter, Running, lab_consumer
+from shangzhuang.quota.ledger import Ledger, QuotaError
+from shangzhuang.quota.meter import Meter
 from shangzhuang.quota.openapi import document
 from shangzhuang.quota.periods import iso
+from shangzhuang.quota.sources import sources_for
 from shangzhuang.settings import RESOURCES, Settings, load_settings
 
 log = logging.getLogger("shangzhuang.quota")
-
-
-class LabSessions:
-    """Lab servers as the hub reports them: a `UsageSource` for the meter."""
-
-    name = "lab"
-
-    def __init__(self, settings: Settings, api_url: str, token: str):
-        self.settings = settings
-        self.api_url = api_url.rstrip("/")
-        self.token = token
-        self.http = AsyncHTTPClient()
-
-    async def _api(self, method: str, path: str) -> dict | list | None:
-        req = HTTPRequest(
-            self.api_url + path,
-            method=method,
-            headers={
-                "Authorization": f"token {self.token}",
-                "Accept": "application/jupyterhub-pagination+json",
-            },
-            request_timeout=30,
-        )
-        resp = await self.http.fetch(req, raise_error=method == "GET")
-        return json.loads(resp.body) if resp.body else None
-
-    async def running(self) -> list[Running]:
-        out, offset = [], 0
-        while True:
-            page = await self._api("GET", f"/users?state=active&offset={offset}&limit=200")
-            for user in page["items"]:
-                for server, s in (user.get("servers") or {}).items():
-                    if not s.get("started"):
-                        continue
-                    started = datetime.fromisoformat(s["started"].replace("Z", "+00:00"))
-                    profile = self.profile((s.get("user_options") or {}).get("profile"))
-                    out.append(
-                        Running(
-                            consumer=lab_consumer(user["name"], server, started.timestamp()),
-                            user=user["name"], source="lab", started=started.timestamp(),
-                            rates=rates_of(profile), profile=profile.name,
-                            groups=tuple(user.get("groups") or ()),
-                        )
-                    )  # fmt: skip
-            nxt = page.get("_pagination", {}).get("next")
-            if not nxt:
-                return out
-            offset = nxt["offset"]
-
-    def profile(self, name: str | None):
-        for p in self.settings.profiles:
-            if p.name == name:
-                return p
-        return self.settings.profiles[0]  # what the spawner starts when none was named
-
-    async def stop(self, consumer: str, user: str, reason: str) -> None:
-        server = consumer.split("/", 1)[1].rsplit("@", 1)[0]
-        path = (
-            f"/users/{quote(user)}/server"
-            if not server
-            else (f"/users/{quote(user)}/servers/{quote(server)}")
-        )
-        await self._api("DELETE", path)
 
 
 class Metrics:
@@ -385,10 +321,10 @@ async def main() -> None:
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     app.listen(port, address="127.0.0.1")
     log.info("quota service on %s%s (meter every %ss)", url, prefix, settings.quota.sample_seconds)
-    source = LabSessions(
+    sources = sources_for(
         settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]
     )
-    meter = Meter(ledger, [source], settings.quota.grace_seconds)
+    meter = Meter(ledger, sources, settings.quota.grace_seconds)
     await run_meter(meter, settings.quota.sample_seconds, metrics)
 
 
@@ -396,4 +332,4 @@ if __name__ == "__main__":
     asyncio.run(main())
 
 
-__all__ = ["LabSessions", "lab_consumer", "make_app", "RESOURCES"]
+__all__ = ["make_app", "RESOURCES"]
