@@ -5,6 +5,17 @@ module.exports = {
   roots: ['<rootDir>/src'],
   testRegex: 'src/__tests__/.*\\.spec\\.ts$',
   transform: {
-    '^.+\\.ts$': ['ts-jest', { tsconfig: { types: ['jest'], module: 'commonjs', strict: true } }]
+    '^.+\\.ts$': [
+      'ts-jest',
+      {
+        tsconfig: {
+          types: ['jest'],
+          module: 'commonjs',
+          strict: true,
+          resolveJsonModule: true,
+          esModuleInterop: true
+        }
+      }
+    ]
   }
 };

@@ -48,7 +48,9 @@ class ShangzhuangLab(Configurable):
     def _server_name(self) -> str:
         return os.environ.get("JUPYTERHUB_SERVER_NAME", "")
 
-    profile = Unicode(help="This session's profile. Default: $SHANGZHUANG_PROFILE.").tag(config=True)
+    profile = Unicode(help="This session's profile. Default: $SHANGZHUANG_PROFILE.").tag(
+        config=True
+    )
 
     @default("profile")
     def _profile(self) -> str:
@@ -76,10 +78,8 @@ class ShangzhuangLab(Configurable):
         unavailable"); the frontend then backs off.""",
     ).tag(config=True)
 
-    csv_timeout = Float(
-        300.0, help="Seconds allowed for the full usage CSV (it can be long)."
-    ).tag(config=True)
-
-    charges_shown = Int(10, help="How many of the newest charges the panel lists.").tag(
+    csv_timeout = Float(300.0, help="Seconds allowed for the full usage CSV (it can be long).").tag(
         config=True
     )
+
+    charges_shown = Int(10, help="How many of the newest charges the panel lists.").tag(config=True)

@@ -41,13 +41,20 @@ class QuotaService:
                 "($SHANGZHUANG_QUOTA_URL, or c.ShangzhuangLab.quota_url)"
             )
         query = urlencode({k: v for k, v in params.items() if v is not None})
-        return self.config.quota_url.rstrip("/") + "/api/v1/" + path + ("?" + query if query else "")
+        return (
+            self.config.quota_url.rstrip("/") + "/api/v1/" + path + ("?" + query if query else "")
+        )
 
     def request(self, path: str, timeout: float | None = None, **params) -> HTTPRequest:
         return HTTPRequest(
             self.url(path, **params),
-            headers={"Authorization": f"token {self.config.api_token}", "Accept": "application/json"},
-            connect_timeout=min(self.config.request_timeout, timeout or self.config.request_timeout),
+            headers={
+                "Authorization": f"token {self.config.api_token}",
+                "Accept": "application/json",
+            },
+            connect_timeout=min(
+                self.config.request_timeout, timeout or self.config.request_timeout
+            ),
             request_timeout=timeout or self.config.request_timeout,
             follow_redirects=False,
         )
@@ -61,16 +68,22 @@ class QuotaService:
                 raise QuotaUnavailable(
                     f"the quota service did not answer in {req.request_timeout:g} s"
                 ) from None
-            raise QuotaUnavailable(upstream_message(e.code, e.response), status_for(e.code)) from None
+            raise QuotaUnavailable(
+                upstream_message(e.code, e.response), status_for(e.code)
+            ) from None
         except OSError as e:  # refused, unreachable, DNS
-            raise QuotaUnavailable(f"the quota service can't be reached ({e.strerror or e})") from None
+            raise QuotaUnavailable(
+                f"the quota service can't be reached ({e.strerror or e})"
+            ) from None
 
     async def get_json(self, path: str, **params) -> dict:
         resp = await self.fetch(self.request(path, **params))
         try:
             return json.loads(resp.body)
         except ValueError:
-            raise QuotaUnavailable("the quota service answered something that is not JSON", 502) from None
+            raise QuotaUnavailable(
+                "the quota service answered something that is not JSON", 502
+            ) from None
 
     async def me(self) -> dict:
         """GET me, plus what only this session knows: which running entry is this one,

@@ -95,6 +95,9 @@ export function resourceTitle(resource: string): string {
   return RESOURCE_TITLES[resource] ?? resource.replace(/_/g, ' ');
 }
 
+/** The API rounds hours to 6 decimals: float noise below that is not a lost tenth. */
+const EPSILON = 1e-6;
+
 /**
  * Hours left, rounded down (never show more than there is): `310 h`, `12.4 h`,
  * `36 min`, `< 1 min`, `0 h`.
@@ -104,12 +107,12 @@ export function formatHours(hours: number): string {
     return '0 h';
   }
   if (hours >= 100) {
-    return `${Math.floor(hours)} h`;
+    return `${Math.floor(hours + EPSILON)} h`;
   }
   if (hours >= 1) {
-    return `${(Math.floor(hours * 10) / 10).toFixed(1)} h`;
+    return `${(Math.floor(hours * 10 + EPSILON) / 10).toFixed(1)} h`;
   }
-  const minutes = Math.floor(hours * 60);
+  const minutes = Math.floor(hours * 60 + EPSILON);
   return minutes >= 1 ? `${minutes} min` : '< 1 min';
 }
 
@@ -220,23 +223,23 @@ export function usedFraction(limit: ILimit): number {
 /** `3.2 of 40 h used · 36.8 h left` for one bar. */
 export function limitText(limit: ILimit): string {
   const total = limit.allocated + limit.granted;
-  return `${formatAmount(limit.used)} of ${formatAmount(total)} used · ${formatHours(
+  return `${formatAmount(limit.used, '')} of ${formatAmount(total)} used · ${formatHours(
     limit.remaining
   )} left`;
 }
 
 /** An amount of hours with sensible precision: `1.25 h`, `0.0167 h`, `0 h`. */
-export function formatAmount(hours: number): string {
+export function formatAmount(hours: number, unit = ' h'): string {
   if (hours === 0) {
-    return '0 h';
+    return `0${unit}`;
   }
   if (Math.abs(hours) >= 100) {
-    return `${+hours.toFixed(0)} h`;
+    return `${+hours.toFixed(0)}${unit}`;
   }
   if (Math.abs(hours) >= 1) {
-    return `${+hours.toFixed(2)} h`;
+    return `${+hours.toFixed(2)}${unit}`;
   }
-  return `${+hours.toPrecision(3)} h`;
+  return `${+hours.toPrecision(3)}${unit}`;
 }
 
 /** `in 5 minutes`, `in 1 minute`, `in less than a minute`, `now`, `soon` (unknown). */

@@ -191,7 +191,7 @@ export class QuotaPanel extends Widget {
     fact('Cost per hour', formatCost(info.session.cost_per_hour), 'sz-session-cost');
     fact('Account', info.account, 'sz-account');
     fact('Period', resetText(info.period.resets_at), 'sz-resets');
-    if (info.state === 'exhausted') {
+    if (info.session_stops) {
       fact('Stops', stopsInText(info.stops_in_seconds), 'sz-stops');
     }
     if (info.running.length > 1) {
