@@ -137,6 +137,8 @@ def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
     )
     c.LocalSpawner.site_config = str(Path(settings.source).resolve())
     c.Spawner.environment = {"SHANGZHUANG_QUOTA_URL": f"{url}/services/quota/"}
+    # For the Lab extension's "this session stops in N minutes" at zero quota.
+    c.Spawner.environment["SHANGZHUANG_QUOTA_GRACE_SECONDS"] = f"{q.grace_seconds:g}"
     c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
     c.JupyterHub.template_vars["quota"] = home_quota(settings)
     c.JupyterHub.template_vars["quota_warn"] = q.warn_fraction
