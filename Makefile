@@ -6,6 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# The JupyterLab extension (its own pip package): a wheel build, so that its shared-data (the
+# prebuilt labextension, the server-extension enable JSON) lands in the venv.
+LAB := extensions/shangzhuang-lab
+LAB_STAMP := $(VENV)/.installed-lab
+LAB_SOURCES := $(shell find $(LAB) \( -name node_modules -o -name lib -o -name labextension -o -name coverage \) -prune -o -type f \( -name '*.ts' -o -name '*.css' -o -name '*.js' -o -name '*.json' -o -name '*.py' -o -name '*.toml' -o -name yarn.lock -o -name .yarnrc.yml \) ! -name _version.py -print 2>/dev/null)
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
 .PHONY: up test check lint clean install install-test
@@ -22,9 +27,9 @@ test: install-test
 lint: install-test
 	$(BIN)/ruff check src tests bench
 
-install: $(STAMP) node_modules/.bin/configurable-http-proxy
+install: $(STAMP) $(LAB_STAMP) node_modules/.bin/configurable-http-proxy
 
-install-test: install $(TEST_STAMP)
+install-test: install $(TEST_STAMP) /usr/bin/chromium
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { $(APT) update && $(APT) install -y --no-install-recommends python3-venv; }
@@ -39,9 +44,18 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Built with node + jlpm (JupyterLab's yarn) inside pip's build; the bundle is rebuilt on each change.
+$(LAB_STAMP): $(LAB_SOURCES) | $(STAMP)
+	$(BIN)/pip install -q --no-deps --force-reinstall ./$(LAB)
+	touch $@
+
+# The e2e tests drive Debian's Chromium through Playwright (never `playwright install`).
+/usr/bin/chromium:
+	$(APT) update && $(APT) install -y --no-install-recommends chromium
+
 node_modules/.bin/configurable-http-proxy: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean:
-	rm -rf $(VENV) node_modules state
+	rm -rf $(VENV) node_modules state $(LAB)/node_modules $(LAB)/lib $(LAB)/shangzhuang_lab/labextension
