@@ -28,7 +28,7 @@ def proxy_command() -> str:
 
 def configure(c, settings: Settings) -> None:
     """Fill a JupyterHub config object from the site settings."""
-    from shangzhuang.hub.auth import WorkbenchAuthenticator
+    from shangzhuang.hub.signin import configure_signin
     from shangzhuang.hub.spawners import LocalSpawner
     from shangzhuang.settings import node_gpus
 
@@ -48,21 +48,8 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.cleanup_servers = not hub.keep_sessions_on_restart
     c.JupyterHub.template_vars = {"site_name": settings.site.name}
 
-    # --- sign-in ---------------------------------------------------------------------
-    c.JupyterHub.authenticator_class = WorkbenchAuthenticator
-    native = settings.auth.native
-    c.Authenticator.admin_users = set(hub.admins)
-    c.Authenticator.allow_all = True  # NativeAuthenticator's approval is the gate
-    # Hub names become Unix account names (after the prefix): keep them portable.
-    c.Authenticator.username_pattern = r"^[a-z][a-z0-9_-]{0,15}$"
-    c.WorkbenchAuthenticator.open_signup = native.open_signup
-    c.WorkbenchAuthenticator.minimum_password_length = native.minimum_password_length
-    c.WorkbenchAuthenticator.allowed_failed_logins = native.allowed_failed_logins
-    c.WorkbenchAuthenticator.seconds_before_next_try = native.seconds_before_next_try
-    password_file = state / ADMIN_PASSWORD_FILE
-    if password_file.exists():
-        c.WorkbenchAuthenticator.bootstrap_admin_password = password_file.read_text().strip()
-    c.WorkbenchAuthenticator.reset_admin_password = os.environ.get("SHANGZHUANG_ADMIN_PASSWORD", "")
+    # --- sign-in: native, LDAP or OpenID Connect (hub/signin.py) -------------------------
+    configure_signin(c, settings)
 
     # --- sessions --------------------------------------------------------------------
     local = settings.backend.local

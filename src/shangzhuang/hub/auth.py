@@ -10,6 +10,7 @@ and nothing else.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
@@ -122,3 +123,20 @@ class WorkbenchAuthenticator(NativeAuthenticator):
             (path, LoginHandler if handler is NativeLoginHandler else handler)
             for path, handler in super().get_handlers(app)
         ]
+
+
+def configure_native(c, settings) -> None:
+    """Native sign-in: sign-up with admin approval, lock-out, the first admin."""
+    from shangzhuang.hub import ADMIN_PASSWORD_FILE
+
+    native = settings.auth.native
+    c.JupyterHub.authenticator_class = WorkbenchAuthenticator
+    c.Authenticator.allow_all = True  # NativeAuthenticator's approval is the gate
+    c.WorkbenchAuthenticator.open_signup = native.open_signup
+    c.WorkbenchAuthenticator.minimum_password_length = native.minimum_password_length
+    c.WorkbenchAuthenticator.allowed_failed_logins = native.allowed_failed_logins
+    c.WorkbenchAuthenticator.seconds_before_next_try = native.seconds_before_next_try
+    password_file = settings.hub.state_dir / ADMIN_PASSWORD_FILE
+    if password_file.exists():
+        c.WorkbenchAuthenticator.bootstrap_admin_password = password_file.read_text().strip()
+    c.WorkbenchAuthenticator.reset_admin_password = os.environ.get("SHANGZHUANG_ADMIN_PASSWORD", "")

@@ -1,0 +1,274 @@
+"""LDAP sign-in against a real slapd: right and wrong passwords, users outside the allowed
+groups, admin groups, the institution deciding the quota account at every login (a user
+moved between groups is charged to the new one), a directory that is down, and no password
+in the hub's log.
+
+The directory: two institutions (groups tsinghua and pku), a partner group with no account
+rule (fallback account), visitors (not allowed here) and hub admins.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import ldap3
+import pytest
+import requests
+
+from tests.slapd import GROUPS, PEOPLE, ROOT_DN, Slapd, ensure_slapd
+
+from .hub import ADMIN, ADMIN_PASSWORD, RunningHub, workdir
+
+pytestmark = pytest.mark.integration
+
+PASSWORDS = {
+    ADMIN: ADMIN_PASSWORD,
+    "alice": "alice-Pw-7341",
+    "bob": "bob-Pw-1185",
+    "carol": "carol-Pw-9902",
+    "dave": "dave-Pw-4417",
+    "erin": "erin-Pw-6063",
+}
+WRONG = "Wr0ng-Guess-5521"
+SITE = "Test Workbench"
+
+QUOTA = """
+default_account = "default"
+[quota.accounts.default]
+[quota.accounts.tsinghua]
+gpu_hours = 100
+[quota.accounts.pku]
+gpu_hours = 50
+[quota.accounts.partners]
+gpu_hours = 5
+"""
+
+
+def group(cn: str) -> str:
+    return f"cn={cn},{GROUPS}"
+
+
+@pytest.fixture(scope="module")
+def slapd():
+    ensure_slapd()
+    base = workdir()
+    server = Slapd(base / "ldap")
+    server.start()
+    try:
+        server.seed()
+        server.add_user(ADMIN, PASSWORDS[ADMIN])
+        server.add_user("alice", PASSWORDS["alice"], o="tsinghua.edu.cn")
+        server.add_user("bob", PASSWORDS["bob"], o="pku.edu.cn")
+        server.add_user("carol", PASSWORDS["carol"], o="example.com")
+        server.add_user("dave", PASSWORDS["dave"], o="partner.example")
+        server.add_user("erin", PASSWORDS["erin"], o="math.pku.edu.cn")
+        server.add_group("tsinghua", "alice")
+        server.add_group("pku", "bob", "erin")
+        server.add_group("partners", "dave")
+        server.add_group("visitors", "carol")
+        server.add_group("hubadmins", "erin")
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def ldap_toml(server: Slapd) -> str:
+    # Rules by exact DN (any case, spaces after commas) and by pattern.
+    return f"""
+[auth]
+kind = "ldap"
+[auth.ldap]
+server = "127.0.0.1"
+port = {server.port}
+tls = "plain"
+timeout_seconds = 2
+bind_dn_template = ["uid={{username}},ou=people,dc=example,dc=org"]
+group_search_base = "{GROUPS}"
+allowed_groups = ["{group('tsinghua')}", "CN=pku, ou=groups, dc=example, dc=org",
+                  "{group('partners')}"]
+admin_groups = ["{group('hubadmins')}"]
+[auth.institution]
+source = "groups"
+fallback = "partners"
+rules = [
+  {{ match = "CN=Tsinghua,OU=groups,DC=example,DC=org", account = "tsinghua" }},
+  {{ pattern = "cn=pku,.*", account = "pku" }},
+]
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(slapd):
+    h = RunningHub(workdir(), extra_toml=ldap_toml(slapd), quota=QUOTA)
+    h.start()
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+def quota_me(hub: RunningHub, name: str) -> dict:
+    token = hub.token_for(name)
+    r = requests.get(
+        f"{hub.url}/services/quota/api/v1/me",
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def hub_user(hub: RunningHub, name: str) -> dict:
+    return hub.api("GET", f"/users/{name}").json()
+
+
+def test_login_page_shows_the_site_name(hub):
+    r = requests.get(f"{hub.url}/hub/login", timeout=30)
+    assert r.status_code == 200
+    assert f'<h1 id="sz-site-name" class="mt-3">{SITE}</h1>' in r.text
+    assert 'id="username_input"' in r.text
+
+
+def test_right_password_signs_in_charged_to_the_institution(hub):
+    s = hub.login("alice", PASSWORDS["alice"])
+    assert s.get(f"{hub.url}/hub/home", timeout=30).status_code == 200
+    user = hub_user(hub, "alice")
+    assert user["groups"] == ["tsinghua"]
+    assert user["admin"] is False
+    assert quota_me(hub, "alice")["account"] == "tsinghua"
+
+
+def test_wrong_password_says_so(hub):
+    _, r = hub.try_login("alice", WRONG)
+    assert r.status_code == 403
+    assert "Wrong username or password." in r.text
+    assert "not allowed" not in r.text
+    _, r = hub.try_login("nobody", WRONG)  # not in the directory at all
+    assert r.status_code == 403
+    assert "Wrong username or password." in r.text
+
+
+def test_user_outside_the_allowed_groups_is_not_allowed(hub):
+    _, r = hub.try_login("carol", PASSWORDS["carol"])
+    assert r.status_code == 403
+    assert f"carol is not allowed on {SITE}" in r.text
+    assert "Wrong username or password" not in r.text
+    assert hub.api("GET", "/users/carol", ok=(404,)).status_code == 404
+
+
+def test_no_rule_matches_so_the_fallback_account(hub):
+    hub.login("dave", PASSWORDS["dave"])
+    assert hub_user(hub, "dave")["groups"] == ["partners"]
+    assert quota_me(hub, "dave")["account"] == "partners"
+
+
+def test_admin_group_members_are_admins_while_they_are_members(hub, slapd):
+    hub.login("erin", PASSWORDS["erin"])
+    user = hub_user(hub, "erin")
+    assert user["admin"] is True
+    assert user["groups"] == ["pku"]
+    slapd.modify(group("hubadmins"), {"member": [(ldap3.MODIFY_DELETE, [f"uid=erin,{PEOPLE}"])]})
+    hub.login("erin", PASSWORDS["erin"])
+    assert hub_user(hub, "erin")["admin"] is False
+
+
+def test_a_user_moved_between_institutions_is_charged_to_the_new_one(hub, slapd):
+    hub.login("bob", PASSWORDS["bob"])
+    assert hub_user(hub, "bob")["groups"] == ["pku"]
+    assert quota_me(hub, "bob")["account"] == "pku"
+
+    slapd.move_user("bob", "pku", "tsinghua")
+    hub.login("bob", PASSWORDS["bob"])
+    assert hub_user(hub, "bob")["groups"] == ["tsinghua"]
+    me = quota_me(hub, "bob")
+    assert me["account"] == "tsinghua"
+    assert me["resources"]["gpu_hours"]["account"]["allocated"] == 100
+
+    slapd.move_user("bob", "tsinghua", "pku")  # and back again
+    hub.login("bob", PASSWORDS["bob"])
+    assert quota_me(hub, "bob")["account"] == "pku"
+
+
+def test_directory_down_is_a_clear_error_and_the_hub_keeps_serving(hub, slapd):
+    hub.admin_token()  # the admin's token outlives the directory
+    slapd.stop()
+    try:
+        _, r = hub.try_login("alice", PASSWORDS["alice"])
+        assert r.status_code == 503
+        assert f"{SITE} can&#39;t reach the directory (LDAP) right now" in r.text
+        assert requests.get(f"{hub.url}/hub/api", timeout=10).status_code == 200
+        assert hub_user(hub, "alice")["name"] == "alice"  # the hub API still answers
+        assert (
+            f"LDAP server ldap://127.0.0.1:{slapd.port} (auth.ldap.server) can't be reached, "
+            "login of alice refused" in hub.log.read_text()
+        )
+    finally:
+        slapd.start()
+    hub.login("alice", PASSWORDS["alice"])  # and back once the directory is
+
+
+def test_no_password_in_the_hub_log(hub):
+    hub.try_login("alice", WRONG)
+    hub.login("alice", PASSWORDS["alice"])
+    log = hub.log.read_text(errors="replace")
+    assert "alice signs in, charged to account tsinghua" in log
+    for secret in [*PASSWORDS.values(), WRONG]:
+        assert secret not in log
+
+
+# --- DN lookup, an attribute as the institution, the search password from a file -----
+
+
+@pytest.fixture(scope="module")
+def lookup_hub(slapd):
+    base = workdir()
+    secret = base / "ldap-search-password"
+    secret.write_text(slapd.root_password + "\n")
+    secret.chmod(0o600)
+    toml = f"""
+[auth]
+kind = "ldap"
+[auth.ldap]
+server = "127.0.0.1"
+port = {slapd.port}
+tls = "plain"
+user_search_base = "ou=people,dc=example,dc=org"
+user_attribute = "uid"
+search_user = "{ROOT_DN}"
+search_password_file = "ldap-search-password"
+allow_all = true
+[auth.institution]
+source = "o"
+rules = [
+  {{ match = "tsinghua.edu.cn", account = "tsinghua" }},
+  {{ pattern = "(.+\\\\.)?pku\\\\.edu\\\\.cn", account = "pku" }},
+]
+"""
+    h = RunningHub(base, extra_toml=toml, quota=QUOTA)
+    h.start()
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+def test_dn_lookup_and_an_attribute_decide_the_account(lookup_hub, slapd):
+    hub = lookup_hub
+    hub.login("erin", PASSWORDS["erin"])  # o = math.pku.edu.cn: the pattern
+    assert hub_user(hub, "erin")["groups"] == ["pku"]
+    hub.login("carol", PASSWORDS["carol"])  # allow_all; o = example.com: no rule
+    assert quota_me(hub, "carol")["account"] == "default"
+    _, r = hub.try_login("alice", WRONG)
+    assert r.status_code == 403 and "Wrong username or password." in r.text
+
+    hub.login("alice", PASSWORDS["alice"])
+    assert quota_me(hub, "alice")["account"] == "tsinghua"
+    slapd.modify(f"uid=alice,{PEOPLE}", {"o": [(ldap3.MODIFY_REPLACE, ["pku.edu.cn"])]})
+    hub.login("alice", PASSWORDS["alice"])
+    assert hub_user(hub, "alice")["groups"] == ["pku"]
+    assert quota_me(hub, "alice")["account"] == "pku"
+
+    log = hub.log.read_text(errors="replace")
+    for secret in [slapd.root_password, *PASSWORDS.values(), WRONG]:
+        assert secret not in log
