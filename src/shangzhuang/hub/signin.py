@@ -337,6 +337,16 @@ class WorkbenchLDAPAuthenticator(SiteSignIn, LDAPAuthenticator):
 class RefusalCallbackHandler(OAuthCallbackHandler):
     """oauthenticator's callback, saying who was refused and why."""
 
+    def _request_summary(self) -> str:
+        # tornado logs refusals with the full URI: here it holds the authorization code
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, web.HTTPError):
+            super().log_exception(typ, value, tb)
+        else:  # tornado would add repr(request), URI and code included
+            self.log.error("Uncaught exception %s", self._request_summary(), exc_info=value)
+
     async def get(self):
         self.check_arguments()
         attempt = LoginAttempt()
