@@ -56,7 +56,7 @@ class LoginAttempt:
     """What the authenticator found out about one login, for the page the user sees."""
 
     username: str = ""
-    refusal: str = "password"  # "password" | "not_allowed" | "unavailable"
+    refusal: str = "password"  # "password" | "not_allowed" | "bad_name" | "unavailable"
 
 
 # Set by the login handlers for the duration of one login. JupyterHub runs parts of a login
@@ -75,8 +75,14 @@ def refusal_message(attempt: LoginAttempt, site: str, service: str) -> str:
     """The sentence a refused user reads."""
     if attempt.refusal == "not_allowed":
         return (
-            f"{attempt.username} is not allowed on {site}: your {service} account is not in "
-            "a group this site admits. Ask your institution's administrator for access."
+            f"{attempt.username or 'This account'} is not allowed on {site}: your {service} "
+            "account is not in a group this site admits. Ask your institution's "
+            "administrator for access."
+        )
+    if attempt.refusal == "bad_name":
+        return (
+            f"{attempt.username!r} can't be a user name on {site}: names are 1-16 lower-case "
+            "letters, digits, '-' and '_', starting with a letter. Ask the site's operators."
         )
     if attempt.refusal == "unavailable":
         return (
@@ -138,6 +144,12 @@ class SiteSignIn(Authenticator):
     def institution_values(self, authentication: dict) -> list[str]:
         """The values of `account_source` for this login (each kind reads its own)."""
         raise NotImplementedError
+
+    def validate_username(self, username: str) -> bool:
+        if super().validate_username(username):
+            return True
+        _note("bad_name", username)
+        return False
 
     async def run_post_auth_hook(self, handler, authentication: dict) -> dict:
         """Charge the user to their institution's account from this login on."""
@@ -349,7 +361,7 @@ class RefusalCallbackHandler(OAuthCallbackHandler):
 
     async def get(self):
         self.check_arguments()
-        attempt = LoginAttempt()
+        attempt = LoginAttempt(refusal="not_allowed")
         token = _attempt.set(attempt)
         auth = self.authenticator
         try:
@@ -363,8 +375,21 @@ class RefusalCallbackHandler(OAuthCallbackHandler):
         finally:
             _attempt.reset(token)
         if user is None:
-            status = 503 if attempt.refusal == "unavailable" else 403
-            raise web.HTTPError(status, refusal_message(attempt, auth.site_name, auth.service_name))
+            # the login page again, the reason above its "Sign in with ..." button
+            self.set_status(503 if attempt.refusal == "unavailable" else 403)
+            html = await self.render_template(
+                "login.html",
+                login_error=refusal_message(attempt, auth.site_name, auth.service_name),
+                authenticator_login_url=auth.login_url(self.hub.base_url),
+                login_url=self.settings["login_url"],
+                authenticator=auth,
+                xsrf=self.xsrf_token.decode("ascii"),
+                next="",
+                username="",
+                custom_html="",
+            )
+            self.finish(html)
+            return
         self.redirect(self.get_next_url(user))
 
 
