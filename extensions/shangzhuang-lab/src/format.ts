@@ -160,6 +160,9 @@ export function tooltipText(info: IQuotaInfo): string {
   for (const r of limitedResources(info)) {
     lines.push(`${resourceTitle(r)}: ${formatHours(info.resources[r].remaining as number)} left`);
   }
+  if (info.session_stops) {
+    lines.push(`Quota used up: this session stops ${stopsInText(info.stops_in_seconds)}`);
+  }
   lines.push('Click for details');
   return lines.join('\n');
 }
@@ -228,13 +231,10 @@ export function limitText(limit: ILimit): string {
   )} left`;
 }
 
-/** An amount of hours with sensible precision: `1.25 h`, `0.0167 h`, `0 h`. */
+/** An amount of hours with sensible precision: `310.75 h`, `1.25 h`, `0.0167 h`, `0 h`. */
 export function formatAmount(hours: number, unit = ' h'): string {
   if (hours === 0) {
     return `0${unit}`;
-  }
-  if (Math.abs(hours) >= 100) {
-    return `${+hours.toFixed(0)}${unit}`;
   }
   if (Math.abs(hours) >= 1) {
     return `${+hours.toFixed(2)}${unit}`;

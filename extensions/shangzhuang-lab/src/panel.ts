@@ -96,10 +96,10 @@ export class QuotaPanel extends Widget {
   }
 
   private onQuotaChanged(): void {
-    if (this.isVisible) {
+    this.render();
+    // New charges come with each refresh; while the service is down, don't ask twice.
+    if (this.isVisible && !this.model.error) {
       void this.refreshCharges();
-    } else {
-      this.render();
     }
   }
 
@@ -228,15 +228,15 @@ export class QuotaPanel extends Widget {
         row('Your personal cap', rb.personal, 'personal');
       }
       const hours = hoursToEmpty(info, r);
-      block.appendChild(
-        el(
-          'div',
-          'sz-time-to-empty',
-          hours === null
-            ? `Not used by ${info.running.length ? 'your sessions' : 'any session'} now`
-            : `Empty in ${formatDuration(hours)} at the current burn`
-        )
-      );
+      let burn: string;
+      if ((rb.remaining as number) <= 0) {
+        burn = 'Used up';
+      } else if (hours === null) {
+        burn = `Not used by ${info.running.length ? 'your sessions' : 'any session'} now`;
+      } else {
+        burn = `Empty in ${formatDuration(hours)} at the current burn`;
+      }
+      block.appendChild(el('div', 'sz-time-to-empty', burn));
       section.appendChild(block);
     }
     return section;
@@ -287,17 +287,16 @@ export class QuotaPanel extends Widget {
     } else {
       const table = el('table', 'sz-charges-table');
       const head = el('tr');
-      for (const h of ['Start', 'Resource', 'Amount', 'Source']) {
-        head.appendChild(el('th', '', h));
+      for (const [h, cls] of [['From', ''], ['', ''], ['Hours', 'sz-num']]) {
+        head.appendChild(el('th', cls, h));
       }
       table.appendChild(head);
       for (const c of this._charges) {
         const tr = el('tr');
-        tr.title = `${c.consumer}\n${c.start} – ${c.end}`;
-        tr.appendChild(el('td', '', formatChargeTime(c.start)));
+        tr.title = `${c.source}: ${c.consumer}\n${c.start} – ${c.end}`;
+        tr.appendChild(el('td', 'sz-when', formatChargeTime(c.start)));
         tr.appendChild(el('td', '', resourceLabel(c.resource)));
-        tr.appendChild(el('td', 'sz-num', formatAmount(c.amount)));
-        tr.appendChild(el('td', '', c.source));
+        tr.appendChild(el('td', 'sz-num', formatAmount(c.amount, '')));
         table.appendChild(tr);
       }
       section.appendChild(table);

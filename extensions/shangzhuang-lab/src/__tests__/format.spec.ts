@@ -160,6 +160,7 @@ describe('bars and amounts', () => {
     [0, '0 h'],
     [0.0166666, '0.0167 h'],
     [1.256, '1.26 h'],
+    [310.75, '310.75 h'],
     [20000, '20000 h']
   ])('formatAmount(%p) = %p', (h, text) => expect(formatAmount(h)).toBe(text));
 
@@ -218,6 +219,11 @@ describe('reset date and tooltip', () => {
       'Quota of alice (account tsinghua): resets 2026-12-01 00:00 (+08:00)\n' +
         'GPU hours: 12.4 h left\nCPU hours: 310 h left\nClick for details'
     );
+  });
+
+  it('counts down in the tooltip when this session will be stopped', () => {
+    const q = quota({ state: 'exhausted', session_stops: true, stops_in_seconds: 61 });
+    expect(tooltipText(q).split('\n')).toContain('Quota used up: this session stops in 1 minute');
   });
 });
 
