@@ -10,6 +10,8 @@ rule (fallback account), visitors (not allowed here) and hub admins.
 from __future__ import annotations
 
 import shutil
+import sqlite3
+import time
 
 import ldap3
 import pytest
@@ -188,6 +190,24 @@ def test_a_user_moved_between_institutions_is_charged_to_the_new_one(hub, slapd)
     slapd.move_user("bob", "tsinghua", "pku")  # and back again
     hub.login("bob", PASSWORDS["bob"])
     assert quota_me(hub, "bob")["account"] == "pku"
+
+
+def test_login_goes_ahead_while_the_quota_database_is_locked(hub):
+    db = sqlite3.connect(hub.state / "quota.sqlite", timeout=1, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # as a long write elsewhere would hold it
+    try:
+        started = time.monotonic()
+        _, r = hub.try_login("dave", PASSWORDS["dave"])
+        assert r.status_code == 302
+        assert time.monotonic() - started < 15  # the ledger gets 5 s, not the hub's 30 s
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert (
+        "quota ledger unavailable at dave's login, account partners not recorded yet: "
+        "TimeoutError" in hub.log.read_text()
+    )
+    assert quota_me(hub, "dave")["account"] == "partners"
 
 
 def test_directory_down_is_a_clear_error_and_the_hub_keeps_serving(hub, slapd):
