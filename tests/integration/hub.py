@@ -40,6 +40,19 @@ def workdir() -> Path:
     return base
 
 
+DEFAULT_PROFILES = """
+[[profiles]]
+name = "cpu"
+cores = 2
+memory = "4G"
+[[profiles]]
+name = "gpu-1"
+cores = 1
+memory = "2G"
+gpus = 1
+"""
+
+
 class RunningHub:
     def __init__(
         self,
@@ -52,6 +65,8 @@ class RunningHub:
         admin_password: str | None = ADMIN_PASSWORD,
         idle_timeout: int = 0,
         quota: str = "",
+        slurm_conf: Path | None = None,
+        profiles: str = "",
     ):
         self.base = base
         self.run_as = run_as  # a Unix account to run the hub as, instead of root
@@ -73,8 +88,25 @@ class RunningHub:
             self.devices.append(d)
         self.prefix = prefix or f"t{uuid.uuid4().hex[:4]}-"
         gpu_lines = "\n".join(
-            f'[[backend.local.gpus]]\nindex = {i}\ndevice = "{d}"' for i, d in enumerate(self.devices)
+            f'[[backend.local.gpus]]\nindex = {i}\ndevice = "{d}"'
+            for i, d in enumerate(self.devices)
         )
+        if slurm_conf:  # sessions as jobs on a test Slurm (tests/slurm.py)
+            backend = f"""[backend]
+kind = "slurm"
+[backend.slurm]
+conf = "{slurm_conf}"
+partition = "debug"
+walltime = "00:30:00"
+user_prefix = "{self.prefix}"
+home_root = "{self.homes}"
+"""
+        else:
+            backend = f"""[backend.local]
+user_prefix = "{self.prefix}"
+home_root = "{self.homes}"
+{gpu_lines}
+"""
         self.config = base / "shangzhuang.toml"
         self.config.write_text(
             f"""
@@ -93,19 +125,8 @@ port = {free_port()}
 [auth.native]
 allowed_failed_logins = 3
 seconds_before_next_try = 600
-[backend.local]
-user_prefix = "{self.prefix}"
-home_root = "{self.homes}"
-{gpu_lines}
-[[profiles]]
-name = "cpu"
-cores = 2
-memory = "4G"
-[[profiles]]
-name = "gpu-1"
-cores = 1
-memory = "2G"
-gpus = 1
+{backend}
+{profiles or DEFAULT_PROFILES}
 {extra_toml}
 """
         )
@@ -216,7 +237,11 @@ gpus = 1
         return self.form(
             s,
             "/hub/signup",
-            {"username": name, "signup_password": password, "signup_password_confirmation": password},
+            {
+                "username": name,
+                "signup_password": password,
+                "signup_password_confirmation": password,
+            },
         )
 
     def try_login(self, name: str, password: str) -> tuple[requests.Session, requests.Response]:
@@ -268,21 +293,41 @@ gpus = 1
     def run_code(self, name: str, code: str, token: str | None = None) -> str:
         """Run `code` on a new kernel in NAME's session; return what it printed."""
         token = token or self.token_for(name)
-        base = f"{self.url}/user/{name}/api"
-        headers = {"Authorization": f"token {token}"}
-        r = requests.post(f"{base}/kernels", json={"name": "python3"}, headers=headers, timeout=60)
-        r.raise_for_status()
-        kid = r.json()["id"]
+        kid = self._new_kernel(name, token)
         try:
-            ws = websocket.create_connection(
-                f"ws://127.0.0.1:{self.port}/user/{name}/api/kernels/{kid}/channels",
-                header=[f"Authorization: token {token}"],
-                timeout=60,
-            )
+            return self._execute(name, kid, code, token)
+        finally:
+            requests.delete(
+                f"{self.url}/user/{name}/api/kernels/{kid}",
+                headers={"Authorization": f"token {token}"}, timeout=30,
+            )  # fmt: skip
+
+    def run_code_keep(self, name: str, code: str, token: str) -> str:
+        """Run `code` on NAME's one kept kernel, so later calls see its variables."""
+        kernels = self.__dict__.setdefault("_kernels", {})
+        if name not in kernels:
+            kernels[name] = self._new_kernel(name, token)
+        return self._execute(name, kernels[name], code, token)
+
+    def _new_kernel(self, name: str, token: str) -> str:
+        r = requests.post(
+            f"{self.url}/user/{name}/api/kernels", json={"name": "python3"},
+            headers={"Authorization": f"token {token}"}, timeout=60,
+        )  # fmt: skip
+        r.raise_for_status()
+        return r.json()["id"]
+
+    def _execute(self, name: str, kid: str, code: str, token: str, timeout: float = 300) -> str:
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.port}/user/{name}/api/kernels/{kid}/channels",
+            header=[f"Authorization: token {token}"],
+            timeout=timeout,
+        )
+        try:
             msg_id = uuid.uuid4().hex
             ws.send(json.dumps(execute_request(msg_id, code)))
-            out, done = [], False
-            while not done:
+            out = []
+            while True:
                 msg = json.loads(ws.recv())
                 if msg.get("parent_header", {}).get("msg_id") != msg_id:
                     continue
@@ -292,11 +337,9 @@ gpus = 1
                 elif kind == "error":
                     out.append("\n".join(content["traceback"]))
                 elif kind == "status" and content["execution_state"] == "idle":
-                    done = True
-            ws.close()
-            return re.sub(r"\x1b\[[0-9;]*m", "", "".join(out))
+                    return re.sub(r"\x1b\[[0-9;]*m", "", "".join(out))
         finally:
-            requests.delete(f"{base}/kernels/{kid}", headers=headers, timeout=30)
+            ws.close()
 
 
 def execute_request(msg_id: str, code: str) -> dict:

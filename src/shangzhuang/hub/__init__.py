@@ -52,17 +52,21 @@ def configure(c, settings: Settings) -> None:
     configure_signin(c, settings)
 
     # --- sessions --------------------------------------------------------------------
-    local = settings.backend.local
-    c.JupyterHub.spawner_class = LocalSpawner
-    c.LocalSpawner.profiles = list(settings.profiles)
-    c.LocalSpawner.gpus = node_gpus(settings)
-    c.LocalSpawner.user_prefix = local.user_prefix
-    c.LocalSpawner.home_root = str(local.home_root)
-    c.LocalSpawner.log_dir = str(state / "sessions")
+    accounts = settings.backend.accounts
+    c.WorkbenchSpawner.profiles = list(settings.profiles)
+    c.WorkbenchSpawner.user_prefix = accounts.user_prefix
+    c.WorkbenchSpawner.home_root = str(accounts.home_root)
     c.Spawner.cmd = [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 120
+    c.Spawner.environment = dask_environment(settings)
+    if settings.backend.kind == "slurm":
+        configure_slurm(c, settings)
+    else:
+        c.JupyterHub.spawner_class = LocalSpawner
+        c.LocalSpawner.gpus = node_gpus(settings)
+        c.LocalSpawner.log_dir = str(state / "sessions")
     if os.geteuid() != 0:
         c.JupyterHub.template_vars["announcement_home"] = NOT_ISOLATED
         c.JupyterHub.template_vars["announcement_spawn"] = NOT_ISOLATED
@@ -122,13 +126,62 @@ def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
             "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
         }
     )
-    c.LocalSpawner.site_config = str(Path(settings.source).resolve())
-    c.Spawner.environment = {"SHANGZHUANG_QUOTA_URL": f"{url}/services/quota/"}
+    c.WorkbenchSpawner.site_config = str(Path(settings.source).resolve())
+    c.Spawner.environment["SHANGZHUANG_QUOTA_URL"] = f"{url}/services/quota/"
     # For the Lab extension's "this session stops in N minutes" at zero quota.
     c.Spawner.environment["SHANGZHUANG_QUOTA_GRACE_SECONDS"] = f"{q.grace_seconds:g}"
     c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
     c.JupyterHub.template_vars["quota"] = home_quota(settings)
     c.JupyterHub.template_vars["quota_warn"] = q.warn_fraction
+
+
+def configure_slurm(c, settings: Settings) -> None:
+    """Lab sessions as Slurm jobs (batchspawner); the hub and the quota service use Slurm's
+    clients with the site's SLURM_CONF."""
+    from shangzhuang.hub.spawners import SlurmSpawner
+
+    slurm = settings.backend.slurm
+    c.JupyterHub.spawner_class = SlurmSpawner
+    if slurm.conf:
+        os.environ["SLURM_CONF"] = str(slurm.conf)  # for the hub and what it starts
+        c.SlurmSpawner.slurm_conf = str(slurm.conf)
+    c.SlurmSpawner.default_partition = slurm.partition
+    c.SlurmSpawner.default_walltime = slurm.walltime
+    c.SlurmSpawner.ip = slurm.bind_ip
+    # A job may wait in the queue: the spawn page shows why, for up to ten minutes.
+    c.Spawner.start_timeout = 600
+
+
+def dask_environment(settings: Settings) -> dict[str, str]:
+    """What sessions get so that `shangzhuang.cluster.cluster()` and a bare
+    `dask_jobqueue.SLURMCluster()` follow the site config (Dask reads DASK_* variables)."""
+    cl, slurm = settings.cluster, settings.backend.slurm
+    env = {
+        "SHANGZHUANG_BACKEND": settings.backend.kind,
+        "SHANGZHUANG_MIN_MINUTES": f"{settings.quota.min_minutes_to_spawn:g}",
+        "SHANGZHUANG_MAX_WORKERS": str(cl.max_workers),
+        # Dashboards through jupyter-server-proxy, under the session's own URL.
+        "DASK_DISTRIBUTED__DASHBOARD__LINK": "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status",
+        "DASK_LABEXTENSION__FACTORY__MODULE": "shangzhuang.cluster",
+        "DASK_LABEXTENSION__FACTORY__CLASS": "WorkbenchCluster",
+    }
+    jq = {
+        "CORES": str(cl.worker_cores),
+        "PROCESSES": "1",
+        "MEMORY": f"{cl.worker_memory // 1024**2}MiB",
+        "WALLTIME": cl.worker_walltime,
+        "LOG_DIRECTORY": cl.log_dir,
+        "LOCAL_DIRECTORY": cl.local_dir,
+    }
+    if cl.interface:
+        jq["INTERFACE"] = cl.interface
+    if slurm.partition:
+        jq["QUEUE"] = slurm.partition
+    if settings.backend.kind == "slurm":
+        env.update({f"DASK_JOBQUEUE__SLURM__{k}": v for k, v in jq.items()})
+        if slurm.conf:
+            env["SLURM_CONF"] = str(slurm.conf)
+    return env
 
 
 def home_quota(settings: Settings):

@@ -1,0 +1,247 @@
+"""The `slurm` backend on a real Slurm (two virtual nodes with fake GPU devices, tests/slurm.py):
+Lab sessions as jobs, GPUs through gres, the queue reason on the spawn page, notebook Dask
+clusters on both nodes, metering and enforcement, and a controller that is down."""
+
+import json
+import time
+
+import pytest
+import requests
+
+from tests.slurm import LocalSlurm
+
+from .hub import RunningHub, workdir
+
+pytestmark = pytest.mark.integration
+
+PROFILES = """
+[[profiles]]
+name = "cpu"
+cores = 1
+memory = "1G"
+[[profiles]]
+name = "gpu-1"
+cores = 1
+memory = "1G"
+gpus = 1
+[[profiles]]
+name = "gpu-2"
+cores = 1
+memory = "1G"
+gpus = 2
+"""
+
+QUOTA = """
+sample_seconds = 1
+min_minutes_to_spawn = 0.05
+grace_seconds = 2
+[quota.accounts.default]
+cpu_hours = 1000
+gpu_hours = 1000
+[quota.users.petra]
+cpu_hours = 0.01
+"""
+
+CLUSTER = """
+[cluster]
+worker_cores = 1
+worker_memory = "1G"
+worker_walltime = "00:10:00"
+interface = "lo"
+"""
+
+WHO = (
+    "import os, getpass; print(getpass.getuser(), os.environ.get('SLURMD_NODENAME'),"
+    " os.environ.get('SLURM_JOB_ID'), repr(os.environ.get('CUDA_VISIBLE_DEVICES')))"
+)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    s = LocalSlurm()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def hub(slurm):
+    h = RunningHub(
+        workdir(), slurm_conf=slurm.conf, profiles=PROFILES, quota=QUOTA, extra_toml=CLUSTER
+    )
+    h.start()
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+def who(hub, name):
+    user, node, job, cvd = hub.run_code(name, WHO).split()
+    return {"user": user, "node": node, "job": job, "gpus": cvd.strip("'")}
+
+
+def spawn_events(hub, name, until, timeout=60):
+    """Read the spawn progress stream (what the spawn page shows) until `until(message)`."""
+    r = requests.get(
+        f"{hub.url}/hub/api/users/{name}/server/progress",
+        headers={"Authorization": f"token {hub.admin_token()}"},
+        stream=True,
+        timeout=timeout,
+    )
+    seen = []
+    for line in r.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            event = json.loads(line[5:])
+            seen.append(event.get("message", ""))
+            if until(event.get("message", "")):
+                r.close()
+                return seen
+    return seen
+
+
+def test_lab_session_is_a_slurm_job_with_its_gpu(hub, slurm):
+    hub.new_user("olga")
+    hub.spawn("olga", "gpu-1")
+    hub.wait_ready("olga")
+    me = who(hub, "olga")
+    assert me["user"] == f"{hub.prefix}olga"  # the user's own Unix account
+    assert me["node"] in ("c1", "c2") and me["gpus"] in ("0", "1")
+    (job,) = [j for j in slurm.jobs() if j["id"] == me["job"]]
+    assert job["state"] == "RUNNING" and job["name"] == "shangzhuang-lab"
+    # Stopping the server cancels the job.
+    hub.stop_server("olga")
+    hub.wait(lambda: not [j for j in slurm.jobs() if j["id"] == me["job"]], 30, "job gone")
+
+
+def test_gpu_jobs_never_share_a_device_and_a_third_waits_with_its_reason(hub, slurm):
+    for name in ("anna", "bert", "cleo"):
+        hub.new_user(name)
+    hub.spawn("anna", "gpu-2")
+    hub.spawn("bert", "gpu-2")
+    hub.wait_ready("anna")
+    hub.wait_ready("bert")
+    a, b = who(hub, "anna"), who(hub, "bert")
+    # Each holds both GPUs of a node, so their (node, device) pairs can't overlap.
+    assert a["gpus"] == b["gpus"] == "0,1"
+    assert a["node"] != b["node"]
+
+    # All four GPUs are taken: the third job waits, and the spawn page says why.
+    hub.spawn("cleo", "gpu-1")
+    seen = spawn_events(hub, "cleo", lambda m: "Waiting in the Slurm queue" in m)
+    assert any("Waiting in the Slurm queue: the nodes are busy" in m for m in seen), seen
+    (pending,) = [j for j in slurm.jobs() if j["user"] == f"{hub.prefix}cleo"]
+    assert pending["state"] == "PENDING" and pending["reason"] == "Resources"
+
+    # A GPU frees up: the waiting session starts on it.
+    hub.stop_server("anna")
+    hub.wait_ready("cleo", timeout=120)
+    assert who(hub, "cleo")["node"] == a["node"]
+    for name in ("bert", "cleo"):
+        hub.stop_server(name)
+
+
+CLUSTER_CODE = """
+import os, time
+from dask.distributed import Client
+from shangzhuang.cluster import cluster
+c = cluster(workers=2, gpus_per_worker=1)
+client = Client(c)
+client.wait_for_workers(2, timeout=120)
+nodes = sorted(client.run(lambda: os.environ["SLURMD_NODENAME"]).values())
+gpus = sorted(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values())
+def slow_square(x):
+    time.sleep(0.5)
+    return x * x
+futures = client.map(slow_square, range(24))
+print("NODES", *nodes)
+print("GPUS", *gpus)
+print("DASHBOARD", c.dashboard_link)
+print("JOBS", *sorted(c.workers))
+"""
+
+
+def test_notebook_cluster_runs_on_both_nodes_survives_a_killed_worker_and_is_charged(
+    hub, slurm
+):
+    hub.new_user("dora")
+    hub.spawn("dora", "cpu")
+    hub.wait_ready("dora")
+    token = hub.token_for("dora")
+    out = hub.run_code_keep("dora", CLUSTER_CODE, token)
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if " " in line)
+    assert lines["NODES"].split() == ["c1", "c2"], out
+    assert all(g in ("0", "1") for g in lines["GPUS"].split())
+    # The dashboard, through jupyter-server-proxy under the session's URL.
+    dash = lines["DASHBOARD"]
+    assert dash.startswith("/user/dora/proxy/")
+    r = requests.get(f"{hub.url}{dash}", headers={"Authorization": f"token {token}"})
+    assert r.status_code == 200 and "Dask" in r.text
+
+    # Kill one worker's job while the map runs: its tasks are computed again elsewhere.
+    worker_jobs = [j for j in slurm.jobs() if j["user"] == f"{hub.prefix}dora" and
+                   j["name"] != "shangzhuang-lab"]  # fmt: skip
+    assert len(worker_jobs) == 2, worker_jobs
+    slurm.cmd("scancel", worker_jobs[0]["id"])
+    result = hub.run_code_keep(
+        "dora", "print(sum(client.gather(futures))); c.close(); print('closed')", token
+    )
+    assert result.split() == [str(sum(x * x for x in range(24))), "closed"], result
+    hub.stop_server("dora")
+
+    # The ledger holds the Lab job and both worker jobs, at their cores and GPUs.
+    time.sleep(2)
+    usage = requests.get(
+        f"{hub.url}/services/quota/api/v1/usage?user=dora",
+        headers={"Authorization": f"token {token}"},
+    ).json()["records"]
+    by_job = {}
+    for r in usage:
+        by_job.setdefault(r["consumer"], {}).setdefault(r["resource"], 0.0)
+        by_job[r["consumer"]][r["resource"]] += r["amount"]
+    workers = [f"job:{j['id']}" for j in worker_jobs]
+    for w in workers:
+        assert by_job[w]["gpu_hours"] == pytest.approx(by_job[w]["cpu_hours"])  # 1 GPU, 1 core
+        assert 0 < by_job[w]["gpu_hours"] * 3600 < 300
+    labs = [c for c in by_job if c not in workers]
+    assert len(labs) == 1 and "gpu_hours" not in by_job[labs[0]]  # the cpu profile's job
+
+
+def test_running_out_refuses_scale_up_then_cancels_the_jobs(hub, slurm):
+    hub.new_user("petra")  # 0.01 cpu_hours: 36 s of one core; 16 workers need 48 s
+    hub.spawn("petra", "cpu")
+    hub.wait_ready("petra")
+    token = hub.token_for("petra")
+    out = hub.run_code_keep(
+        "petra",
+        "from shangzhuang.cluster import cluster\n"
+        "try:\n    cluster(workers=16)\nexcept Exception as e:\n    print(type(e).__name__, e)",
+        token,
+    )
+    assert out.startswith("QuotaExceeded Not enough quota to add 16 worker job(s)"), out
+    assert "cpu_hours left (account default)" in out
+    assert not [j for j in slurm.jobs() if j["name"] != "shangzhuang-lab" and
+                j["user"] == f"{hub.prefix}petra"]  # fmt: skip
+    # At zero (after 2 s of grace) the user's jobs are cancelled and the server goes.
+    hub.wait(
+        lambda: "" not in hub.api("GET", "/users/petra").json()["servers"],
+        timeout=150,
+        what="petra's jobs cancelled at zero",
+    )
+    assert not [j for j in slurm.jobs() if j["user"] == f"{hub.prefix}petra"]
+
+
+def test_slurm_controller_down_fails_the_spawn_clearly_and_the_hub_keeps_serving(hub, slurm):
+    hub.new_user("zeno")
+    slurm.stop_ctld()
+    r = hub.spawn("zeno", "cpu", ok=None)
+    if r.status_code == 202:  # the failure comes through the progress stream
+        seen = spawn_events(hub, "zeno", lambda m: "Spawn failed" in m or "refused" in m, 120)
+        message = " ".join(seen)
+    else:
+        message = r.json()["message"]
+    assert "Slurm refused the session" in message, message
+    assert requests.get(f"{hub.url}/hub/api").status_code == 200
+    hub.login("zeno", "correct-horse-9")
