@@ -233,6 +233,41 @@ def test_running_out_refuses_scale_up_then_cancels_the_jobs(hub, slurm):
     assert not [j for j in slurm.jobs() if j["user"] == f"{hub.prefix}petra"]
 
 
+PLAIN_CODE = """
+from dask_jobqueue import SLURMCluster
+from dask.distributed import Client
+c = SLURMCluster()  # no arguments: the site's settings come as Dask config
+c.scale(1)
+client = Client(c)
+client.wait_for_workers(1, timeout=120)
+print("RESULT", client.submit(sum, [1, 2, 3]).result())
+script = c.job_script()
+print("SCRIPT", "#SBATCH -p debug" in script, "#SBATCH -A default" in script)
+c.close()
+"""
+
+
+def test_plain_slurmcluster_and_the_dask_sidebar_use_the_site_settings(hub, slurm):
+    hub.new_user("emil")
+    hub.spawn("emil", "cpu")
+    hub.wait_ready("emil")
+    token = hub.token_for("emil")
+    out = hub.run_code_keep("emil", PLAIN_CODE, token)
+    assert "RESULT 6" in out, out
+    assert "SCRIPT True True" in out, out  # the site's partition, the user's quota account
+
+    # dask-labextension's sidebar ("New" cluster) builds the workbench's cluster class.
+    headers = {"Authorization": f"token {token}"}
+    r = requests.put(f"{hub.url}/user/emil/dask/clusters", headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+    model = r.json()
+    assert model["dashboard_link"].startswith("/user/emil/proxy/")
+    listed = requests.get(f"{hub.url}/user/emil/dask/clusters", headers=headers).json()
+    assert [c["id"] for c in listed] == [model["id"]]
+    requests.delete(f"{hub.url}/user/emil/dask/clusters/{model['id']}", headers=headers)
+    hub.stop_server("emil")
+
+
 def test_slurm_controller_down_fails_the_spawn_clearly_and_the_hub_keeps_serving(hub, slurm):
     hub.new_user("zeno")
     slurm.stop_ctld()
