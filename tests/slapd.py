@@ -59,16 +59,61 @@ def hashed(password: str) -> str:
     ).stdout.strip()
 
 
-class Slapd:
-    """slapd with dc=example,dc=org, ou=people (inetOrgPerson) and ou=groups (groupOfNames)."""
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, csr = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    ext = folder / "server.ext"
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
 
-    def __init__(self, base: Path):
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA",
+        "-keyout", str(ca_key), "-out", str(ca),
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(key), "-out", str(csr),
+    )  # fmt: skip
+    openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert),
+    )  # fmt: skip
+    return ca, cert, key
+
+
+class Slapd:
+    """slapd with dc=example,dc=org, ou=people (inetOrgPerson) and ou=groups (groupOfNames);
+    with `tls`, also StartTLS on its ldap:// port and LDAPS on `ldaps_port`, with a
+    certificate for 127.0.0.1 from a throwaway CA (`ca_file`)."""
+
+    def __init__(self, base: Path, tls: bool = False):
         self.base = base
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
+        self.urls = [self.url]
+        self.ca_file: Path | None = None
+        self.ldaps_port: int | None = None
         self.root_password = "root-" + os.urandom(6).hex()
         self.proc: subprocess.Popen | None = None
         (base / "db").mkdir(parents=True, exist_ok=True)
+        tls_lines = ""
+        if tls:
+            self.ca_file, cert, key = make_certificates(base)
+            self.ldaps_port = free_port()
+            self.urls.append(f"ldaps://127.0.0.1:{self.ldaps_port}")
+            tls_lines = (
+                f"TLSCACertificateFile {self.ca_file}\nTLSCertificateFile {cert}\n"
+                f"TLSCertificateKeyFile {key}\n"
+            )
         self.conf = base / "slapd.conf"
         self.conf.write_text(
             f"""
@@ -77,7 +122,7 @@ include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/nis.schema
 include /etc/ldap/schema/inetorgperson.schema
 modulepath /usr/lib/ldap
-moduleload back_mdb
+{tls_lines}moduleload back_mdb
 pidfile {base}/slapd.pid
 database mdb
 maxsize 104857600
@@ -94,7 +139,8 @@ access to * by * read
     def start(self, timeout: float = 20) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [SLAPD, "-d", "0", "-h", f"{self.url}/", "-f", str(self.conf)],
+                [SLAPD, "-d", "0", "-h", " ".join(f"{u}/" for u in self.urls),
+                 "-f", str(self.conf)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + timeout

@@ -571,12 +571,19 @@ def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
     base = Path(source).resolve().parent if source != "<config>" else Path.cwd()
     settings = _resolve_sign_in_paths(settings, base)
     problems += _node_problems(settings)
-    if settings.site.logo is not None and not settings.site.logo.is_file():
+    if settings.site.logo is not None and not _is_file(settings.site.logo):
         problems.append(f"site.logo: no such file {str(settings.site.logo)!r}")
     if problems:
         raise SettingsError(source, problems)
     hub = settings.hub.model_copy(update={"state_dir": (base / settings.hub.state_dir).resolve()})
     return settings.model_copy(update={"hub": hub, "source": Path(source)})
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        return False
 
 
 def _resolve_sign_in_paths(settings: Settings, base: Path) -> Settings:

@@ -9,15 +9,25 @@ rule (fallback account), visitors (not allowed here) and hub admins.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 import time
+from pathlib import Path
 
 import ldap3
 import pytest
 import requests
+from traitlets.config import Config
 
-from tests.slapd import GROUPS, PEOPLE, ROOT_DN, Slapd, ensure_slapd
+from shangzhuang.hub.signin import (
+    LoginAttempt,
+    WorkbenchLDAPAuthenticator,
+    _attempt,
+    configure_signin,
+)
+from shangzhuang.settings import load_settings
+from tests.slapd import GROUPS, PEOPLE, ROOT_DN, Slapd, ensure_slapd, make_certificates
 
 from .hub import ADMIN, ADMIN_PASSWORD, RunningHub, workdir
 
@@ -292,3 +302,80 @@ def test_dn_lookup_and_an_attribute_decide_the_account(lookup_hub, slapd):
     log = hub.log.read_text(errors="replace")
     for secret in [slapd.root_password, *PASSWORDS.values(), WRONG]:
         assert secret not in log
+
+
+# --- LDAPS and StartTLS: the authenticator itself against a TLS slapd --------------------
+
+
+@pytest.fixture(scope="module")
+def tls_slapd():
+    ensure_slapd()
+    base = workdir()
+    server = Slapd(base / "ldap", tls=True)
+    server.start()
+    try:
+        server.seed()
+        server.add_user("alice", PASSWORDS["alice"])
+        server.add_group("tsinghua", "alice")
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def tls_authenticator(folder: Path, server: Slapd, tls: str, ca_file: Path):
+    port = server.ldaps_port if tls == "ldaps" else server.port
+    text = f"""
+[quota]
+enabled = false
+[quota.accounts.default]
+[quota.accounts.tsinghua]
+[[profiles]]
+name = "cpu"
+cores = 1
+memory = "1G"
+[auth]
+kind = "ldap"
+[auth.ldap]
+server = "127.0.0.1"
+port = {port}
+tls = "{tls}"
+ca_file = "{ca_file}"
+bind_dn_template = ["uid={{username}},ou=people,dc=example,dc=org"]
+group_search_base = "{GROUPS}"
+allowed_groups = ["{group('tsinghua')}"]
+[auth.institution]
+rules = [{{ pattern = "cn=tsinghua,.*", account = "tsinghua" }}]
+"""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "site.toml").write_text(text)
+    c = Config()
+    c.JupyterHub.template_vars = {}
+    configure_signin(c, load_settings(folder / "site.toml"))
+    return WorkbenchLDAPAuthenticator(config=c)
+
+
+def sign_in(auth, name: str, password: str) -> tuple[dict | None, LoginAttempt]:
+    """One login through the authenticator, as JupyterHub's login handler runs it."""
+
+    async def go():
+        attempt = LoginAttempt(username=name)
+        _attempt.set(attempt)
+        data = {"username": name, "password": password}
+        return await auth.get_authenticated_user(None, data), attempt
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("tls", ["ldaps", "starttls"])
+def test_tls_modes_verify_the_server_certificate(tls_slapd, tmp_path, tls):
+    auth = tls_authenticator(tmp_path, tls_slapd, tls, tls_slapd.ca_file)
+    user, _ = sign_in(auth, "alice", PASSWORDS["alice"])
+    assert (user["name"], user["groups"]) == ("alice", ["tsinghua"])
+    user, attempt = sign_in(auth, "alice", WRONG)
+    assert (user, attempt.refusal) == (None, "password")
+
+    other_ca, _, _ = make_certificates(tmp_path)  # a certificate the hub must not trust
+    auth = tls_authenticator(tmp_path / "other", tls_slapd, tls, other_ca)
+    user, attempt = sign_in(auth, "alice", PASSWORDS["alice"])
+    assert (user, attempt.refusal) == (None, "unavailable")

@@ -307,8 +307,8 @@ class WorkbenchLDAPAuthenticator(SiteSignIn, LDAPAuthenticator):
             result = await asyncio.to_thread(self._authenticate_blocking, handler, data)
         except (*UNREACHABLE, OSError) as e:
             self.log.error(
-                "LDAP server %s (auth.ldap.server) can't be reached, login of %s refused: %s",
-                self.server_url, login, type(e).__name__,
+                "LDAP server %s (auth.ldap.server) can't be reached, login of %s refused: %s: %s",
+                self.server_url, login, type(e).__name__, str(e)[:300],
             )  # fmt: skip
             _note("unavailable")
             return None
