@@ -342,8 +342,17 @@ class Gpu(Section):
 class UnixAccounts(Section):
     """Hub user alice runs as Unix account `{user_prefix}alice` (when the hub is root)."""
 
-    user_prefix: str = Field("sz-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$")
+    user_prefix: str = "sz-"  # "": the Unix name is the hub name (central accounts)
     home_root: PathStr = Path("/home")
+
+    @field_validator("user_prefix")
+    @classmethod
+    def _portable(cls, v: str) -> str:
+        if not re.fullmatch(r"([a-z_][a-z0-9_-]{0,15})?", v):
+            raise ValueError(
+                "must be empty, or a lowercase letter or _ followed by up to 15 of a-z 0-9 _ -"
+            )
+        return v
 
 
 class LocalBackend(UnixAccounts):

@@ -7,6 +7,9 @@ import os
 import pwd
 
 
+FIRST_USER_UID = 1000  # Debian's UID_MIN: below are system accounts
+
+
 class AccountError(Exception):
     pass
 
@@ -25,6 +28,11 @@ async def ensure_account(unix_name: str, home: str, hub_name: str) -> pwd.struct
         if proc.returncode != 0:
             raise AccountError(f"useradd {unix_name} failed: {out.decode().strip()}")
         account = pwd.getpwnam(unix_name)
+    if account.pw_uid < FIRST_USER_UID:
+        # With an empty user_prefix a hub user named "root" or "daemon" must not get that account.
+        raise AccountError(
+            f"{unix_name} is a system account (uid {account.pw_uid}); sessions never run as one"
+        )
     os.makedirs(account.pw_dir, exist_ok=True)
     os.chown(account.pw_dir, account.pw_uid, account.pw_gid)
     os.chmod(account.pw_dir, 0o700)
