@@ -196,6 +196,13 @@ class WorkbenchSpawner(Spawner):
         # Not isolated: one folder per user under the hub account's home.
         return str(Path.home() / "shangzhuang-homes" / self.user.name)
 
+    async def unix_account(self) -> pwd.struct_passwd:
+        """The user's Unix account, made on first use; refused for system accounts."""
+        try:
+            return await unix.ensure_account(self.unix_name, self.home, self.user.name)
+        except unix.AccountError as e:
+            raise SpawnException(str(e), reason="account", status_code=403) from None
+
     def user_env(self, env):
         env["USER"] = self.unix_name
         env["HOME"] = self.home
@@ -289,7 +296,7 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         self.apply_profile(profile)
         self.check_quota(profile)
         if self.isolated:
-            account = await unix.ensure_account(self.unix_name, self.home, self.user.name)
+            account = await self.unix_account()
         else:
             os.makedirs(self.home, mode=0o700, exist_ok=True)
             account = None
@@ -379,7 +386,7 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
         profile = self.profile
         self.apply_profile(profile)
         self.check_quota(profile)
-        account = await unix.ensure_account(self.unix_name, self.home, self.user.name)
+        account = await self.unix_account()
         logs = os.path.join(self.home, ".shangzhuang")
         os.makedirs(logs, mode=0o700, exist_ok=True)
         os.chown(logs, account.pw_uid, account.pw_gid)
