@@ -114,3 +114,16 @@ def test_a_disallowed_user_reads_why(oidc_hub, browser):
         page.screenshot(path=str(ARTIFACTS / "auth-oidc-not-allowed.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_native_login_page_shows_the_site_name(hub, browser):
+    """The embedded default's sign-up-and-approval login page carries the site's name too."""
+    page = browser.new_page()
+    try:
+        page.goto(f"{hub.url}/hub/login")
+        assert page.inner_text("#sz-site-name") == SITE
+        assert page.locator("#sz-site-logo").count() == 0  # no site.logo configured
+        assert page.locator("#login_submit").is_visible()
+        page.screenshot(path=str(ARTIFACTS / "auth-native-login-page.png"), full_page=True)
+    finally:
+        page.close()

@@ -25,6 +25,12 @@ class LoginHandler(NativeLoginHandler):
     def _render(self, login_error=None, username=None, **kwargs):
         return super()._render(login_error=login_error, username=username)
 
+    def render_template(self, name, **ns):
+        # the same page with the site's name and logo above the form
+        if name == "native-login.html":
+            name = "sz-native-login.html"
+        return super().render_template(name, **ns)
+
     async def post(self):
         data = {arg: self.get_argument(arg, strip=False) for arg in self.request.arguments}
         user = await self.login_user(data)
