@@ -556,3 +556,44 @@ def test_native_stays_the_default(tmp_path):
     assert c.Authenticator.allow_all is True
     assert "manage_groups" not in c.Authenticator
     assert Path(c.JupyterHub.template_paths[0]).name == "templates"
+
+
+# --- where each kind reads the institution ------------------------------------------------
+
+
+def test_institution_values_ldap():
+    from shangzhuang.hub.signin import WorkbenchLDAPAuthenticator
+
+    auth = WorkbenchLDAPAuthenticator(bind_dn_template=["uid={username},dc=x"])
+    model = {
+        "name": "alice",
+        "auth_state": {
+            "ldap_groups": ["cn=pku,ou=groups,dc=x"],
+            "user_attributes": {"o": ["pku.edu.cn"], "ou": "maths"},
+        },
+    }
+    assert auth.institution_values(model) == ["cn=pku,ou=groups,dc=x"]
+    auth.account_source = "o"
+    assert auth.institution_values(model) == ["pku.edu.cn"]
+    auth.account_source = "ou"  # a single value, not a list
+    assert auth.institution_values(model) == ["maths"]
+    auth.account_source = "departmentNumber"  # not in the entry
+    assert auth.institution_values(model) == []
+
+
+def test_institution_values_oidc():
+    from shangzhuang.hub.signin import WorkbenchOIDCAuthenticator
+
+    auth = WorkbenchOIDCAuthenticator()
+    model = {
+        "name": "bob",
+        "groups": ["pku", "staff"],  # from the groups claim, before the account replaces them
+        "auth_state": {"oauth_user": {"schac_home_organization": "pku.edu.cn", "n": 7}},
+    }
+    assert auth.institution_values(model) == ["pku", "staff"]
+    auth.account_source = "schac_home_organization"
+    assert auth.institution_values(model) == ["pku.edu.cn"]
+    auth.account_source = "n"
+    assert auth.institution_values(model) == ["7"]
+    auth.account_source = "missing"
+    assert auth.institution_values(model) == []
