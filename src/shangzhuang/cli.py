@@ -51,7 +51,8 @@ def cmd_up(args) -> int:
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
     admin = settings.hub.admins[0] if settings.hub.admins else None
-    if admin:
+    # Only the embedded sign-up has passwords of its own; LDAP and OIDC admins use theirs.
+    if admin and settings.auth.kind == "native":
         password, new = admin_password(settings)
         if new:
             print(f"First start: admin {admin!r}, password {password}")
