@@ -7,9 +7,9 @@ only the NVML module, from the source tree, and runs with --noconftest).
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,9 +18,22 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "extensions" / "shangzhuang-lab"))
 pynvml = pytest.importorskip("pynvml")
-from shangzhuang_lab.gpus import NO_GPU, read_gpus  # noqa: E402
+
+
+def _gpus_module():
+    """shangzhuang_lab/gpus.py from the source tree, by path: no jupyter_server needed, and
+    sys.path stays as it was (other tests check the installed package)."""
+    path = ROOT / "extensions" / "shangzhuang-lab" / "shangzhuang_lab" / "gpus.py"
+    spec = importlib.util.spec_from_file_location("shangzhuang_lab_gpus_source", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ROOT = Path(__file__).resolve().parents[2]
+_gpus = _gpus_module()
+NO_GPU, read_gpus = _gpus.NO_GPU, _gpus.read_gpus
 
 MiB = 2**20
 

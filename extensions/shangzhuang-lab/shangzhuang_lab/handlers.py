@@ -64,8 +64,11 @@ class UsageCSVHandler(QuotaAPIHandler):
     @tornado.web.authenticated
     async def get(self):
         user = self.quota.config.user or "me"
+        started = False
 
         def start() -> None:
+            nonlocal started
+            started = True
             self.set_header("Content-Type", "text/csv; charset=utf-8")
             self.set_header("Content-Disposition", f'attachment; filename="usage-{user}.csv"')
             self.set_header("Cache-Control", "no-store")
@@ -77,7 +80,7 @@ class UsageCSVHandler(QuotaAPIHandler):
         try:
             await self.quota.stream_csv(start, chunk)
         except QuotaUnavailable as e:
-            if self._headers_written:  # the CSV had begun: all we can do is cut it short
+            if started:  # the CSV had begun: all we can do is cut it short
                 self.log.warning("shangzhuang_lab: usage CSV cut short: %s", e.message)
                 return
             self.clear_header("Content-Disposition")

@@ -156,18 +156,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
       model.refreshSeconds = settings.get('refreshSeconds').composite as number;
       panel.gpuRefreshSeconds = settings.get('gpuRefreshSeconds').composite as number;
     };
-    if (settingRegistry) {
-      settingRegistry
-        .load(PLUGIN_ID)
-        .then(settings => {
-          apply(settings);
-          settings.changed.connect(apply);
-        })
-        .catch(reason => console.warn('shangzhuang-lab: settings not loaded', reason))
-        .finally(() => model.start());
-    } else {
-      model.start();
-    }
+    const settingsLoaded = settingRegistry
+      ? settingRegistry
+          .load(PLUGIN_ID)
+          .then(settings => {
+            apply(settings);
+            settings.changed.connect(apply);
+          })
+          .catch(reason => console.warn('shangzhuang-lab: settings not loaded', reason))
+      : Promise.resolve();
+    // First fetch once Lab has drawn its layout: nothing of ours on the launcher's path.
+    void Promise.all([settingsLoaded, app.restored]).then(() => model.start());
   }
 };
 

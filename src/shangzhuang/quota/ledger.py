@@ -178,8 +178,13 @@ class Ledger:
             raise QuotaError(f"unknown account {account!r}")
         with self._write() as conn:
             row = conn.execute(select(Member.account).where(Member.user == user)).first()
-            if row is None:
-                conn.execute(Member.__table__.insert().values(user=user, account=account))
+            if row is None:  # the hub and the meter may both insert a new user at once
+                stmt = _insert(conn, Member.__table__).values(user=user, account=account)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["user"], set_={"account": stmt.excluded.account}
+                    )
+                )
             elif row.account != account:
                 conn.execute(update(Member).where(Member.user == user).values(account=account))
 
@@ -214,14 +219,15 @@ class Ledger:
         with self._write() as conn:
             if conn.execute(select(Consumer.id).where(Consumer.id == consumer)).first():
                 return False
-            conn.execute(
-                Consumer.__table__.insert().values(
+            # The hub (at spawn) and the meter (seeing it run) may open it at once.
+            done = conn.execute(
+                _insert(conn, Consumer.__table__).values(
                     id=consumer, user=user, account=account, source=source, profile=profile,
                     cpu_rate=rates.get("cpu_hours", 0.0), gpu_rate=rates.get("gpu_hours", 0.0),
                     started=started, charged_until=started, closed=False,
-                )
+                ).on_conflict_do_nothing(index_elements=["id"]).returning(Consumer.id)
             )  # fmt: skip
-            return True
+            return done.first() is not None
 
     def charge(self, marks: dict[str, float | None], close: Iterable[str] = ()) -> int:
         """Charge each open consumer in `marks` up to its time; close those in `close`.
@@ -233,8 +239,13 @@ class Ledger:
         if not marks:
             return 0
         with self._write() as conn:
+            # FOR UPDATE (PostgreSQL; SQLite's write transaction already holds the lock): a
+            # concurrent charge of the same consumer waits, then reads the mark it moved.
             rows = conn.execute(
-                select(Consumer).where(Consumer.id.in_(list(marks)), Consumer.closed.is_(False))
+                select(Consumer)
+                .where(Consumer.id.in_(list(marks)), Consumer.closed.is_(False))
+                .order_by(Consumer.id)
+                .with_for_update()
             ).all()
             charges, totals = [], defaultdict(float)
             moved, closed = [], []
@@ -292,11 +303,7 @@ class Ledger:
     def _add_totals(self, conn: Connection, totals: dict, column: str) -> None:
         if not totals:
             return
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(Total.__table__)
+        stmt = _insert(conn, Total.__table__)
         stmt = stmt.on_conflict_do_update(
             index_elements=["period_start", "kind", "name", "resource"],
             set_={column: getattr(Total.__table__.c, column) + getattr(stmt.excluded, column)},
@@ -306,7 +313,7 @@ class Ledger:
             stmt,
             [
                 {"period_start": p, "kind": k, "name": n, "resource": r, column: v, other: 0.0}
-                for (p, k, n, r), v in totals.items()
+                for (p, k, n, r), v in sorted(totals.items())  # one lock order: no deadlock
             ],
         )
 
@@ -525,6 +532,15 @@ class Ledger:
                 .group_by(Total.kind, Total.name, Total.resource)
             )
             return {(k, n, r): u for k, n, r, u in rows}
+
+
+def _insert(conn: Connection, table):
+    """An INSERT that knows ON CONFLICT (PostgreSQL or SQLite)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
 
 def _bind(name: str):

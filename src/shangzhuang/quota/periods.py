@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -27,7 +28,9 @@ def period_at(t: float, kind: str, tz: str) -> Period:
     if kind == "none":
         return Period(0.0, FOREVER)
     zone = ZoneInfo(tz)
-    local = datetime.fromtimestamp(t, zone)
+    # Boundaries are whole seconds; flooring keeps fromtimestamp's rounding to microseconds
+    # from moving an instant just before a reset into the next period.
+    local = datetime.fromtimestamp(math.floor(t), zone)
     if kind == "monthly":
         start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         nxt = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
@@ -37,9 +40,11 @@ def period_at(t: float, kind: str, tz: str) -> Period:
         nxt = start + timedelta(days=7)
     else:
         raise ValueError(f"unknown quota period {kind!r}")
-    # Re-attach the zone: midnight across a DST change has its own offset.
-    start = start.replace(tzinfo=None).replace(tzinfo=zone)
-    nxt = nxt.replace(tzinfo=None).replace(tzinfo=zone)
+    # Re-attach the zone: midnight across a DST change has its own offset. fold=0: a
+    # midnight that happens twice (clocks back to 00:00) starts the period the first time,
+    # whichever occurrence `t` fell in (`local` keeps the fold of `t`).
+    start = start.replace(tzinfo=None, fold=0).replace(tzinfo=zone)
+    nxt = nxt.replace(tzinfo=None, fold=0).replace(tzinfo=zone)
     return Period(start.timestamp(), nxt.timestamp())
 
 

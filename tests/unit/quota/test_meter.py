@@ -1,0 +1,258 @@
+"""The meter, driven tick by tick with explicit `now`s: it opens what it sees run, charges
+it, closes what vanished at its last mark, keeps what a failing source can't report, and
+stops a user's consumers only after the grace period at zero (a grant lifts that)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shangzhuang.quota.ledger import Ledger
+from shangzhuang.quota.meter import Meter, Running, TickReport, lab_consumer
+from tests.unit.quota.conftest import TZ, at, policy
+
+H = 3600.0
+T0 = at(2026, 10, 10, 9, 0)
+GRACE = 300.0
+
+
+class FakeSource:
+    """Stands in for the hub API (`LabSessions` in quota/service.py): an in-memory list of
+    what runs; `failing` makes it raise as an unreachable hub would; `stop` records what the
+    meter stopped and takes it off the list, as the hub stopping the server would."""
+
+    def __init__(self, name: str = "lab"):
+        self.name = name
+        self.items: dict[str, Running] = {}
+        self.failing = False
+        self.stopped: list[tuple[str, str, str]] = []
+
+    def start(self, user: str, started: float, gpus: float = 0, cores: float = 1,
+              groups: tuple[str, ...] = (), server: str = "") -> str:  # fmt: skip
+        cid = lab_consumer(user, server, started)
+        self.items[cid] = Running(
+            consumer=cid, user=user, source=self.name, started=started,
+            rates={"gpu_hours": gpus, "cpu_hours": cores}, profile="p", groups=groups,
+        )  # fmt: skip
+        return cid
+
+    def vanish(self, cid: str) -> None:
+        del self.items[cid]
+
+    async def running(self) -> list[Running]:
+        if self.failing:
+            raise ConnectionError("hub API unreachable")
+        return list(self.items.values())
+
+    async def stop(self, consumer: str, user: str, reason: str) -> None:
+        self.stopped.append((consumer, user, reason))
+        self.items.pop(consumer, None)
+
+
+def tick(meter: Meter, now: float) -> TickReport:
+    return asyncio.run(meter.tick(now))
+
+
+def used(ledger: Ledger, user: str, now: float, resource: str = "cpu_hours") -> float:
+    """What `user` has been charged for `resource` in the period of `now`."""
+    return ledger.totals_used(ledger.period(now).start).get(("user", user, resource), 0.0)
+
+
+def open_ids(ledger: Ledger) -> list[str]:
+    return sorted(c.id for c in ledger.open_consumers())
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+@pytest.fixture
+def meter(ledger, source) -> Meter:
+    return Meter(ledger, [source], grace_seconds=GRACE)
+
+
+def test_opens_what_it_sees_and_charges_each_tick(ledger, source, meter):
+    cid = source.start("dave", T0, cores=4, groups=("physics", "zoo"))
+    r = tick(meter, T0 + 60)
+    assert (r.opened, r.charged, r.closed, r.stopped) == (1, 1, 0, [])  # cpu only: one row
+    [c] = ledger.open_consumers()
+    assert (c.id, c.user, c.account, c.source, c.profile) == (cid, "dave", "physics", "lab", "p")
+    assert (c.started, c.charged_until, c.cpu_rate, c.gpu_rate) == (T0, T0 + 60, 4, 0)
+    assert ledger.account_of("dave") == "physics"  # a hub group that is an account
+    assert used(ledger, "dave", T0 + 60, "cpu_hours") == pytest.approx(4 * 60 / H)
+
+    r = tick(meter, T0 + 120)
+    assert (r.opened, r.charged) == (0, 1)
+    assert used(ledger, "dave", T0 + 120, "cpu_hours") == pytest.approx(4 * 120 / H)
+    # A tick at the same time (a restarted meter, a retry) charges nothing more.
+    assert tick(meter, T0 + 120).charged == 0
+    assert used(ledger, "dave", T0 + 120, "cpu_hours") == pytest.approx(4 * 120 / H)
+
+
+def test_what_starts_after_now_is_not_opened_yet(ledger, source, meter):
+    source.start("dave", T0 + 100)
+    assert tick(meter, T0 + 50).opened == 0
+    assert ledger.open_consumers() == []
+    assert tick(meter, T0 + 150).opened == 1
+
+
+def test_a_consumer_the_hub_opened_is_charged_not_reopened(ledger, source, meter):
+    cid = source.start("bob", T0, gpus=1)
+    ledger.open(cid, user="bob", account="physics", source="lab", started=T0,
+                rates={"gpu_hours": 1, "cpu_hours": 1})  # fmt: skip
+    r = tick(meter, T0 + 600)
+    assert (r.opened, r.charged) == (0, 2)
+    assert used(ledger, "bob", T0 + 600, "gpu_hours") == pytest.approx(600 / H)
+
+
+def test_closes_what_vanished_at_its_last_mark(ledger, source, meter):
+    gone = source.start("dave", T0, cores=2)
+    stays = source.start("erin", T0, cores=2)
+    tick(meter, T0 + 60)
+    source.vanish(gone)  # died somewhere after T0 + 60; nobody says when
+    r = tick(meter, T0 + 75)
+    assert (r.closed, r.charged) == (1, 1)  # erin charged; dave closed, not charged
+    assert open_ids(ledger) == [stays]
+    assert used(ledger, "dave", T0 + 75, "cpu_hours") == pytest.approx(2 * 60 / H)
+    assert used(ledger, "erin", T0 + 75, "cpu_hours") == pytest.approx(2 * 75 / H)
+    # It does not come back as running; another tick changes nothing for it.
+    tick(meter, T0 + 90)
+    assert used(ledger, "dave", T0 + 90, "cpu_hours") == pytest.approx(2 * 60 / H)
+
+
+def test_a_failing_source_does_not_close_its_consumers(ledger, source, meter):
+    cid = source.start("dave", T0, cores=1)
+    tick(meter, T0 + 60)
+    source.failing = True
+    r = tick(meter, T0 + 120)
+    assert (r.closed, r.charged, r.opened) == (0, 0, 0)
+    assert open_ids(ledger) == [cid]
+    source.failing = False  # back: still running, charged through the outage
+    tick(meter, T0 + 180)
+    assert used(ledger, "dave", T0 + 180, "cpu_hours") == pytest.approx(180 / H)
+    source.failing = True
+    tick(meter, T0 + 240)
+    source.vanish(cid)
+    source.failing = False  # back, and it is gone: closed at the last mark it was seen
+    assert tick(meter, T0 + 300).closed == 1
+    assert ledger.open_consumers() == []
+    assert used(ledger, "dave", T0 + 300, "cpu_hours") == pytest.approx(180 / H)
+
+
+def test_only_the_failing_source_keeps_its_consumers(ledger):
+    labs, jobs = FakeSource("lab"), FakeSource("job")
+    meter = Meter(ledger, [labs, jobs], grace_seconds=GRACE)
+    lab = labs.start("dave", T0)
+    job = jobs.start("dave", T0, server="job1")
+    tick(meter, T0 + 60)
+    assert open_ids(ledger) == sorted([lab, job])
+    labs.failing = True
+    labs.vanish(lab)
+    jobs.vanish(job)
+    assert tick(meter, T0 + 120).closed == 1
+    assert open_ids(ledger) == [lab]
+
+
+def test_consumers_of_sources_it_does_not_meter_are_left_alone(ledger, source, meter):
+    ledger.open("job:dave/1", user="dave", account="default", source="job", started=T0,
+                rates={"cpu_hours": 1})  # fmt: skip
+    tick(meter, T0 + 60)
+    assert open_ids(ledger) == ["job:dave/1"]
+
+
+def test_enforcement_stops_only_after_the_grace_period_at_zero(ledger, source, meter):
+    # bio has 2 gpu_hours; carol runs 1 GPU from T0 and a CPU-only session beside it.
+    gpu = source.start("carol", T0, gpus=1, cores=4)
+    cpu = source.start("carol", T0, gpus=0, cores=4, server="cpu")
+    other = source.start("bob", T0, gpus=1)
+    for t in (T0 + H, T0 + 2 * H - 60):
+        assert tick(meter, t).stopped == []
+    assert ledger.balance("carol", T0 + 2 * H - 60).state == "low"
+    zero = T0 + 2 * H
+    assert tick(meter, zero).stopped == []
+    b = ledger.balance("carol", zero)
+    assert b.state == "exhausted" and b.exhausted_since == zero
+    assert b.as_dict()["exhausted_since"] == "2026-10-10T11:00:00+08:00"
+    assert tick(meter, zero + GRACE - 1).stopped == []
+    assert source.stopped == [] and ledger.stops() == []
+
+    r = tick(meter, zero + GRACE)
+    assert r.stopped == [gpu]  # the CPU-only session does not burn what ran out
+    [(cid, user, reason)] = source.stopped
+    assert (cid, user) == (gpu, "carol")
+    assert reason == f"quota exhausted (gpu_hours) for {int(GRACE)} s"
+    [stop] = ledger.stops("carol")
+    assert (stop.consumer, stop.user, stop.reason, stop.at) == (gpu, "carol", reason, zero + GRACE)
+    assert ledger.stops("bob") == [] and len(ledger.stops()) == 1
+    assert set(source.items) == {cpu, other}
+
+    # The stopped server is gone from the hub: closed at its last mark on the next tick.
+    r = tick(meter, zero + GRACE + 15)
+    assert r.closed == 1 and r.stopped == []
+    assert gpu not in open_ids(ledger)
+    assert ledger.balance("carol", zero + GRACE + 15).remaining("gpu_hours") == 0
+
+
+def test_a_failing_stop_is_not_recorded(ledger, source, meter):
+    source.start("carol", T0, gpus=1)
+
+    async def broken(consumer, user, reason):
+        raise RuntimeError("hub said 500")
+
+    source.stop = broken
+    tick(meter, T0 + 2 * H)
+    assert tick(meter, T0 + 2 * H + GRACE).stopped == []
+    assert ledger.stops() == []
+
+
+def test_a_grant_clears_exhaustion(ledger, source, meter):
+    cid = source.start("carol", T0, gpus=1)
+    zero = T0 + 2 * H
+    tick(meter, zero)
+    assert ledger.balance("carol", zero).exhausted_since == zero
+    ledger.grant(by="admin", account="bio", resource="gpu_hours", amount=1, reason="deadline",
+                 now=zero + 100)  # fmt: skip
+    b = ledger.balance("carol", zero + 100)
+    assert b.exhausted_since is None and b.state == "ok"
+    # Past the old grace period: not stopped, the grant pays for another hour.
+    assert tick(meter, zero + GRACE + 60).stopped == []
+    assert tick(meter, zero + H - 1).stopped == []
+    # At zero again: a new grace period from the new zero.
+    assert tick(meter, zero + H).stopped == []
+    assert ledger.balance("carol", zero + H).exhausted_since == zero + H
+    assert tick(meter, zero + H + GRACE - 1).stopped == []
+    assert tick(meter, zero + H + GRACE).stopped == [cid]
+
+
+def test_a_grant_that_leaves_zero_restarts_the_grace_period(ledger, source, meter):
+    source.start("carol", T0, gpus=1)
+    tick(meter, T0 + 3 * H)  # an hour overdrawn
+    ledger.grant(by="admin", account="bio", resource="gpu_hours", amount=0.5, reason="x",
+                 now=T0 + 3 * H + 10)  # fmt: skip
+    assert tick(meter, T0 + 3 * H + GRACE).stopped == []  # still at zero, counted from now
+    assert ledger.balance("carol", T0 + 3 * H + GRACE).exhausted_since == T0 + 3 * H + GRACE
+
+
+def test_a_period_reset_lifts_exhaustion(ledger, source, meter):
+    source.start("carol", at(2026, 10, 31, 20, 0), gpus=1)
+    end = at(2026, 10, 31, 22, 0)
+    tick(meter, end)
+    assert ledger.balance("carol", end).state == "exhausted"
+    nov = at(2026, 11, 1)
+    r = tick(meter, nov + 60)
+    assert r.stopped == []  # 2 hours past zero, but November starts fresh
+    b = ledger.balance("carol", nov + 60)
+    assert b.state == "ok" and b.exhausted_since is None
+    assert b.resources["gpu_hours"].account.used == pytest.approx(60 / H)
+
+
+def test_a_restarted_meter_charges_from_the_marks(ledger, source, meter, engines):
+    cid = source.start("dave", T0, cores=1)
+    tick(meter, T0 + 60)
+    again = Meter(Ledger(engines(), policy(), TZ), [source], grace_seconds=GRACE)
+    r = tick(again, T0 + 90)
+    assert (r.opened, r.charged) == (0, 1)
+    assert open_ids(ledger) == [cid]
+    assert used(ledger, "dave", T0 + 90, "cpu_hours") == pytest.approx(90 / H)
