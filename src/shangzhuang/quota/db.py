@@ -43,7 +43,8 @@ class Charge(Base):
     period_start: Mapped[float] = mapped_column(Float)
     __table_args__ = (
         # Charging the same interval twice is a no-op: a restarted meter can't double-count.
-        UniqueConstraint("consumer", "resource", "start", name="uq_charge_interval"),
+        # `start` first: one tick's rows share it, so they append to the index's end.
+        UniqueConstraint("start", "consumer", "resource", name="uq_charge_start_interval"),
         Index("ix_charges_user_start", "user", "start"),
     )
 

@@ -188,6 +188,30 @@ class Ledger:
             elif row.account != account:
                 conn.execute(update(Member).where(Member.user == user).values(account=account))
 
+    def set_accounts(self, accounts: dict[str, str]) -> None:
+        """`set_account` for many users in one transaction (the meter's first sight of them)."""
+        unknown = sorted(set(accounts.values()) - set(self.policy.accounts))
+        if unknown:
+            raise QuotaError(f"unknown account {unknown[0]!r}")
+        if not accounts:
+            return
+        with self._write() as conn:
+            known = dict(
+                conn.execute(
+                    select(Member.user, Member.account).where(Member.user.in_(list(accounts)))
+                ).all()
+            )
+            changed = {u: a for u, a in accounts.items() if known.get(u) != a}
+            if not changed:
+                return
+            stmt = _insert(conn, Member.__table__)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["user"], set_={"account": stmt.excluded.account}
+                ),
+                [{"user": u, "account": a} for u, a in sorted(changed.items())],
+            )
+
     def account_of(self, user: str, conn: Connection | None = None) -> str:
         if conn is None:
             with self._read() as conn:
@@ -228,6 +252,32 @@ class Ledger:
                 ).on_conflict_do_nothing(index_elements=["id"]).returning(Consumer.id)
             )  # fmt: skip
             return done.first() is not None
+
+    def open_many(self, consumers: list[dict]) -> int:
+        """`open` for many consumers in one transaction; returns how many were new.
+
+        Each dict has the keyword arguments of `open` plus `consumer`."""
+        if not consumers:
+            return 0
+        with self._write() as conn:
+            ids = [c["consumer"] for c in consumers]
+            have = set(conn.scalars(select(Consumer.id).where(Consumer.id.in_(ids))))
+            rows = [
+                dict(
+                    id=c["consumer"], user=c["user"], account=c["account"], source=c["source"],
+                    profile=c.get("profile", ""), cpu_rate=c["rates"].get("cpu_hours", 0.0),
+                    gpu_rate=c["rates"].get("gpu_hours", 0.0), started=c["started"],
+                    charged_until=c["started"], closed=False,
+                )
+                for c in consumers
+                if c["consumer"] not in have
+            ]  # fmt: skip
+            if rows:
+                stmt = _insert(conn, Consumer.__table__).on_conflict_do_nothing(
+                    index_elements=["id"]
+                )
+                conn.execute(stmt, rows)
+            return len(rows)
 
     def charge(self, marks: dict[str, float | None], close: Iterable[str] = ()) -> int:
         """Charge each open consumer in `marks` up to its time; close those in `close`.
@@ -381,21 +431,24 @@ class Ledger:
         period = self.period(now)
         with self._read() as conn:
             members = dict(
-                conn.execute(select(Member.user, Member.account).where(Member.user.in_(users)))
-                .tuples()
-                .all()
+                conn.execute(select(Member.user, Member.account).where(Member.user.in_(users))).all()
             )
             accounts = {u: members.get(u) or self.account_for(u) for u in users}
             names = set(users) | set(accounts.values())
             got = {
                 (r.kind, r.name, r.resource): r
                 for r in conn.execute(
-                    select(Total).where(Total.period_start == period.start, Total.name.in_(names))
+                    # kind too, so the (period_start, kind, name, resource) key is a seek
+                    select(Total).where(
+                        Total.period_start == period.start,
+                        Total.kind.in_(("user", "account")),
+                        Total.name.in_(names),
+                    )
                 )
             }
             since = dict(
                 conn.execute(select(Exhaustion.user, Exhaustion.since).where(
-                    Exhaustion.user.in_(users))).tuples().all()
+                    Exhaustion.user.in_(users))).all()
             )  # fmt: skip
             running: dict[str, list] = {u: [] for u in users}
             for c in conn.execute(
@@ -470,7 +523,7 @@ class Ledger:
         with self._write() as conn:
             known = dict(
                 conn.execute(select(Exhaustion.user, Exhaustion.since).where(
-                    Exhaustion.user.in_(list(states)))).tuples().all()
+                    Exhaustion.user.in_(list(states)))).all()
             )  # fmt: skip
             recovered = [u for u, ex in states.items() if not ex and u in known]
             new = [u for u, ex in states.items() if ex and u not in known]

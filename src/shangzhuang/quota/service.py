@@ -16,7 +16,11 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import (
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
 from jupyterhub.utils import url_path_join
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tornado import web
@@ -65,6 +69,15 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
     @property
     def site(self) -> Settings:
         return self.settings["site"]
+
+    async def prepare(self):
+        # Who is calling, asked of the hub without blocking the event loop (HubAuth's own
+        # get_current_user waits on a thread); cached by HubAuth like its sync path.
+        model = await self.hub_auth.get_user(self, sync=False)
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+        except UserNotAllowed:
+            self._hub_auth_user_cache = None
 
     def check_xsrf_cookie(self):
         # Token-authenticated API calls carry no XSRF cookie; cookie-authenticated ones do.

@@ -91,3 +91,30 @@ def test_a_ledger_schema_on_postgresql_is_its_own(ledger_url, engine):
         assert conn.execute(text("SELECT current_schema()")).scalar() == schema
         assert conn.execute(text("SELECT to_regclass('public.charges')")).scalar() is None
         assert conn.execute(text(f"SELECT to_regclass('{schema}.charges')")).scalar()
+
+
+def test_upgrading_from_the_first_revision_keeps_the_ledger(fresh):
+    """A database made by revision 0001 (the first release) upgrades in place: its charges
+    survive, and the charge key is (start, consumer, resource) afterwards."""
+    from alembic import command
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with fresh.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO charges (consumer, \"user\", account, resource, source, start,"
+                " \"end\", amount, period_start) VALUES ('lab:ann/@1', 'ann', 'default',"
+                " 'cpu_hours', 'lab', 10, 20, 0.5, 0)"
+            )
+        )
+    migrate(fresh)
+    with fresh.connect() as conn:
+        assert conn.execute(text("SELECT amount FROM charges")).scalar_one() == 0.5
+    keys = {
+        tuple(u["column_names"]) for u in inspect(fresh).get_unique_constraints("charges")
+    }
+    assert ("start", "consumer", "resource") in keys
+    assert ("consumer", "resource", "start") not in keys
