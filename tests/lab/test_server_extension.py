@@ -33,6 +33,7 @@ async def test_quota_is_get_me_with_this_sessions_part(jp_fetch, quota):
              "cost_per_hour": {"cpu_hours": 8.0, "gpu_hours": 2.0}}  # fmt: skip
     quota.me = balance(running=[other, mine])
     body = await get_json(jp_fetch, "quota")
+    assert body["enabled"] is True
     # Everything GET me says, unchanged...
     for key, value in quota.me.items():
         assert body[key] == value
@@ -134,10 +135,14 @@ async def test_quota_service_error_is_503_and_a_refusal_502(jp_fetch, jp_servera
 
 
 @pytest.mark.parametrize("lab_config", [{"quota_url": ""}])
-async def test_not_a_workbench_session_names_the_setting(jp_fetch, quota, lab_config):
-    e = await refused(jp_fetch, "quota")
+async def test_a_site_without_quotas_is_not_an_error(jp_fetch, quota, lab_config):
+    # The frontend hides its item and stops polling; the other endpoints say why.
+    body = await get_json(jp_fetch, "quota")
+    assert body["enabled"] is False and "$SHANGZHUANG_QUOTA_URL" in body["message"]
+    e = await refused(jp_fetch, "usage")
     assert e.code == 503
     assert "$SHANGZHUANG_QUOTA_URL" in json.loads(e.response.body)["message"]
+    assert quota.requests == []
 
 
 # --- GET usage: the newest ten charges ---------------------------------------------------

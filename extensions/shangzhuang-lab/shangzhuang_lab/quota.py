@@ -17,6 +17,10 @@ from .config import ShangzhuangLab
 WINDOWS = (900, 3600, 6 * 3600, 86400, 7 * 86400, 35 * 86400, 400 * 86400, 10 * 366 * 86400)
 # Rows fetched per call while searching; more means the window is too wide.
 PAGE = 2000
+NOT_CONFIGURED = (
+    "this session was not given a quota service "
+    "($SHANGZHUANG_QUOTA_URL, or c.ShangzhuangLab.quota_url): the site has no quotas"
+)
 
 
 class QuotaUnavailable(Exception):
@@ -36,10 +40,7 @@ class QuotaService:
 
     def url(self, path: str, **params) -> str:
         if not self.config.quota_url:
-            raise QuotaUnavailable(
-                "this session was not given the quota service's address "
-                "($SHANGZHUANG_QUOTA_URL, or c.ShangzhuangLab.quota_url)"
-            )
+            raise QuotaUnavailable(NOT_CONFIGURED)
         query = urlencode({k: v for k, v in params.items() if v is not None})
         return (
             self.config.quota_url.rstrip("/") + "/api/v1/" + path + ("?" + query if query else "")
@@ -88,8 +89,10 @@ class QuotaService:
     async def me(self) -> dict:
         """GET me, plus what only this session knows: which running entry is this one,
         its profile and cost, and when it will be stopped at zero."""
+        if not self.config.quota_url:  # a site without quotas: nothing to show, no polling
+            return {"enabled": False, "message": NOT_CONFIGURED}
         me = await self.get_json("me")
-        return with_session(me, self.config, time.time())
+        return {"enabled": True, **with_session(me, self.config, time.time())}
 
     async def newest_charges(self, now: float | None = None) -> list[dict]:
         """The newest `charges_shown` charges of this session's user, newest first."""

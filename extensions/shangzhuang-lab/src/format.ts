@@ -30,6 +30,9 @@ export type QuotaState = 'ok' | 'low' | 'exhausted';
 
 /** The server extension's /shangzhuang/quota: the quota service's `GET me`, plus this session. */
 export interface IQuotaInfo {
+  /** false: the site has no quotas (the session was given no quota service). */
+  enabled: boolean;
+  message?: string;
   user: string;
   account: string;
   state: QuotaState;

@@ -65,6 +65,9 @@ class QuotaStatus extends Widget {
       state = 'unavailable';
       this.node.textContent = UNAVAILABLE_TEXT;
       this.node.title = `The quota service does not answer: ${error}. Retrying with backoff.`;
+    } else if (info && !info.enabled) {
+      this.node.textContent = '';
+      return;
     } else if (info) {
       state = info.state;
       this.node.textContent = statusText(info);
@@ -90,7 +93,7 @@ class QuotaNotices {
 
   private onChanged(): void {
     const info = this.model.info;
-    if (!info || this.model.error) {
+    if (!info || !info.enabled || this.model.error) {
       return;
     }
     const notice = noticeFor(this.previous, info.state);

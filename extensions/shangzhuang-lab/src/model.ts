@@ -103,8 +103,13 @@ export class QuotaModel {
     Signal.clearData(this);
   }
 
+  /** The site has no quotas: nothing to show, nothing to poll. */
+  get disabled(): boolean {
+    return this.info?.enabled === false;
+  }
+
   private schedule(): void {
-    if (this._disposed) {
+    if (this._disposed || this.disabled) {
       return;
     }
     if (this._timer !== null) {

@@ -98,7 +98,7 @@ export class QuotaPanel extends Widget {
   private onQuotaChanged(): void {
     this.render();
     // New charges come with each refresh; while the service is down, don't ask twice.
-    if (this.isVisible && !this.model.error) {
+    if (this.isVisible && !this.model.error && !this.model.disabled) {
       void this.refreshCharges();
     }
   }
@@ -119,7 +119,7 @@ export class QuotaPanel extends Widget {
   }
 
   async refreshDetails(): Promise<void> {
-    await Promise.all([this.refreshCharges(), this.refreshGpus()]);
+    await Promise.all([this.model.disabled ? null : this.refreshCharges(), this.refreshGpus()]);
   }
 
   private async refreshCharges(): Promise<void> {
@@ -152,7 +152,11 @@ export class QuotaPanel extends Widget {
     const summary = el(
       'div',
       `sz-panel-summary ${stateClass(state)}`,
-      this.model.error ? UNAVAILABLE_TEXT : info ? statusText(info) || 'not limited' : 'loading…'
+      this.model.error
+        ? UNAVAILABLE_TEXT
+        : info
+          ? (info.enabled && statusText(info)) || 'not limited'
+          : 'loading…'
     );
     summary.dataset.state = state;
     head.appendChild(summary);
@@ -170,6 +174,11 @@ export class QuotaPanel extends Widget {
       );
     }
     if (!info) {
+      return;
+    }
+    if (!info.enabled) {
+      node.appendChild(el('p', 'sz-muted', 'This site has no GPU or CPU hour quotas.'));
+      node.appendChild(this.renderGpus());
       return;
     }
 

@@ -31,6 +31,7 @@ function limit(allocated: number, used: number, granted = 0): ILimit {
 
 function quota(overrides: Partial<IQuotaInfo> = {}): IQuotaInfo {
   return {
+    enabled: true,
     user: 'alice',
     account: 'tsinghua',
     state: 'ok',
