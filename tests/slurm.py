@@ -78,6 +78,11 @@ class LocalSlurm:
             gres.append(f"NodeName={node} Name=gpu File={dev}/nvidia[0-{self.gpus_per_node - 1}]")
             (self.run / "spool" / node).mkdir(parents=True)
         names = f"c[1-{len(self.nodes)}]"
+        node_line = (
+            f"NodeName={names} NodeHostname=localhost NodeAddr=127.0.0.1 Port=[{first}-{last}]"
+            f" CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{self.gpus_per_node}"
+            " State=UNKNOWN"
+        )
         self.conf.write_text(
             f"""ClusterName=shangzhuang-test
 SlurmctldHost=localhost
@@ -102,7 +107,7 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 GresTypes=gpu
 SchedulerParameters=defer_batch=0
-NodeName={names} NodeHostname=localhost NodeAddr=127.0.0.1 Port=[{first}-{last}] CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{self.gpus_per_node} State=UNKNOWN
+{node_line}
 PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
         )

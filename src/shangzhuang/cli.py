@@ -1,4 +1,4 @@
-"""`shangzhuang up | check | quota ...`: the operator's command line."""
+"""`shangzhuang up | check | quota ... | apps ...`: the command line."""
 
 from __future__ import annotations
 
@@ -58,9 +58,8 @@ def cmd_up(args) -> int:
             print(f"First start: admin {admin!r}, password {password}")
             print(f"(kept in {state / 'admin-password'}, mode 0600)")
         else:
-            print(
-                f"Admin {admin!r}: password from $SHANGZHUANG_ADMIN_PASSWORD or {state}/admin-password"
-            )
+            kept = state / "admin-password"
+            print(f"Admin {admin!r}: password from $SHANGZHUANG_ADMIN_PASSWORD or {kept}")
     print(f"Shangzhuang Workbench on {settings.hub.url}  (Ctrl-C stops it)", flush=True)
 
     source = Path(settings.source).resolve()
@@ -102,7 +101,8 @@ def cmd_quota_show(args) -> int:
     period = ledger.period()
     from shangzhuang.quota.periods import iso
 
-    print(f"Period from {iso(period.start, ledger.tz)}, resets {iso(period.end, ledger.tz) or 'never'}")
+    resets = iso(period.end, ledger.tz) or "never"
+    print(f"Period from {iso(period.start, ledger.tz)}, resets {resets}")
     print(f"{'account':<20} {'resource':<10} {'used':>12} {'of':>12} {'left':>12}")
     for account, pool in ledger.accounts_pool().items():
         for resource, lim in pool.items():
@@ -174,6 +174,76 @@ def cmd_quota_report(args) -> int:
     return 0
 
 
+# --- apps: through the apps service with a hub token (works inside a session as is) --------
+def _apps_client(args):
+    from shangzhuang.apps.client import AppsAPIError, AppsClient
+
+    token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN")
+    try:
+        if args.hub_url:
+            return AppsClient.for_hub(args.hub_url, token)
+        if os.environ.get("SHANGZHUANG_APPS_URL"):  # inside a session
+            return AppsClient(token=token)
+        return AppsClient.for_hub(_settings_or_exit(args.config).hub.url, token)
+    except AppsAPIError as e:
+        print(f"shangzhuang apps: {e.message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _apps_call(fn):
+    from shangzhuang.apps.client import AppsAPIError
+    from shangzhuang.apps.registry import AppError
+
+    try:
+        return fn()
+    except (AppsAPIError, AppError) as e:
+        print(f"shangzhuang apps: {getattr(e, 'message', e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_apps_publish(args) -> int:
+    from shangzhuang.apps.client import parse_share
+    from shangzhuang.apps.snapshot import collect
+
+    client = _apps_client(args)
+    snap = _apps_call(lambda: collect(args.notebook, args.file))
+    app = _apps_call(
+        lambda: client.publish(
+            args.name, snap, owner=args.owner, description=args.description or "",
+            viewers=parse_share(args.share), profile=args.profile or "",
+            always_on=True if args.always_on else None,
+        )
+    )  # fmt: skip
+    print(f"published {app['owner']}/{app['name']} ({len(app['files'])} files): {app['full_url']}")
+    print(f"  who may view: {app['access']}")
+    if app.get("start_error"):
+        print(f"  not running yet: {app['start_error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_apps_list(args) -> int:
+    import json
+
+    listing = _apps_call(lambda: _apps_client(args).list(every=args.all))
+    if args.json:
+        print(json.dumps(listing, indent=1))
+        return 0
+    for title, apps in (("Your apps", listing["owned"]), ("Shared with you", listing["shared"])):
+        print(f"{title}:")
+        for a in apps:
+            state = "running" if a["running"] else "stopped"
+            print(f"  {a['owner']}/{a['name']:<24} {state:<8} {a['access']:<30} {a['full_url']}")
+        if not apps:
+            print("  (none)")
+    return 0
+
+
+def cmd_apps_unpublish(args) -> int:
+    _apps_call(lambda: _apps_client(args).unpublish(args.name, owner=args.owner))
+    print(f"unpublished {args.name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shangzhuang", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,7 +280,37 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--all", action="store_true", help="all history, not this period")
     report.set_defaults(func=cmd_quota_report)
     for p in (show, grant, report):
-        p.add_argument("--config", help="the site config (default: $SHANGZHUANG_CONFIG or embedded)")
+        p.add_argument("--config", help="the site config (default: $SHANGZHUANG_CONFIG, embedded)")
+
+    apps = sub.add_parser("apps", help="publish notebooks as Voila apps and share them")
+    apps_sub = apps.add_subparsers(dest="apps_command", required=True)
+    publish = apps_sub.add_parser("publish", help="publish (or publish again) a notebook as an app")
+    publish.add_argument("notebook", help="the .ipynb; files it declares in metadata go with it")
+    publish.add_argument("--name", required=True, help="the app's name (lower-case, digits, -)")
+    publish.add_argument("--description", help="what the app does, shown on the apps page")
+    publish.add_argument(
+        "--share", action="append", default=[], metavar="WHO",
+        help="who may view: user names, group:NAME, signed-in (anyone with an account), "
+        "public (no account; if the site allows it); repeat or comma-separate",
+    )  # fmt: skip
+    publish.add_argument("--file", action="append", default=[], metavar="PATTERN",
+                         help="more files or globs beside the notebook to take along")  # fmt: skip
+    publish.add_argument("--profile", help="the profile the app runs on (default: the site's)")
+    publish.add_argument("--always-on", action="store_true", help="never idle-stopped (admins)")
+    publish.set_defaults(func=cmd_apps_publish)
+    listing = apps_sub.add_parser("list", help="apps you own and apps shared with you")
+    listing.add_argument("--all", action="store_true", help="every app on the site (admins)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_apps_list)
+    unpublish = apps_sub.add_parser("unpublish", help="stop an app and remove it")
+    unpublish.add_argument("name")
+    unpublish.set_defaults(func=cmd_apps_unpublish)
+    for p in (publish, unpublish):
+        p.add_argument("--owner", help="whose app (default: the token's user; admins: anyone)")
+    for p in (publish, listing, unpublish):
+        p.add_argument("--hub-url", help="the site's address, e.g. https://hub.example.org")
+        p.add_argument("--token", help="a JupyterHub token (default: $JUPYTERHUB_API_TOKEN)")
+        p.add_argument("--config", help="the site config, for its address (default: embedded)")
 
     args = parser.parse_args(argv)
     return args.func(args)

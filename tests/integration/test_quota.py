@@ -62,8 +62,8 @@ def test_refused_granted_warned_stopped_and_granted_again(hub):
     assert "costs 2 cpu_hours per hour" in msg and "Your quota resets at" in msg
 
     admin = hub.admin_token()
-    r = quota_api(hub, "POST", "/grants", admin,
-                  json={"user": "quinn", "resource": "cpu_hours", "amount": 0.01, "reason": "test"})  # fmt: skip
+    grant = {"user": "quinn", "resource": "cpu_hours", "amount": 0.01, "reason": "test"}
+    r = quota_api(hub, "POST", "/grants", admin, json=grant)
     assert r.status_code == 201, r.text
     assert r.json()["by"] == "admin"
 
@@ -94,8 +94,7 @@ def test_refused_granted_warned_stopped_and_granted_again(hub):
     assert personal["used"] <= 0.011 + (2 + 1 + 5) * 2 / 3600
 
     # Another grant lets it spawn again.
-    quota_api(hub, "POST", "/grants", admin,
-              json={"user": "quinn", "resource": "cpu_hours", "amount": 1, "reason": "more"})  # fmt: skip
+    quota_api(hub, "POST", "/grants", admin, json={**grant, "amount": 1, "reason": "more"})
     hub.spawn("quinn", "cpu")
     hub.wait_ready("quinn")
     hub.stop_server("quinn")
@@ -106,6 +105,10 @@ def test_refused_granted_warned_stopped_and_granted_again(hub):
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert rows and {row["user"] for row in rows} == {"quinn"}
     assert abs(sum(float(x["amount"]) for x in rows) - personal_used(hub, token)) < 1e-6
+    # The newest first, a page at a time (the Lab panel's "last ten charges").
+    newest = quota_api(hub, "GET", "/usage?order=newest&limit=3", token).json()["records"]
+    assert [r["start"] for r in newest] == sorted((r["start"] for r in newest), reverse=True)
+    assert newest[0]["end"] == max(row["end"] for row in rows)
 
 
 def personal_used(hub, token):
@@ -144,7 +147,8 @@ def test_quota_from_a_notebook(hub):
     hub.wait_ready("sven")
     out = hub.run_code(
         "sven",
-        "import shangzhuang; q = shangzhuang.quota(); print(q['user'], q['account']); print(repr(q))",
+        "import shangzhuang; q = shangzhuang.quota()\n"
+        "print(q['user'], q['account']); print(repr(q))",
     )
     first, *rest = out.splitlines()
     assert first == "sven default"
@@ -196,7 +200,8 @@ def test_metrics_and_openapi(hub):
         f"{hub.url}/services/quota/metrics", headers={"Authorization": f"token {admin}"}
     )
     assert r.status_code == 200
-    assert 'shangzhuang_quota_account_remaining_hours{account="physics",resource="gpu_hours"}' in r.text
+    gauge = "shangzhuang_quota_account_remaining_hours"
+    assert gauge + '{account="physics",resource="gpu_hours"}' in r.text
     assert "shangzhuang_quota_meter_tick_seconds_count" in r.text
     user = hub.token_for("tara")
     assert requests.get(

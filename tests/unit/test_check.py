@@ -176,7 +176,10 @@ BROKEN: list[tuple[str, str | bytes | None, list[str]]] = [
     (
         "bad-user-prefix",
         edit('user_prefix = "sz-"', 'user_prefix = "SZ!"'),
-        ["backend.local.user_prefix: must be empty, or a lowercase letter or _ followed by up to 15 of a-z 0-9 _ -"],
+        [
+            "backend.local.user_prefix: must be empty, or a lowercase letter or _ followed by"
+            " up to 15 of a-z 0-9 _ -"
+        ],
     ),
     (
         "two-gpus-same-index",
@@ -208,7 +211,8 @@ SEVERAL_PROBLEMS = {
     "colour: unknown key",
     "site.timezone: unknown time zone 'Mars/Olympus' (use an IANA name such as 'Asia/Shanghai')",
     "hub.port: Input should be a valid integer",
-    "backend.local.user_prefix: must be empty, or a lowercase letter or _ followed by up to 15 of a-z 0-9 _ -",
+    "backend.local.user_prefix: must be empty, or a lowercase letter or _ followed by up to 15"
+    " of a-z 0-9 _ -",
     "profiles[0].cores: Input should be greater than 0",
 }
 

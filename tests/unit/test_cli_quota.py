@@ -74,7 +74,8 @@ def test_show_grant_and_show_again(site):
     assert lines[0] == "Quota of ann (account default): ok"
     assert "resets 2026" in lines[1] or "resets 20" in lines[1]
     # personal cap 2 + grant 1.5 - 1 used = 2.5; the account has 10 - 1 = 9.
-    assert "gpu_hours: 2.50 left · account 1.00 used of 10.00 · personal 1.00 used of 3.50" in lines[2]
+    want = "gpu_hours: 2.50 left · account 1.00 used of 10.00 · personal 1.00 used of 3.50"
+    assert want in lines[2]
     grants = open_ledger(load_settings(site)).grants()
     assert [(g.by, g.name, g.amount, g.reason) for g in grants] == [
         ("ops", "ann", 1.5, "course project")

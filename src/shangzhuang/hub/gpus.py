@@ -41,8 +41,12 @@ class GpusBusy(Exception):
         elif wanted > total:
             msg = f"The profile asks for {gpus(wanted)} but this node has only {gpus(total)}."
         elif free == 0:
-            every = "The only GPU" if total == 1 else f"All {total} GPUs"
-            msg = f"{every} of this node {'is' if total == 1 else 'are'} in use; try again when one is released."
+            every = (
+                "The only GPU of this node is"
+                if total == 1
+                else f"All {total} GPUs of this node are"
+            )
+            msg = f"{every} in use; try again when one is released."
         else:
             msg = (
                 f"The profile asks for {gpus(wanted)} but only {free} of this node's "

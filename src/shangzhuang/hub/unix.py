@@ -6,7 +6,6 @@ import asyncio
 import os
 import pwd
 
-
 FIRST_USER_UID = 1000  # Debian's UID_MIN: below are system accounts
 
 
@@ -26,7 +25,7 @@ async def ensure_account(unix_name: str, home: str, hub_name: str) -> pwd.struct
         )  # fmt: skip
         out, _ = await proc.communicate()
         if proc.returncode != 0:
-            raise AccountError(f"useradd {unix_name} failed: {out.decode().strip()}")
+            raise AccountError(f"useradd {unix_name} failed: {out.decode().strip()}") from None
         account = pwd.getpwnam(unix_name)
     if account.pw_uid < FIRST_USER_UID:
         # With an empty user_prefix a hub user named "root" or "daemon" must not get that account.

@@ -121,7 +121,8 @@ class Stop(Base):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for the quota database; SQLite gets WAL and a busy timeout (hub + service write)."""
+    """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
+    service both write)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 

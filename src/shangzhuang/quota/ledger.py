@@ -163,7 +163,8 @@ class Ledger:
 
     # --- accounts ------------------------------------------------------------------------
     def account_for(self, user: str, groups: Iterable[str] = ()) -> str:
-        """A user's account: set in the config, else a hub group that is an account, else default."""
+        """A user's account: set in the config, else a hub group named like an account,
+        else the default account."""
         configured = self.policy.users.get(user)
         if configured and configured.account:
             return configured.account
@@ -431,7 +432,9 @@ class Ledger:
         period = self.period(now)
         with self._read() as conn:
             members = dict(
-                conn.execute(select(Member.user, Member.account).where(Member.user.in_(users))).all()
+                conn.execute(
+                    select(Member.user, Member.account).where(Member.user.in_(users))
+                ).all()
             )
             accounts = {u: members.get(u) or self.account_for(u) for u in users}
             names = set(users) | set(accounts.values())

@@ -176,6 +176,11 @@ def document(prefix: str) -> dict:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100000},
                         },
+                        {
+                            "name": "order",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["oldest", "newest"]},
+                        },
                     ],  # fmt: skip
                     "responses": {
                         "200": {

@@ -237,7 +237,12 @@ class UsageHandler(APIHandler):
             raise web.HTTPError(400, f"format must be json or csv, not {fmt!r}")
         since, until = self.time_arg("since"), self.time_arg("until")
         limit = self.int_arg("limit", 100000, 1, 100000)
-        rows = self.ledger.usage(user=user, since=since, until=until, limit=limit)
+        order = self.get_argument("order", "oldest")
+        if order not in ("oldest", "newest"):
+            raise web.HTTPError(400, f"order must be oldest or newest, not {order!r}")
+        rows = self.ledger.usage(
+            user=user, since=since, until=until, limit=limit, newest_first=order == "newest"
+        )
         tz = self.ledger.tz
         records = [
             {
