@@ -472,6 +472,31 @@ class Quota(Section):
         return self
 
 
+APP_NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+
+
+class Apps(Section):
+    """Voila apps: a notebook published as an app runs in its own named server of its owner
+    (standalone Voila on a snapshot), viewers granted through JupyterHub's sharing."""
+
+    enabled: bool = True
+    port: int = Field(8083, ge=1, le=65535)  # the apps service, on 127.0.0.1
+    # Snapshots and the app registry; None: a folder "apps" beside hub.state_dir. Relative
+    # paths are resolved against the folder of the config file.
+    folder: PathStr | None = None
+    server_prefix: str = Field("app-", pattern=r"^[a-z][a-z0-9-]{0,15}$")  # named servers
+    profile: str = ""  # the profile apps run on unless the owner picks one; "" = the first
+    # May owners publish apps that anyone reaching the site can open, without a hub account?
+    public_links: bool = False
+    idle_stop_seconds: int = Field(900, ge=0)  # an app unused this long is stopped; 0 = never
+    kernel_idle_seconds: int = Field(600, ge=0)  # a viewer's idle kernel is shut down; 0 = never
+    preheat_kernels: int = Field(0, ge=0, le=16)  # kernels kept executed ahead (Voila's pool)
+    # A revoked viewer's open page loses access within this (HubOAuth's cache age).
+    auth_cache_seconds: int = Field(300, ge=1)
+    max_snapshot_bytes: Bytes = 100 * 1024**2
+    max_apps_per_user: int = Field(20, ge=1)
+
+
 class Settings(Section):
     site: Site = Site()
     hub: Hub = Hub()
@@ -479,6 +504,7 @@ class Settings(Section):
     backend: Backend = Backend()
     quota: Quota = Quota()
     cluster: Cluster = Cluster()
+    apps: Apps = Apps()
     profiles: list[Profile] = Field(min_length=1)
 
     # Filled in by load_settings, not by the file.
@@ -506,6 +532,17 @@ class Settings(Section):
                     f"auth.institution.{key}: {account!r} is not in quota.accounts"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _apps_profile(self) -> Settings:
+        if self.apps.profile and self.apps.profile not in [p.name for p in self.profiles]:
+            raise ValueError(f"apps.profile: {self.apps.profile!r} is not one of the profiles")
+        return self
+
+    @property
+    def apps_folder(self) -> Path:
+        """Where published apps live: apps.folder, else "apps" beside the state folder."""
+        return self.apps.folder or self.hub.state_dir.parent / "apps"
 
     def profile(self, name: str) -> Profile:
         for p in self.profiles:
@@ -585,7 +622,10 @@ def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
     if problems:
         raise SettingsError(source, problems)
     hub = settings.hub.model_copy(update={"state_dir": (base / settings.hub.state_dir).resolve()})
-    return settings.model_copy(update={"hub": hub, "source": Path(source)})
+    apps = settings.apps
+    if apps.folder is not None:
+        apps = apps.model_copy(update={"folder": (base / apps.folder).resolve()})
+    return settings.model_copy(update={"hub": hub, "apps": apps, "source": Path(source)})
 
 
 def _is_file(path: Path) -> bool:
@@ -637,6 +677,7 @@ def _node_problems(settings: Settings) -> list[str]:
     named = [
         ("hub.port", hub.port), ("hub.api_port", hub.api_port),
         ("hub.proxy_api_port", hub.proxy_api_port), ("quota.port", settings.quota.port),
+        ("apps.port", settings.apps.port),
     ]  # fmt: skip
     for key, port in named:
         if port in ports:

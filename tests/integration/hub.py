@@ -65,6 +65,7 @@ class RunningHub:
         admin_password: str | None = ADMIN_PASSWORD,
         idle_timeout: int = 0,
         quota: str = "",
+        apps: str = "",
         slurm_conf: Path | None = None,
         profiles: str = "",
     ):
@@ -122,6 +123,9 @@ idle_timeout_seconds = {idle_timeout}
 [quota]
 port = {free_port()}
 {quota}
+[apps]
+port = {free_port()}
+{apps}
 [auth.native]
 allowed_failed_logins = 3
 seconds_before_next_try = 600

@@ -101,6 +101,8 @@ def configure(c, settings: Settings) -> None:
     ]  # fmt: skip
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+    if settings.apps.enabled:
+        configure_apps(c, settings)
 
 
 def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
@@ -133,6 +135,78 @@ def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
     c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
     c.JupyterHub.template_vars["quota"] = home_quota(settings)
     c.JupyterHub.template_vars["quota_warn"] = q.warn_fraction
+
+
+def configure_apps(c, settings: Settings) -> None:
+    """Voila apps (shangzhuang.apps): named servers running standalone Voila, the apps
+    service (API, apps page, open-on-visit), idle stop, and what sessions may do."""
+    from shangzhuang.apps.culling import culler_timeout
+    from shangzhuang.apps.spawn import AppServers
+
+    apps = settings.apps
+    config = str(Path(settings.source).resolve())
+    app_servers = AppServers(settings)
+    c.JupyterHub.allow_named_servers = True
+    c.Spawner.pre_spawn_hook = app_servers  # app servers run our Voila launcher
+    c.JupyterHub.services.append(
+        {
+            "name": "apps",
+            "url": f"http://127.0.0.1:{apps.port}",
+            "command": [sys.executable, "-m", "shangzhuang.apps.service"],
+            "environment": {"SHANGZHUANG_CONFIG": config},
+            "oauth_no_confirm": True,
+            # The apps page's unpublish button acts on the signed-in user's own servers.
+            "oauth_client_allowed_scopes": ["servers!user"],
+        }
+    )
+    c.JupyterHub.load_roles.append(
+        {
+            "name": "apps-service",
+            "services": ["apps"],
+            # Start apps for their viewers, share them, remove them when unpublished.
+            "scopes": ["servers", "shares", "read:users", "read:groups:name"],
+        }
+    )
+    for role in c.JupyterHub.load_roles:
+        if role["name"] == "user":
+            role["scopes"].append("access:services!service=apps")
+    # Sessions may publish from Lab (the apps service wants servers!user); apps get the least.
+    lab = [*c.Spawner.server_token_scopes, "access:services!service=apps", "servers!user"]
+    c.Spawner.server_token_scopes = app_servers.token_scopes(lab)
+    c.Spawner.environment["SHANGZHUANG_APPS_URL"] = f"http://127.0.0.1:{apps.port}/services/apps/"
+    c.JupyterHub.template_paths = [
+        *(c.JupyterHub.template_paths or []), str(Path(__file__).parents[1] / "apps" / "templates")
+    ]
+    c.JupyterHub.template_vars["apps_prefix"] = apps.server_prefix
+    c.JupyterHub.template_vars["apps_open"] = "/services/apps/open/"
+
+    # One idle culler for both: Lab sessions after hub.idle_timeout_seconds, apps after
+    # apps.idle_stop_seconds (always-on apps never), through its arbiter hook.
+    timeout = culler_timeout(settings)
+    services = [s for s in c.JupyterHub.services if s["name"] != "idle-culler"]
+    if timeout:
+        services.append(
+            {
+                "name": "idle-culler",
+                "command": [
+                    sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}",
+                    f"--cull-every={max(1, timeout // 2)}",
+                    f"--config={Path(__file__).parents[1] / 'apps' / 'culler_config.py'}",
+                ],
+                "environment": {"SHANGZHUANG_CONFIG": config},
+            }
+        )  # fmt: skip
+        if not any(r["name"] == "idle-culler" for r in c.JupyterHub.load_roles):
+            c.JupyterHub.load_roles.append(
+                {
+                    "name": "idle-culler",
+                    "services": ["idle-culler"],
+                    "scopes": [
+                        "list:users", "read:users:activity", "read:servers", "delete:servers",
+                    ],
+                }
+            )  # fmt: skip
+    c.JupyterHub.services = services
 
 
 def configure_slurm(c, settings: Settings) -> None:

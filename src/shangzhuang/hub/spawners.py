@@ -22,6 +22,7 @@ import batchspawner
 from jupyterhub.spawner import LocalProcessSpawner, Spawner, SpawnException, set_user_setuid
 from traitlets import Bool, Instance, List, Unicode, default
 
+from shangzhuang.apps import app_consumer
 from shangzhuang.hub import form, unix
 from shangzhuang.hub.gpus import Gpu, GpuPool, GpusBusy, grant_device, revoke_device, shared_pool
 from shangzhuang.quota.ledger import rates_of
@@ -85,6 +86,8 @@ class WorkbenchSpawner(Spawner):
     ).tag(config=True)
 
     consumer = Unicode("", help="The ledger's id of the running session (kept in state).")
+    # "app" for a published Voila app's server (set by shangzhuang.apps.spawn before start).
+    usage_source = Unicode("lab", help="The ledger's source of this server: lab or app.")
 
     @property
     def ledger(self):
@@ -127,7 +130,8 @@ class WorkbenchSpawner(Spawner):
         if not consumer:
             hub_started = self.orm_spawner.started if self.orm_spawner else None
             started = hub_started.replace(tzinfo=UTC).timestamp() if hub_started else time.time()
-            consumer = lab_consumer(self.user.name, self.name, started)
+            make_id = app_consumer if self.usage_source == "app" else lab_consumer
+            consumer = make_id(self.user.name, self.name, started)
         self.consumer = consumer
         self.ledger.open(
             consumer, user=self.user.name, account=self.ledger.account_of(self.user.name),

@@ -1,6 +1,7 @@
 """Where usage comes from: `UsageSource`s the meter polls.
 
 - `LabSessions`: Lab servers as the hub API lists them (the `local` backend).
+- `AppServers`: published Voila apps' servers, the same way (source "app").
 - `SlurmJobs`: every running Slurm job of a workbench user, as squeue lists them: Lab
   sessions on the `slurm` backend, and Dask workers however they were started.
 """
@@ -15,6 +16,7 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from shangzhuang.apps import app_consumer, is_app_server
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.meter import Running, UsageSource, job_consumer, lab_consumer
 from shangzhuang.settings import Settings
@@ -24,6 +26,15 @@ class LabSessions:
     """Lab servers as the hub reports them: a `UsageSource` for the meter."""
 
     name = "lab"
+    consumer_id = staticmethod(lab_consumer)
+
+    def counts(self, server: str) -> bool:
+        """Is this server one of this source's? (App servers are charged by `AppServers`.)"""
+        apps = self.settings.apps
+        return not (apps.enabled and is_app_server(server, apps.server_prefix))
+
+    def profile_of(self, user: str, server: str, model: dict):
+        return self.profile((model.get("user_options") or {}).get("profile"))
 
     def __init__(self, settings: Settings, api_url: str, token: str):
         self.settings = settings
@@ -50,14 +61,14 @@ class LabSessions:
             page = await self._api("GET", f"/users?state=active&offset={offset}&limit=200")
             for user in page["items"]:
                 for server, s in (user.get("servers") or {}).items():
-                    if not s.get("started"):
+                    if not s.get("started") or not self.counts(server):
                         continue
                     started = datetime.fromisoformat(s["started"].replace("Z", "+00:00"))
-                    profile = self.profile((s.get("user_options") or {}).get("profile"))
+                    profile = self.profile_of(user["name"], server, s)
                     out.append(
                         Running(
-                            consumer=lab_consumer(user["name"], server, started.timestamp()),
-                            user=user["name"], source="lab", started=started.timestamp(),
+                            consumer=self.consumer_id(user["name"], server, started.timestamp()),
+                            user=user["name"], source=self.name, started=started.timestamp(),
                             rates=rates_of(profile), profile=profile.name,
                             groups=tuple(user.get("groups") or ()),
                         )
@@ -81,6 +92,27 @@ class LabSessions:
             else (f"/users/{quote(user)}/servers/{quote(server)}")
         )
         await self._api("DELETE", path)
+
+
+class AppServers(LabSessions):
+    """Published Voila apps' servers: charged to their owners as source "app", at the
+    profile the app was published with."""
+
+    name = "app"
+    consumer_id = staticmethod(app_consumer)
+
+    def __init__(self, settings: Settings, api_url: str, token: str):
+        super().__init__(settings, api_url, token)
+        from shangzhuang.apps.registry import Registry
+
+        self.registry = Registry(settings.apps_folder)
+
+    def counts(self, server: str) -> bool:
+        return not super().counts(server)
+
+    def profile_of(self, user: str, server: str, model: dict):
+        app = self.registry.get(user, server[len(self.settings.apps.server_prefix) :])
+        return self.profile(app.profile if app else None)
 
 
 class SlurmJobs:
@@ -142,4 +174,7 @@ def sources_for(settings: Settings, api_url: str, token: str) -> list[UsageSourc
     """What the meter polls on this site's backend."""
     if settings.backend.kind == "slurm":
         return [SlurmJobs(settings)]
-    return [LabSessions(settings, api_url, token)]
+    sources: list[UsageSource] = [LabSessions(settings, api_url, token)]
+    if settings.apps.enabled:
+        sources.append(AppServers(settings, api_url, token))
+    return sources
