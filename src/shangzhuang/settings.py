@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "hub_config" / "shangzhuang.toml"
+TUTORIALS = Path(__file__).resolve().parents[2] / "notebooks"  # the workbench's own tutorials
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -405,6 +406,35 @@ class Cluster(Section):
     local_dir: str = "/tmp"  # node-local scratch for spilling
 
 
+class Tutorials(Section):
+    """Tutorial notebooks copied into a user's home once, when the workbench creates that
+    home (a new Unix account, or a new home folder when not run as root)."""
+
+    source: PathStr | None = None  # the folder they come from; None: the workbench's notebooks/
+    folder: str = "tutorials"  # where in the new home they go; "" = the home itself
+    copy_to_new_homes: list[str] = []  # file names in `source`, e.g. "01-welcome.ipynb"
+
+    @field_validator("copy_to_new_homes")
+    @classmethod
+    def _file_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+                raise ValueError(f"{name!r} is not a file name (the files are in tutorials.source)")
+        return names
+
+    @field_validator("folder")
+    @classmethod
+    def _inside_home(cls, folder: str) -> str:
+        if folder.startswith("/") or ".." in Path(folder).parts or "\0" in folder:
+            raise ValueError(f"{folder!r} must be a folder inside the home, such as tutorials")
+        return folder
+
+    @property
+    def files(self) -> list[Path]:
+        """The files to copy, with their full paths."""
+        return [(self.source or TUTORIALS) / name for name in self.copy_to_new_homes]
+
+
 class Profile(Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     display_name: str = ""
@@ -505,6 +535,7 @@ class Settings(Section):
     quota: Quota = Quota()
     cluster: Cluster = Cluster()
     apps: Apps = Apps()
+    tutorials: Tutorials = Tutorials()
     profiles: list[Profile] = Field(min_length=1)
 
     # Filled in by load_settings, not by the file.
@@ -619,13 +650,23 @@ def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
     problems += _node_problems(settings)
     if settings.site.logo is not None and not _is_file(settings.site.logo):
         problems.append(f"site.logo: no such file {str(settings.site.logo)!r}")
+    tutorials = settings.tutorials
+    if tutorials.source is not None:
+        tutorials = tutorials.model_copy(update={"source": (base / tutorials.source).resolve()})
+    for i, path in enumerate(tutorials.files):
+        if not _is_file(path):
+            problems.append(
+                f"tutorials.copy_to_new_homes[{i}]: no file {path.name!r} in {path.parent}"
+            )
     if problems:
         raise SettingsError(source, problems)
     hub = settings.hub.model_copy(update={"state_dir": (base / settings.hub.state_dir).resolve()})
     apps = settings.apps
     if apps.folder is not None:
         apps = apps.model_copy(update={"folder": (base / apps.folder).resolve()})
-    return settings.model_copy(update={"hub": hub, "apps": apps, "source": Path(source)})
+    return settings.model_copy(
+        update={"hub": hub, "apps": apps, "tutorials": tutorials, "source": Path(source)}
+    )
 
 
 def _is_file(path: Path) -> bool:

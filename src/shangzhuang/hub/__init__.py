@@ -56,6 +56,8 @@ def configure(c, settings: Settings) -> None:
     c.WorkbenchSpawner.profiles = list(settings.profiles)
     c.WorkbenchSpawner.user_prefix = accounts.user_prefix
     c.WorkbenchSpawner.home_root = str(accounts.home_root)
+    c.WorkbenchSpawner.tutorials = [str(p) for p in settings.tutorials.files]
+    c.WorkbenchSpawner.tutorials_folder = settings.tutorials.folder
     c.Spawner.cmd = [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 120

@@ -50,6 +50,14 @@ class WorkbenchSpawner(Spawner):
         config=True
     )
     home_root = Unicode("/home", help="Folder that holds the users' home folders.").tag(config=True)
+    tutorials = List(
+        Unicode(),
+        help="""Files copied into a user's home when the workbench creates it (a new Unix
+        account, or a new home folder when not isolated), never again ([tutorials]).""",
+    ).tag(config=True)
+    tutorials_folder = Unicode(
+        "tutorials", help="Folder of the new home the tutorials go to ('' = the home itself)."
+    ).tag(config=True)
 
     gpu_pool: GpuPool | None = None  # a pool of this node's GPUs, where the hub hands them out
 
@@ -203,9 +211,22 @@ class WorkbenchSpawner(Spawner):
     async def unix_account(self) -> pwd.struct_passwd:
         """The user's Unix account, made on first use; refused for system accounts."""
         try:
-            return await unix.ensure_account(self.unix_name, self.home, self.user.name)
+            return await unix.ensure_account(
+                self.unix_name, self.home, self.user.name, on_create=self.copy_tutorials
+            )
         except unix.AccountError as e:
             raise SpawnException(str(e), reason="account", status_code=403) from None
+
+    def copy_tutorials(self, account: pwd.struct_passwd | None = None) -> None:
+        """Give a new home the site's tutorials; a failure is logged, never fatal."""
+        if not self.tutorials:
+            return
+        uid, gid = (account.pw_uid, account.pw_gid) if account else (-1, -1)
+        try:
+            copies = unix.copy_into_home(self.tutorials, self.home, self.tutorials_folder, uid, gid)
+            self.log.info("%d tutorial(s) copied into %s's new home", len(copies), self.user.name)
+        except OSError as e:
+            self.log.warning("tutorials not copied into %s's new home: %s", self.user.name, e)
 
     def user_env(self, env):
         env["USER"] = self.unix_name
@@ -302,7 +323,10 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         if self.isolated:
             account = await self.unix_account()
         else:
+            new_home = not os.path.exists(self.home)
             os.makedirs(self.home, mode=0o700, exist_ok=True)
+            if new_home:
+                self.copy_tutorials()
             account = None
         try:
             gpus = self.gpu_pool.allocate(self.owner, profile.gpus) if profile.gpus else []

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 FIRST_USER_UID = 1000  # Debian's UID_MIN: below are system accounts
 
@@ -13,8 +16,15 @@ class AccountError(Exception):
     pass
 
 
-async def ensure_account(unix_name: str, home: str, hub_name: str) -> pwd.struct_passwd:
-    """Create the account if missing (home 0700, own group); return its passwd entry."""
+async def ensure_account(
+    unix_name: str,
+    home: str,
+    hub_name: str,
+    on_create: Callable[[pwd.struct_passwd], None] | None = None,
+) -> pwd.struct_passwd:
+    """Create the account if missing (home 0700, own group); return its passwd entry.
+    `on_create` runs once, right after the account is made (to fill the new home)."""
+    created = False
     try:
         account = pwd.getpwnam(unix_name)
     except KeyError:
@@ -27,6 +37,7 @@ async def ensure_account(unix_name: str, home: str, hub_name: str) -> pwd.struct
         if proc.returncode != 0:
             raise AccountError(f"useradd {unix_name} failed: {out.decode().strip()}") from None
         account = pwd.getpwnam(unix_name)
+        created = True
     if account.pw_uid < FIRST_USER_UID:
         # With an empty user_prefix a hub user named "root" or "daemon" must not get that account.
         raise AccountError(
@@ -35,4 +46,25 @@ async def ensure_account(unix_name: str, home: str, hub_name: str) -> pwd.struct
     os.makedirs(account.pw_dir, exist_ok=True)
     os.chown(account.pw_dir, account.pw_uid, account.pw_gid)
     os.chmod(account.pw_dir, 0o700)
+    if created and on_create is not None:
+        on_create(account)
     return account
+
+
+def copy_into_home(
+    files: Sequence[str | Path], home: str | Path, folder: str, uid: int = -1, gid: int = -1
+) -> list[Path]:
+    """Copy `files` into `home/folder` (made if missing), owned by uid:gid; return the
+    copies. Used once per new home, for the site's tutorials ([tutorials])."""
+    dest = Path(home, folder)
+    made = [p for p in (dest, *dest.parents) if p.is_relative_to(home) and not p.exists()]
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for f in files:
+        copy = dest / Path(f).name
+        shutil.copyfile(f, copy)
+        copy.chmod(0o644)
+        copies.append(copy)
+    for p in [*made, *copies]:
+        os.chown(p, uid, gid)
+    return copies
