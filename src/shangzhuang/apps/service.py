@@ -180,6 +180,9 @@ class Apps:
     async def start(self, app: App) -> str:
         """Start the app's server unless it runs; '' or the reason it could not start."""
         model = await self.hub.server(app.owner, self.server(app))
+        if model and model.get("pending") == "stop":  # the idle culler is stopping it
+            await self.hub.wait(app.owner, self.server(app), 60, ready=False)
+            model = await self.hub.server(app.owner, self.server(app))
         if model and (model.get("ready") or model.get("pending")):
             return ""
         try:
