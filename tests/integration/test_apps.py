@@ -279,3 +279,31 @@ def test_unpublish_and_refusals(hub, published):
     assert "app-pub" not in hub.api("GET", "/users/olga").json()["servers"]
     r = requests.get(open_url(hub, "olga", "pub"), headers={"Accept": "text/html"}, timeout=30)
     assert r.status_code == 404
+
+
+def test_publish_from_a_lab_session(hub, published):
+    """The Lab extension's handler publishes with the session's own token (its scopes)."""
+    if not (hub.api("GET", "/users/olga").json()["servers"].get("") or {}).get("ready"):
+        hub.spawn("olga", "cpu")
+        hub.wait_ready("olga")
+    folder = published["folder"]
+    files = {"lab/app.ipynb": (folder / "app.ipynb").read_text(),
+             "lab/model.json": '{"a": 5, "b": 0}'}  # fmt: skip
+    hub.run_code("olga", "import os, json\n" + "".join(
+        f"os.makedirs(os.path.dirname({k!r}), exist_ok=True); open({k!r}, 'w').write({v!r})\n"
+        for k, v in files.items()
+    ))  # fmt: skip
+    headers = {"Authorization": f"token {published['token']}"}
+    r = requests.post(
+        f"{hub.url}/user/olga/shangzhuang/apps/publish", headers=headers, timeout=300,
+        json={"path": "lab/app.ipynb", "name": "fromlab", "description": "from Lab",
+              "viewers": {"users": ["vic"]}},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["full_url"].endswith("/services/apps/open/olga/fromlab")
+    r = open_app(login(hub, "vic"), open_url(hub, "olga", "fromlab"))
+    assert r.status_code == 200 and "y = 5" in r.text  # a=5, x=1, b=0: the Lab's own files
+    # Outside the server's root: refused.
+    r = requests.post(f"{hub.url}/user/olga/shangzhuang/apps/publish", headers=headers,
+                      json={"path": "../../etc/passwd.ipynb", "name": "x"}, timeout=60)  # fmt: skip
+    assert r.status_code == 404

@@ -347,15 +347,17 @@ async def test_every_endpoint_refuses_an_unauthenticated_request(
     jp_serverapp, http_server_client, jp_base_url
 ):
     from shangzhuang_lab.handlers import HANDLERS
+    from shangzhuang_lab.publish import PUBLISH_HANDLERS, PublishHandler
 
+    every = {**HANDLERS, **PUBLISH_HANDLERS}
     routes = extension_routes(jp_serverapp.web_app)
-    assert {h for _, h in routes} == set(HANDLERS.values())
-    assert len(routes) == len(HANDLERS) == 4
+    assert {h for _, h in routes} == set(every.values())
+    assert len(routes) == len(every) == 6
     for pattern, handler in routes:
         path = pattern.rstrip("$").replace("\\", "")
         assert path.startswith(jp_base_url + "shangzhuang/"), path
         methods = [m for m in handler.SUPPORTED_METHODS if m.lower() in vars(handler)]
-        assert methods == ["GET"], (handler, methods)
+        assert methods == (["POST"] if handler is PublishHandler else ["GET"]), (handler, methods)
         for headers in ({}, {"Authorization": "token not-the-servers-token"}):
             for method in handler.SUPPORTED_METHODS:
                 body = b"{}" if method in ("POST", "PUT", "PATCH") else None
@@ -369,7 +371,7 @@ async def test_every_endpoint_refuses_an_unauthenticated_request(
                         follow_redirects=False, allow_nonstandard_methods=True,
                     )  # fmt: skip
                 assert e.value.code in (401, 403, 302, 405), (method, path, e.value.code)
-                if method == "GET":
+                if method in methods:
                     assert e.value.code in (401, 403, 302), (path, e.value.code)
 
 

@@ -30,5 +30,8 @@ def _load_jupyter_server_extension(server_app) -> None:
 
     config = ShangzhuangLab(parent=server_app)
     setup_handlers(server_app.web_app, config)
+    from .publish import setup_publish_handlers
+
+    setup_publish_handlers(server_app.web_app)  # "Publish as app" (shangzhuang.apps)
     where = config.quota_url or "nowhere: $SHANGZHUANG_QUOTA_URL is not set"
     server_app.log.info("shangzhuang_lab %s: quota service at %s", __version__, where)

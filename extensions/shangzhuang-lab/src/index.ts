@@ -21,6 +21,7 @@ import {
 } from './format';
 import { QuotaModel } from './model';
 import { PANEL_ID, QuotaPanel } from './panel';
+import { publishPlugin } from './publish';
 
 const PLUGIN_ID = 'shangzhuang-lab:plugin';
 const OPEN_COMMAND = 'shangzhuang:open-quota';
@@ -173,4 +174,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, publishPlugin];
