@@ -1,7 +1,7 @@
 """The tutorials' data and model, in one small file that notebooks 2-4 and the app share.
 
 - `make_shapes(n, seed)`: n small colour images of five shapes on a noisy background,
-  drawn with numpy (nothing is downloaded), and their labels.
+  drawn with numpy (nothing is downloaded), and their labels; `make_shape` draws one.
 - `ShapeNet(width)`: a small CNN that tells the shapes apart.
 - `ShapeBatches`: the images as a map-style dataset whose items are whole batches, so a
   DataLoader's workers hand the GPU one ready batch at a time instead of 512 single images.
@@ -49,13 +49,29 @@ def make_shapes(
         r = rng.uniform(5, 11, k).astype(np.float32)
         cx = rng.uniform(r, IMAGE_SIZE - r).astype(np.float32)
         cy = rng.uniform(r, IMAGE_SIZE - r).astype(np.float32)
-        mask = draw(labels[start : start + k], cx, cy, r)[:, None]
-        fg = rng.uniform(0.45, 1.0, (k, 3, 1, 1)).astype(np.float32)
-        bg = rng.uniform(0.0, 0.35, (k, 3, 1, 1)).astype(np.float32)
-        img = np.where(mask, fg, bg)
-        img += noise * rng.standard_normal((k, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-        images[start : start + k] = np.clip(img * 255, 0, 255)
+        images[start : start + k] = paint(draw(labels[start : start + k], cx, cy, r), rng, noise)
     return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def paint(masks: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """uint8 images from shape masks: a random colour on a darker one, plus noise."""
+    k = len(masks)
+    fg = rng.uniform(0.45, 1.0, (k, 3, 1, 1)).astype(np.float32)
+    bg = rng.uniform(0.0, 0.35, (k, 3, 1, 1)).astype(np.float32)
+    img = np.where(masks[:, None], fg, bg)
+    img += noise * rng.standard_normal((k, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
+def make_shape(
+    name: str, radius: float = 8, x: float = 16, y: float = 16, noise: float = 0.15, seed: int = 0
+) -> torch.Tensor:
+    """One image (uint8, 3 x 32 x 32) of the shape `name`, centred at (x, y), kept inside."""
+    rng = np.random.default_rng(seed)
+    r = np.float32(radius)
+    cx, cy = (np.float32(min(max(v, r), IMAGE_SIZE - r)) for v in (x, y))
+    mask = draw(np.array([CLASSES.index(name)]), np.array([cx]), np.array([cy]), np.array([r]))
+    return torch.from_numpy(paint(mask, rng, noise)[0])
 
 
 class ShapeBatches(torch.utils.data.Dataset):

@@ -1,0 +1,120 @@
+"""The tutorials, top to bottom, in a student's real session (hub, proxy, quota service,
+apps service; the `local` backend, CPU profile), at the small size (tests/notebooks/
+session.py says how they are run). The student's new home got them from [tutorials]."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from tests.integration.apps_kit import open_app
+
+from .conftest import TUTORIALS
+from .session import run_notebook
+
+pytestmark = pytest.mark.integration
+
+USER = "tess"
+
+
+@pytest.fixture(scope="module")
+def student(hub):
+    hub.new_user(USER)
+    hub.spawn(USER, "cpu")
+    hub.wait_ready(USER)
+    return hub.token_for(USER)
+
+
+@pytest.fixture(scope="module")
+def trained(hub, student):
+    """Notebook 2, once: notebook 4 builds its app on the model it saves."""
+    return run_notebook(hub, USER, student, "tutorials/02-train-on-a-gpu.ipynb", size="small")
+
+
+def test_a_new_home_gets_the_chosen_tutorials(hub, student):
+    r = hub.api("GET", f"/users/{USER}")  # the session is up, so the home was made
+    assert r.json()["servers"][""]["ready"]
+    folder = hub.homes / f"{hub.prefix}{USER}" / "tutorials"
+    if not hub.isolated:
+        pytest.skip("not root: homes are not made by the workbench's useradd")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(TUTORIALS)
+    account = folder.parent.stat()
+    for p in (folder, *folder.iterdir()):
+        st = p.stat()
+        assert (st.st_uid, st.st_gid) == (account.st_uid, account.st_gid), p
+    assert stat.S_IMODE(account.st_mode) == 0o700
+
+
+def test_01_welcome_shows_session_gpus_quota_and_files(hub, student):
+    run = run_notebook(hub, USER, student, "tutorials/01-welcome.ipynb")
+    text = run.text
+    assert f"hub user: {USER}" in text and "profile: cpu" in text and "cores: 2" in text
+    assert "CUDA_VISIBLE_DEVICES = ''" in text and "No GPU in this session" in text
+    # The quota service answered through the session's own token.
+    assert f"Quota of {USER} (account default)" in text, text
+    assert "gpu_hours:" in text and "cpu_hours:" in text
+    assert "tutorials here: 01-welcome.ipynb, 02-train-on-a-gpu.ipynb" in text
+    assert "Stop My Server" not in text  # markdown is not run, only shown
+
+
+def test_02_trains_on_the_cpu_with_checkpoints_plot_and_saved_model(hub, trained):
+    text = trained.text
+    assert "device: CPU · size small" in text and "compile: False" in text
+    assert "epoch 2: validation loss" in text
+    assert "image/png" in trained.mimetypes()  # the example images and the loss plot
+    assert "application/vnd.jupyter.widget-view+json" in trained.mimetypes()  # tqdm's bar
+    tutorials = hub.homes / f"{hub.prefix}{USER}" / "tutorials" if hub.isolated else None
+    if tutorials is None:
+        pytest.skip("not root: the home's path is the hub account's")
+    metrics = json.loads((tutorials / "runs/shapes/metrics.json").read_text())
+    assert metrics["device"] == "cpu" and metrics["epochs"] == 2
+    assert metrics["samples_per_s"] > 0 and metrics["train_flops_per_sample"] > 1e6
+    assert metrics["val_accuracy"] > 0.35  # five classes: chance is 0.2
+    losses = metrics["history"]["train_loss"]
+    assert losses[-1] < losses[0]
+    assert (tutorials / "runs/shapes/checkpoints/last.pt").is_file()
+    model = tutorials / "models/shapes.pt"
+    assert model.is_file() and model.stat().st_uid == tutorials.stat().st_uid
+
+
+def test_03_dask_on_the_local_backend_partitions_searches_and_shows_charges(hub, student):
+    run = run_notebook(hub, USER, student, "tutorials/03-scale-out-with-dask.ipynb", size="small")
+    text = run.text
+    assert "backend local · 2 workers with 0 GPU(s) each" in text
+    assert f"dashboard: /user/{USER}/proxy/" in text  # through jupyter-server-proxy
+    assert "2048 images in 4 partitions" in text and "per-channel mean" in text
+    assert "4 trials in" in text and "best: {'lr'" in text
+    assert "worker jobs: none (workers were processes of this session)" in text
+    # The session's own charges, from the usage API, then the balance.
+    assert "(this session): " in text and "cpu-seconds" in text
+    assert f"Quota of {USER} (account default)" in text
+    folder = hub.homes / f"{hub.prefix}{USER}" / "tutorials" / "data" / "shapes-parts"
+    if hub.isolated:
+        assert sorted(p.name for p in folder.iterdir()) == [f"part-00{i}.npz" for i in range(4)]
+
+
+def test_04_builds_the_app_on_notebook_2s_model_and_publishes_it(hub, student, trained):
+    hub.new_user("vera")
+    run = run_notebook(
+        hub, USER, student, "tutorials/04-share-a-voila-app.ipynb", share_with=["vera"]
+    )
+    text = run.text
+    assert "ShapeNet(width=8) from models/shapes.pt" in text
+    assert "application/vnd.jupyter.widget-view+json" in run.mimetypes()
+    assert "circle: The model sees a" in text and "diamond: The model sees a" in text
+    assert "wrote shapes-app.ipynb, with shapes.py, shapes_app.py, models/shapes.pt" in text
+    assert f"published {USER}/shapes (4 files)" in text, text
+    assert "who may open it: vera" in text
+    # vera signs in and opens the app; no code is shown.
+    vera = hub.login("vera", "correct-horse-9")
+    r = open_app(vera, f"{hub.url}/services/apps/open/{USER}/shapes")
+    assert r.status_code == 200, (r.status_code, r.url, r.text[-500:])
+    # Voila ran the app notebook: the interface is there as a widget (its state reaches the
+    # browser over the kernel's websocket), and no cell failed.
+    assert "Which shape is it?" in r.text
+    assert "application/vnd.jupyter.widget-view+json" in r.text
+    assert "Dropdown(description=\\u0027shape\\u0027" in r.text
+    assert '"output_type": "error"' not in r.text
+    assert "load_model" not in r.text  # sources are not shown
