@@ -122,14 +122,20 @@ export class PublishForm extends Widget {
     ];
     for (const [value, label, allowed] of choices) {
       const row = document.createElement('label');
-      row.style.display = 'block';
+      row.style.display = 'flex';
+      row.style.alignItems = 'center';
+      row.style.gap = '6px';
       const radio = document.createElement('input');
       radio.type = 'radio';
+      // Lab's dialog styles inputs as text boxes: a radio looks like one again.
+      radio.style.appearance = 'auto';
+      radio.style.width = 'auto';
+      radio.style.margin = '0';
       radio.name = 'audience';
       radio.value = value;
       radio.checked = value === 'named';
       radio.disabled = !allowed;
-      row.append(radio, ` ${label}${allowed ? '' : ' (not allowed on this site)'}`);
+      row.append(radio, `${label}${allowed ? '' : ' (not allowed on this site)'}`);
       audience.append(row);
     }
     this.node.append(
