@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+from urllib.parse import urlencode
 
 import pytest
+import requests
 
 from tests.integration.apps_kit import open_app
 
 from .conftest import TUTORIALS
+from .parameters import NOTEBOOKS
 from .session import run_notebook
 
 pytestmark = pytest.mark.integration
@@ -118,3 +122,41 @@ def test_04_builds_the_app_on_notebook_2s_model_and_publishes_it(hub, student, t
     assert "Dropdown(description=\\u0027shape\\u0027" in r.text
     assert '"output_type": "error"' not in r.text
     assert "load_model" not in r.text  # sources are not shown
+
+
+def test_an_nbgitpuller_link_pulls_a_course_into_the_session(hub, student):
+    """A teacher's link, in the format notebooks/README.md gives, pulls their repository
+    into the student's home and opens a notebook from it."""
+    course = hub.base / "course"  # the folder a pull makes is named like the repository
+    work = hub.base / "course-work"
+    work.mkdir()
+    (work / "lab1.ipynb").write_bytes((NOTEBOOKS / "01-welcome.ipynb").read_bytes())
+    git = ["git", "-c", "user.name=Teacher", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q", "-b", "main", str(work)], check=True)
+    subprocess.run([*git, "-C", str(work), "add", "lab1.ipynb"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-qm", "lab 1"], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(course)], check=True)
+    if hub.isolated:  # git refuses a repository owned by another account (safe.directory)
+        subprocess.run(["chown", "-R", f"{hub.prefix}{USER}", str(course)], check=True)
+    query = urlencode(
+        {"repo": f"file://{course}", "branch": "main", "urlpath": "lab/tree/course/lab1.ipynb"}
+    )
+    # The link: the hub sends a signed-in student through their spawn page (a running
+    # server passes straight on) to their own server's /git-pull page.
+    s = hub.login(USER, "correct-horse-9")
+    r = s.get(f"{hub.url}/hub/user-redirect/git-pull?{query}")
+    assert r.status_code == 200 and r.url == f"{hub.url}/user/{USER}/git-pull?{query}", r.url
+    assert "nbgitpuller" in r.text
+    # That page runs the pull through the session's event stream, then opens urlpath.
+    r = requests.get(
+        f"{hub.url}/user/{USER}/git-pull/api?{query}",
+        headers={"Authorization": f"token {student}"}, stream=True, timeout=120,
+    )  # fmt: skip
+    events = [json.loads(line[5:]) for line in r.iter_lines(decode_unicode=True)
+              if line.startswith("data:")]  # fmt: skip
+    assert events[-1]["phase"] == "finished", events
+    r = requests.get(
+        f"{hub.url}/user/{USER}/api/contents/course/lab1.ipynb",
+        headers={"Authorization": f"token {student}"}, timeout=60,
+    )  # fmt: skip
+    assert r.status_code == 200 and r.json()["type"] == "notebook"
