@@ -6,6 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# The sessions' packages beyond the workbench (the tutorials' PyTorch, matplotlib...): the CPU
+# image's pins, so that `make up` sessions, the tests and images/base run the same versions.
+USERENV := images/base/requirements.txt
+USERENV_STAMP := $(VENV)/.installed-userenv
 # The JupyterLab extension (its own pip package): a wheel build, so that its shared-data (the
 # prebuilt labextension, the server-extension enable JSON) lands in the venv.
 LAB := extensions/shangzhuang-lab
@@ -25,9 +29,9 @@ test: install-test
 	bash tests/run.sh
 
 lint: install-test
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench notebooks
 
-install: $(STAMP) $(LAB_STAMP) node_modules/.bin/configurable-http-proxy
+install: $(STAMP) $(USERENV_STAMP) $(LAB_STAMP) node_modules/.bin/configurable-http-proxy
 
 install-test: install $(TEST_STAMP) /usr/bin/chromium
 
@@ -38,6 +42,10 @@ $(VENV)/bin/python:
 
 $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(BIN)/pip install -q -e .
+	touch $@
+
+$(USERENV_STAMP): $(USERENV) | $(STAMP)
+	$(BIN)/pip install -q -r $(USERENV)
 	touch $@
 
 $(TEST_STAMP): $(STAMP)
