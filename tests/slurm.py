@@ -106,7 +106,6 @@ MpiDefault=none
 ReturnToService=2
 SlurmdParameters=config_overrides
 GresTypes=gpu
-SchedulerParameters=defer_batch=0
 {node_line}
 PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
