@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     app = AppVoila(config=voila_config(args, token))
     app.initialize([args.notebook])
     activity_url = os.environ.get("JUPYTERHUB_ACTIVITY_URL")
+    Activity.touch()  # started for a visitor: idle from now, not from when the spawn began
     if activity_url and token:
         server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
         IOLoop.current().spawn_callback(

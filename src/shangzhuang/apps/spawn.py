@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from urllib.parse import quote
 
 from jupyterhub.spawner import SpawnException
 
@@ -37,6 +38,9 @@ class AppServers:
         self.settings = settings
         self.prefix = settings.apps.server_prefix
         self.registry = Registry(settings.apps_folder)
+
+    def no_confirm(self, service_clients: set[str]) -> NoConfirmClients:
+        return NoConfirmClients(service_clients, self.registry, self.prefix)
 
     def token_scopes(self, lab_scopes: list[str]):
         """Spawner.server_token_scopes: Lab sessions get `lab_scopes`, app servers the least."""
@@ -77,3 +81,43 @@ class AppServers:
         if os.geteuid() == 0 and getattr(spawner, "isolated", False):
             account = await spawner.unix_account()
             self.registry.let_read(owner, name, account.pw_gid)
+
+
+class NoConfirmClients(set):
+    """JupyterHub's `oauth_no_confirm_list` (services that skip the "authorize" page), plus
+    every published app's server.
+
+    A viewer of a shared server is asked once to let it know who they are, and again after
+    every stop (stopping a server deletes its OAuth client and tokens): for apps, which stop
+    when idle, that is a question on most visits. An app server only ever gets the
+    viewer's name and groups and access to itself, and the platform published it."""
+
+    def __init__(self, client_ids, registry: Registry, prefix: str):
+        super().__init__(client_ids)
+        self.registry = registry
+        self.prefix = prefix
+
+    def __deepcopy__(self, memo) -> NoConfirmClients:
+        return self  # traitlets deep-copies config values; this one is the hub's, shared
+
+    def __contains__(self, client_id: object) -> bool:
+        if super().__contains__(client_id):
+            return True
+        head = "jupyterhub-user-"
+        if not isinstance(client_id, str) or not client_id.startswith(head):
+            return False
+        rest, marker = client_id[len(head) :], "-" + self.prefix
+        at = rest.find(marker)
+        while at > 0:  # the user name may itself contain the marker: try each split
+            owner, name = rest[:at], rest[at + len(marker) :]
+            app = self.registry.get(_unquote(owner), name)
+            if app is not None and quote(app.owner) == owner:
+                return True
+            at = rest.find(marker, at + 1)
+        return False
+
+
+def _unquote(text: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(text)

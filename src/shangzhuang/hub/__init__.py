@@ -176,6 +176,17 @@ def configure_apps(c, settings: Settings) -> None:
     lab = [*c.Spawner.server_token_scopes, "access:services!service=apps", "servers!user"]
     c.Spawner.server_token_scopes = app_servers.token_scopes(lab)
     c.Spawner.environment["SHANGZHUANG_APPS_URL"] = f"http://127.0.0.1:{apps.port}/services/apps/"
+    # Viewers aren't asked to authorize each app again after every idle stop (see
+    # NoConfirmClients); services keep JupyterHub's own rule (oauth_no_confirm).
+    no_confirm = {
+        s.get("oauth_client_id") or f"service-{s['name']}"
+        for s in c.JupyterHub.services
+        if s.get("oauth_no_confirm")
+    }
+    tornado = c.JupyterHub.tornado_settings if "tornado_settings" in c.JupyterHub else {}
+    c.JupyterHub.tornado_settings = {
+        **tornado, "oauth_no_confirm_list": app_servers.no_confirm(no_confirm)
+    }
     c.JupyterHub.template_paths = [
         *(c.JupyterHub.template_paths or []), str(Path(__file__).parents[1] / "apps" / "templates")
     ]
