@@ -275,6 +275,17 @@ def test_unpublish_and_refusals(hub, published):
     # A server name of the apps' kind that is not an app does not start.
     r = hub.api("POST", "/users/olga/servers/app-nothing", ok=None)
     assert r.status_code >= 400 and "not a published app" in r.text
+    # The apps page's button (cookie, XSRF form field, the page's own OAuth token).
+    olga = login(hub, "olga")
+    page = olga.get(f"{hub.url}/services/apps/", headers={"Accept": "text/html"}, timeout=60)
+    form = re.search(r'action="/services/apps/unpublish/olga/rev".*?name="_xsrf" value="([^"]+)"',
+                     page.text, re.S)  # fmt: skip
+    r = olga.post(f"{hub.url}/services/apps/unpublish/olga/rev", timeout=120,
+                  data={"_xsrf": form.group(1)}, headers={"Accept": "text/html"})  # fmt: skip
+    assert r.status_code == 200 and r.url == f"{hub.url}/services/apps/"
+    assert 'data-app="olga/rev"' not in r.text
+    r = olga.post(f"{hub.url}/services/apps/unpublish/olga/demo", timeout=60)  # no XSRF
+    assert r.status_code == 403
     # Unpublished: gone for the viewer, the server removed.
     assert cli(hub, token, "unpublish", "pub").returncode == 0
     assert "app-pub" not in hub.api("GET", "/users/olga").json()["servers"]

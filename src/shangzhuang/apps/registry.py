@@ -95,9 +95,10 @@ class App:
         data["viewers"] = Viewers.from_dict(data.get("viewers"))
         return cls(**data)
 
-    def may_view(self, user: dict | None) -> bool:
-        """May this hub user model (None: no account) open the app?"""
-        if self.viewers.public:
+    def may_view(self, user: dict | None, public_links: bool = True) -> bool:
+        """May this hub user model (None: no account) open the app? A public app is public
+        only while the site allows public links."""
+        if self.viewers.public and public_links:
             return True
         if user is None:
             return False

@@ -356,7 +356,7 @@ class AppAPIHandler(APIHandler):
     async def get(self, owner, name):
         me = self.caller()
         app = self.app_or_404(owner, name)
-        if not app.may_view(me):
+        if not app.may_view(me, self.apps.settings.apps.public_links):
             raise web.HTTPError(404, f"no app {owner}/{name}")
         server = await self.apps.hub.server(owner, self.apps.server(app))
         self.write_json(self.apps.model(app, server, full=self.may_manage(me, owner)))
@@ -439,7 +439,7 @@ class OpenHandler(BaseHandler):
         apps = self.apps
         if not apps.public(app):
             me = self.caller()
-            if not app.may_view(me):
+            if not app.may_view(me, self.apps.settings.apps.public_links):
                 message = f"{owner}'s app {name} is not shared with {me['name']}."
                 self.render("message.html", 403, title="Not shared with you", message=message)
                 return
