@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import re
 import signal
 import socket
@@ -54,6 +53,9 @@ sys.path.insert(0, str(ROOT))
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.integration.apps_kit import cli, consent, write_app  # noqa: E402
 from tests.integration.hub import RunningHub, free_port, workdir  # noqa: E402
+
+from report import machine as report_machine  # noqa: E402  (bench/ is on sys.path)
+from report import write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Voila apps (bench/apps.py)"
@@ -217,28 +219,11 @@ def machine() -> str:
     import jupyterhub
     import voila
 
-    ram = psutil.virtual_memory().total / 2**30
-    return (
-        f"{len(os.sched_getaffinity(0))} cores (nproc), {ram:.1f} GiB RAM, "
-        f"Python {platform.python_version()}, jupyterhub {jupyterhub.__version__}, "
-        f"voila {voila.__version__}, {platform.system()} {platform.release()}"
-    )
+    return report_machine(f"jupyterhub {jupyterhub.__version__}", f"voila {voila.__version__}")
 
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
-
-
-def write_doc(section: str, path: Path = DOC) -> None:
-    """Replace this script's section of docs/benchmarks.md (read right before writing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def run(preheat: int, rounds: int, browser) -> dict:
@@ -386,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(results, args.rounds, time.monotonic() - t0, (load0, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
-        write_doc(text)
+        write_section(HEADING, text)
         log(f"wrote {DOC}")
     return 0
 

@@ -42,7 +42,6 @@ import argparse
 import datetime as dt
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -60,6 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.slurm import LocalSlurm  # noqa: E402
+
+from report import machine as report_machine  # noqa: E402  (bench/ is on sys.path)
+from report import write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Notebook Dask clusters on Slurm (bench/cluster.py)"
@@ -413,14 +415,11 @@ def machine(slurm: LocalSlurm) -> str:
     import dask_jobqueue
     import distributed
 
-    ram = psutil.virtual_memory().total / 2**30
-    sinfo = slurm.cmd("sinfo", "-V").strip()
-    return (
-        f"{len(os.sched_getaffinity(0))} cores (nproc), {ram:.1f} GiB RAM, {sinfo}, "
-        f"Python {platform.python_version()}, dask {dask.__version__}, "
-        f"distributed {distributed.__version__}, dask-jobqueue {dask_jobqueue.__version__}, "
-        f"numpy {np.__version__}, {platform.system()} {platform.release()}"
-    )
+    return report_machine(
+        slurm.cmd("sinfo", "-V").strip(), f"dask {dask.__version__}",
+        f"distributed {distributed.__version__}", f"dask-jobqueue {dask_jobqueue.__version__}",
+        f"numpy {np.__version__}",
+    )  # fmt: skip
 
 
 def startup_table(rows: list[dict]) -> str:
@@ -691,17 +690,6 @@ def scaling_note(rows: list[dict], ncpu: int) -> str:
     )
 
 
-def write_doc(text: str, path: Path = DOC) -> None:
-    doc = path.read_text()  # read right before writing: other sections are others'
-    start = doc.find(HEADING)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = doc.find("\n## ", start + len(HEADING))
-        doc = doc[:start] + text + ("\n" + doc[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(doc.rstrip("\n") + "\n")
-
-
 # --- main -------------------------------------------------------------------------------
 def startup_rounds(n: int, rounds: int, slurm: LocalSlurm, sampler: Sampler) -> dict:
     """Both kinds, alternating, `rounds` times: medians per phase, every total, peaks."""
@@ -842,7 +830,7 @@ def main() -> None:
     text = section(res)
     print(text)
     if not args.no_write:
-        write_doc(text)
+        write_section(HEADING, text)
         log(f"wrote {DOC}")
 
 

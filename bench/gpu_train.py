@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.notebooks.local import as_script, in_kernel, prepare  # noqa: E402
 
+from report import write_section  # noqa: E402  (bench/ is on sys.path)
+
 NOTEBOOK = "02-train-on-a-gpu.ipynb"
 SECTION = "## Tutorial model on the H200 (bench/gpu_train.py)"
 GOAL = 0.97
@@ -141,18 +143,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def record(md: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace (or add) this benchmark's section, re-reading the file right before."""
-    text = doc.read_text()
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + md
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + md + (text[end + 1 :] if end >= 0 else "")
-    doc.write_text(text)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
@@ -165,7 +155,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.record:
         md = markdown(json.loads(args.record.read_text()))
-        record(md)
+        write_section(SECTION, md)
         print(md)
         return 0
 

@@ -33,7 +33,6 @@ import datetime as dt
 import gzip
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.integration.hub import RunningHub, workdir  # noqa: E402
+
+from report import machine as report_machine  # noqa: E402  (bench/ is on sys.path)
+from report import write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Lab extension (bench/lab_load.py)"
@@ -173,27 +175,13 @@ def machine() -> str:
     import jupyterhub
     import jupyterlab
 
-    mem = psutil.virtual_memory().total / 2**30
-    return (
-        f"{os.cpu_count()} cores (nproc), {mem:.1f} GiB RAM, Python {platform.python_version()}, "
-        f"jupyterhub {jupyterhub.__version__}, jupyterlab {jupyterlab.__version__}, "
-        f"Chromium {CHROMIUM_VERSION}, {platform.system()} {platform.release()}"
-    )
+    return report_machine(
+        f"jupyterhub {jupyterhub.__version__}", f"jupyterlab {jupyterlab.__version__}",
+        f"Chromium {CHROMIUM_VERSION}",
+    )  # fmt: skip
 
 
 CHROMIUM_VERSION = "?"
-
-
-def write_doc(section: str, path: Path = DOC) -> None:
-    """Replace this script's section of docs/benchmarks.md (read right before writing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main() -> None:
@@ -309,7 +297,7 @@ service's own GET me through the proxy p50 {me_ms:.1f} ms (100 sequential reques
 """
     print(section)
     if not args.no_write:
-        write_doc(section)
+        write_section(HEADING, section)
         print(f"written to {DOC.relative_to(ROOT)}")
 
 

@@ -61,7 +61,6 @@ import datetime as dt
 import io
 import json
 import os
-import platform
 import pstats
 import random
 import re
@@ -78,6 +77,9 @@ from pathlib import Path
 import psutil
 import requests
 from sqlalchemy import event
+
+from report import machine as report_machine  # noqa: E402  (bench/ is on sys.path)
+from report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -616,29 +618,9 @@ def balance_queries(db: Path, settings: Settings, user: str, n: int = 200) -> li
 def machine() -> str:
     import jupyterhub
 
-    ram = psutil.virtual_memory().total / 2**30
-    return (
-        f"{len(os.sched_getaffinity(0))} cores (nproc), {ram:.1f} GiB RAM, "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-        f"jupyterhub {jupyterhub.__version__}, {platform.system()} {platform.release()}"
+    return report_machine(
+        f"SQLite {sqlite3.sqlite_version}", f"jupyterhub {jupyterhub.__version__}"
     )
-
-
-def write_doc(section: str, path: Path = DOC) -> None:
-    if not path.exists():
-        path.write_text(
-            "# Benchmarks\n\n"
-            "Measured numbers for the workbench against plain JupyterHub on the same machine.\n"
-            "Each section names the script that produced it; rerun it to refresh the section.\n"
-        )
-    text = path.read_text()
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def fmt_int(n: int) -> str:
@@ -851,7 +833,7 @@ median of 3 ticks): {tick["small"]["wal_pages"]:.0f} at {fmt_int(small["records"
 """
     print(text)
     if not args.no_write:
-        write_doc(text)
+        write_section(HEADING, text)
         log(f"wrote {DOC.relative_to(ROOT)}")
     return 0 if api_ok and tick_ok and ratio_ok else 1
 

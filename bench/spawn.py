@@ -35,7 +35,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -55,6 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.integration.hub import RunningHub, free_port, workdir  # noqa: E402
+
+from report import machine as report_machine  # noqa: E402  (bench/ is on sys.path)
+from report import write_section  # noqa: E402
 
 PROXY = ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
 SINGLEUSER = Path(sys.prefix) / "bin" / "jupyterhub-singleuser"
@@ -426,18 +428,10 @@ def round_of(side: Side, names: list[str], record: list[dict] | None = None) -> 
 # --- report ---------------------------------------------------------------------------
 def machine() -> str:
     import jupyterhub
+    import jupyterlab
 
-    try:
-        import jupyterlab
-
-        lab = f", jupyterlab {jupyterlab.__version__}"
-    except ImportError:
-        lab = ""
-    ram = psutil.virtual_memory().total / 2**30
-    return (
-        f"{len(os.sched_getaffinity(0))} cores (nproc), {ram:.1f} GiB RAM, "
-        f"Python {platform.python_version()}, jupyterhub {jupyterhub.__version__}{lab}, "
-        f"{platform.system()} {platform.release()}"
+    return report_machine(
+        f"jupyterhub {jupyterhub.__version__}", f"jupyterlab {jupyterlab.__version__}"
     )
 
 
@@ -453,24 +447,6 @@ def table(rows: list[tuple[str, float, float, float, float]]) -> str:
             f"| {pmem / 2**20:.0f} |"
         )
     return "\n".join(lines)
-
-
-def write_doc(section: str, path: Path = DOC) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_text(
-            "# Benchmarks\n\n"
-            "Measured numbers for the workbench against plain JupyterHub on the same machine.\n"
-            "Each section names the script that produced it; rerun it to refresh the section.\n"
-        )
-    text = path.read_text()
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def breakdown(rows: list[tuple[str, str, list[dict]]]) -> str:
@@ -631,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - t_start
     print(f"\n(run took {elapsed:.0f} s)")
     if not args.no_write:
-        write_doc(
+        write_section(
+            HEADING,
             section(
                 tbl,
                 args.rounds,
@@ -640,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
                 split,
                 elapsed,
                 (load_start, os.getloadavg()[0]),
-            )
+            ),
         )
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
