@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import tomllib
 from types import SimpleNamespace
 
@@ -30,7 +31,14 @@ from shangzhuang.hub.spawners import LocalSpawner
 from shangzhuang.settings import DEFAULT_CONFIG, parse_settings
 from tests.unit.spawner_kit import gpus, make_spawner, profile
 
-SLEEPER = ["sleep", "600"]  # a session process that stays up until killed
+# A session process that stays up until killed and, like a Lab, listens on its port (the
+# spawner's start() returns once the session accepts connections).
+SLEEPER = [
+    sys.executable, "-c",
+    "import os, socket, time, urllib.parse\n"
+    "url = urllib.parse.urlparse(os.environ['JUPYTERHUB_SERVICE_URL'])\n"
+    "s = socket.socket(); s.bind((url.hostname, url.port)); s.listen(); time.sleep(600)",
+]  # fmt: skip
 
 
 def indices(held: list[Gpu]) -> list[int]:

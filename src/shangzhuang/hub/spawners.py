@@ -340,10 +340,27 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
                 self.log.info("GPU %s allocated to %s", gpu.index, self.owner)
             with self._session_log() as log:
                 self.popen_kwargs = {**self.popen_kwargs, "stdout": log, "stderr": log}
-                return await super().start()
+                ip, port = await super().start()
+            await self._listening(ip, port)
+            return ip, port
         except BaseException:
             self.clear_state()
             raise
+
+    async def _listening(self, ip: str, port: int) -> None:
+        """Return once the Lab accepts connections (or its process has ended).
+
+        JupyterHub then finds it up at its first look; left to JupyterHub's own readiness
+        poll (exponential backoff with jitter), a Lab that needs 2.5 s to start is found
+        up to 2 s later than it was."""
+        while self.proc is not None and self.proc.poll() is None:
+            try:
+                _, writer = await asyncio.open_connection(ip, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
 
     def _session_log(self):
         """The session's stdout and stderr go to a file the hub owns, not the hub's terminal."""
