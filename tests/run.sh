@@ -3,6 +3,19 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p test-artifacts
+# As root, the tests' sessions run as users' own Unix accounts and must reach this checkout
+# (its .venv and src/). A checkout under a private folder (e.g. /root) is opened to
+# traversal (o+x, not reading) on the way down, saying so.
+if [ "$(id -u)" = 0 ] && ! runuser -u nobody -- test -r "$PWD/pyproject.toml" 2>/dev/null; then
+  dir="$PWD"
+  while [ "$dir" != / ]; do
+    if ! runuser -u nobody -- test -x "$dir" 2>/dev/null; then
+      echo "tests/run.sh: chmod o+x $dir (sessions must reach the checkout)" >&2
+      chmod o+x "$dir"
+    fi
+    dir="$(dirname "$dir")"
+  done
+fi
 .venv/bin/python -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
