@@ -27,14 +27,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import jinja2
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
-from tornado.httputil import url_concat
 
 from shangzhuang.apps.hub_api import HubAPI, HubError
 from shangzhuang.apps.registry import App, AppError, Registry, Viewers, check_name
 from shangzhuang.apps.snapshot import decode
+from shangzhuang.services import ServiceHandler
 from shangzhuang.settings import Settings, load_settings
 
 log = logging.getLogger("shangzhuang.apps")
@@ -253,26 +253,10 @@ class Apps:
         await self.hub.grant(app.owner, self.server(app), "user", user["name"])
 
 
-class BaseHandler(HubOAuthenticated, web.RequestHandler):
+class BaseHandler(ServiceHandler):
     @property
     def apps(self) -> Apps:
         return self.settings["apps"]
-
-    def check_xsrf_cookie(self):
-        # Token-authenticated API calls carry no XSRF cookie; cookie-authenticated ones do.
-        if self.request.headers.get("Authorization"):
-            return
-        return super().check_xsrf_cookie()
-
-    def caller(self) -> dict:
-        user = self.current_user
-        if user:
-            return user
-        if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", ""):
-            self.redirect(url_concat(self.get_login_url(), {"next": self.request.uri}))
-            raise web.Finish()
-        self.set_header("WWW-Authenticate", "token")
-        raise web.HTTPError(401, "a JupyterHub token or login is required")
 
     @staticmethod
     def is_admin(user: dict) -> bool:

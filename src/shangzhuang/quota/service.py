@@ -18,13 +18,10 @@ from zoneinfo import ZoneInfo
 
 from jupyterhub.services.auth import (
     HubOAuthCallbackHandler,
-    HubOAuthenticated,
-    UserNotAllowed,
 )
 from jupyterhub.utils import url_path_join
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tornado import web
-from tornado.httputil import url_concat
 
 from shangzhuang.quota import open_ledger
 from shangzhuang.quota.ledger import Ledger, QuotaError
@@ -32,6 +29,7 @@ from shangzhuang.quota.meter import Meter
 from shangzhuang.quota.openapi import document
 from shangzhuang.quota.periods import iso
 from shangzhuang.quota.sources import sources_for
+from shangzhuang.services import ServiceHandler
 from shangzhuang.settings import RESOURCES, Settings, load_settings
 
 log = logging.getLogger("shangzhuang.quota")
@@ -59,7 +57,7 @@ class Metrics:
         )  # fmt: skip
 
 
-class APIHandler(HubOAuthenticated, web.RequestHandler):
+class APIHandler(ServiceHandler):
     """JSON in, JSON out; errors as {"status", "message"}; no anonymous access."""
 
     @property
@@ -70,37 +68,11 @@ class APIHandler(HubOAuthenticated, web.RequestHandler):
     def site(self) -> Settings:
         return self.settings["site"]
 
-    async def prepare(self):
-        # Who is calling, asked of the hub without blocking the event loop (HubAuth's own
-        # get_current_user waits on a thread); cached by HubAuth like its sync path.
-        model = await self.hub_auth.get_user(self, sync=False)
-        try:
-            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
-        except UserNotAllowed:
-            self._hub_auth_user_cache = None
-
-    def check_xsrf_cookie(self):
-        # Token-authenticated API calls carry no XSRF cookie; cookie-authenticated ones do.
-        if self.request.headers.get("Authorization"):
-            return
-        return super().check_xsrf_cookie()
-
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
-
-    def caller(self) -> dict:
-        """The authenticated caller's hub model; 401 (or the login page for a browser)."""
-        user = self.current_user
-        if user:
-            return user
-        if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", ""):
-            self.redirect(url_concat(self.get_login_url(), {"next": self.request.uri}))
-            raise web.Finish()
-        self.set_header("WWW-Authenticate", "token")
-        raise web.HTTPError(401, "a JupyterHub token or login is required")
 
     def is_admin(self, model: dict) -> bool:
         return bool(model.get("admin")) or "admin:users" in model.get("scopes", ())

@@ -1,0 +1,40 @@
+"""What the workbench's hub-managed services (quota, apps) share: who is calling.
+
+Callers come with a JupyterHub token or the hub's OAuth cookie; nobody gets in without.
+"""
+
+from __future__ import annotations
+
+from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
+from tornado import web
+from tornado.httputil import url_concat
+
+
+class ServiceHandler(HubOAuthenticated, web.RequestHandler):
+    """Base of every handler of our services."""
+
+    async def prepare(self):
+        # Who is calling, asked of the hub without blocking the event loop (HubAuth's own
+        # get_current_user waits on a thread); cached by HubAuth like its sync path.
+        model = await self.hub_auth.get_user(self, sync=False)
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+        except UserNotAllowed:
+            self._hub_auth_user_cache = None
+
+    def check_xsrf_cookie(self):
+        # Token-authenticated API calls carry no XSRF cookie; cookie-authenticated ones do.
+        if self.request.headers.get("Authorization"):
+            return
+        return super().check_xsrf_cookie()
+
+    def caller(self) -> dict:
+        """The authenticated caller's hub model; 401 (or the login page for a browser)."""
+        user = self.current_user
+        if user:
+            return user
+        if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", ""):
+            self.redirect(url_concat(self.get_login_url(), {"next": self.request.uri}))
+            raise web.Finish()
+        self.set_header("WWW-Authenticate", "token")
+        raise web.HTTPError(401, "a JupyterHub token or login is required")
