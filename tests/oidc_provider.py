@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlparse
 
 import requests
 
-from tests.slapd import free_port
+from tests.ports import free_port
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 CLIENT_ID = "workbench"

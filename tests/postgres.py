@@ -14,13 +14,14 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
+
+from tests.ports import free_port
 
 APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
 SUPERUSER = "postgres"
@@ -78,11 +79,6 @@ def install() -> Path:
         raise PostgresUnavailable("apt-get installed postgresql but no initdb was found")
     return bindir
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

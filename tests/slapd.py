@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import ldap3
+
+from tests.ports import free_port
 
 SUFFIX = "dc=example,dc=org"
 ROOT_DN = f"cn=admin,{SUFFIX}"
@@ -46,11 +47,6 @@ def ensure_slapd() -> None:
         subprocess.run([*APT, "update"], env=env, check=True, capture_output=True)
         subprocess.run(install, env=env, check=True, capture_output=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hashed(password: str) -> str:

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,11 @@ from pathlib import Path
 import requests
 import websocket
 
+from tests.ports import free_port
+
 ADMIN = "admin"
 ADMIN_PASSWORD = "admin-test-password-1"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def workdir() -> Path:
