@@ -27,10 +27,9 @@ class Base(DeclarativeBase):
     pass
 
 
-class Charge(Base):
-    """One charged interval of one consumer for one resource: the append-only ledger."""
+class _ChargeColumns:
+    """One charged interval of one consumer for one resource."""
 
-    __tablename__ = "charges"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     consumer: Mapped[str] = mapped_column(String(200))
     user: Mapped[str] = mapped_column(String(100))
@@ -41,9 +40,30 @@ class Charge(Base):
     end: Mapped[float] = mapped_column(Float)
     amount: Mapped[float] = mapped_column(Float)
     period_start: Mapped[float] = mapped_column(Float)
+
+
+class JournalEntry(_ChargeColumns, Base):
+    """Charges as the meter writes them, newest first in line to be posted to `charges`.
+
+    A tick's rows scatter over the per-user index (one leaf page per running user); here
+    that index stays as small as the journal, so a tick's cost does not grow with the
+    history. `Ledger.post` moves the rows to `charges` in (user, start) order, in bulk.
+    """
+
+    __tablename__ = "journal"
     __table_args__ = (
         # Charging the same interval twice is a no-op: a restarted meter can't double-count.
         # `start` first: one tick's rows share it, so they append to the index's end.
+        UniqueConstraint("start", "consumer", "resource", name="uq_journal_interval"),
+        Index("ix_journal_user_start", "user", "start"),
+    )
+
+
+class Charge(_ChargeColumns, Base):
+    """The append-only ledger of charged intervals, posted from the journal."""
+
+    __tablename__ = "charges"
+    __table_args__ = (
         UniqueConstraint("start", "consumer", "resource", name="uq_charge_start_interval"),
         Index("ix_charges_user_start", "user", "start"),
     )

@@ -53,14 +53,26 @@ class TickReport:
     opened: int = 0
     closed: int = 0
     stopped: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    posted: int = 0  # journal rows posted to the ledger at the end of this tick
+    post_seconds: float = 0.0
+    seconds: float = 0.0  # the whole tick, posting included
 
 
 class Meter:
-    def __init__(self, ledger: Ledger, sources: list[UsageSource], grace_seconds: float):
+    def __init__(
+        self,
+        ledger: Ledger,
+        sources: list[UsageSource],
+        grace_seconds: float,
+        post_rows: int = 20_000,
+    ):
         self.ledger = ledger
         self.sources = {s.name: s for s in sources}
         self.grace = grace_seconds
+        # Post the journal once it holds this many rows: the bigger, the rarer the posting,
+        # and the more index pages each tick's rows spread over in the journal.
+        self.post_rows = post_rows
+        self._journal: int | None = None  # rows in the journal, counted once, then tracked
 
     async def tick(self, now: float | None = None) -> TickReport:
         t0 = time.perf_counter()
@@ -89,6 +101,8 @@ class Meter:
                 for r in new
             ]
         )  # fmt: skip
+        if self._journal is None:
+            self._journal = self.ledger.journal_size()
         marks = {cid: now for cid in seen}
         # Gone without the hub telling us when: close at the last mark (at most one
         # interval uncharged, never one charged that did not run).
@@ -98,6 +112,13 @@ class Meter:
         report.closed = len(gone)
 
         report.stopped = await self._enforce(seen, now)
+
+        self._journal += report.charged
+        if self._journal >= self.post_rows:
+            t1 = time.perf_counter()
+            report.posted = self.ledger.post()
+            report.post_seconds = time.perf_counter() - t1
+            self._journal = 0
         report.seconds = time.perf_counter() - t0
         return report
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 import pytest
 from sqlalchemy import select
 
-from shangzhuang.quota.db import Charge, Consumer, Grant, Member
+from shangzhuang.quota.db import Charge, Consumer, Grant, JournalEntry, Member
 from shangzhuang.quota.ledger import Ledger, QuotaError
 from tests.unit.quota.conftest import TZ, at, policy
 
@@ -35,10 +35,13 @@ def use(
 
 
 def charges(ledger: Ledger, consumer: str) -> list:
+    """A consumer's charge rows, posted or still in the journal, by start."""
     with ledger.engine.connect() as conn:
-        return list(
-            conn.execute(select(Charge).where(Charge.consumer == consumer).order_by(Charge.start))
-        )
+        rows = [
+            *conn.execute(select(Charge).where(Charge.consumer == consumer)),
+            *conn.execute(select(JournalEntry).where(JournalEntry.consumer == consumer)),
+        ]
+    return sorted(rows, key=lambda c: (c.start, c.resource))
 
 
 def charged_hours(ledger: Ledger, consumer: str, resource: str = "gpu_hours") -> float:
@@ -469,3 +472,57 @@ def test_grants_and_usage_history(ledger):
     assert [c.user for c in ledger.usage(until=T0 + H)] == ["bob"]
     with ledger.engine.connect() as conn:
         assert conn.execute(select(Grant.by)).scalars().all() == ["root"]
+
+
+# --- the journal ---------------------------------------------------------------------------
+def rows_in(ledger: Ledger, table) -> int:
+    with ledger.engine.connect() as conn:
+        return len(conn.execute(select(table)).all())
+
+
+def test_posting_moves_the_journal_to_the_ledger_and_reads_do_not_change(ledger):
+    """Charges land in the journal; `post` moves them to `charges` in one go. Every read
+    (usage, balances) gives the same before and after, also while both tables hold rows."""
+    use(ledger, "bob", 1, start=T0 + H, cores=2)
+    use(ledger, "alice", 2, start=T0 + 2 * H, cores=2)
+    assert rows_in(ledger, Charge) == 0 and ledger.journal_size() == 4  # gpu and cpu rows
+    before = [tuple(c) for c in ledger.usage()]
+    balance = ledger.balance("alice", T0 + 5 * H).as_dict()
+
+    assert ledger.post() == 4
+    assert rows_in(ledger, Charge) == 4 and ledger.journal_size() == 0
+    assert [tuple(c)[1:] for c in ledger.usage()] == [r[1:] for r in before]  # ids are new
+    assert ledger.balance("alice", T0 + 5 * H).as_dict() == balance
+    assert ledger.post() == 0
+
+    # A session seen late (started before what is posted) sorts among the posted rows.
+    use(ledger, "carol", 1, start=T0, cores=2)
+    assert ledger.journal_size() == 2 and rows_in(ledger, Charge) == 4
+    assert [c.user for c in ledger.usage(newest_first=False) if c.resource == "gpu_hours"] == [
+        "carol", "bob", "alice",
+    ]  # fmt: skip
+    assert [c.user for c in ledger.usage(newest_first=True, limit=2)] == ["alice", "alice"]
+    assert [c.user for c in ledger.usage(limit=2)] == ["carol", "carol"]
+    assert [c.user for c in ledger.usage(user="carol")] == ["carol", "carol"]
+    assert [c.user for c in ledger.usage(until=T0 + H)] == ["carol", "carol"]
+
+
+def test_posted_rows_are_in_user_order_and_keep_the_interval_key(ledger):
+    """Posting writes the rows sorted by (user, start), the order of the per-user index; the
+    interval key still refuses a second copy of a posted interval."""
+    use(ledger, "bob", 1, start=T0 + H)
+    use(ledger, "alice", 1, start=T0 + 2 * H)
+    use(ledger, "bob", 1, start=T0)
+    ledger.post()
+    with ledger.engine.connect() as conn:
+        posted = conn.execute(select(Charge.user, Charge.start).order_by(Charge.id)).all()
+    assert posted == sorted(posted)
+    row = {k: v for k, v in posted_row(ledger).items() if k != "id"}
+    with pytest.raises(Exception, match="(?i)unique"):
+        with ledger.engine.begin() as conn:
+            conn.execute(Charge.__table__.insert().values(**row))
+
+
+def posted_row(ledger: Ledger) -> dict:
+    with ledger.engine.connect() as conn:
+        return dict(conn.execute(select(Charge).limit(1)).one()._mapping)

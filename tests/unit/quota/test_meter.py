@@ -256,3 +256,18 @@ def test_a_restarted_meter_charges_from_the_marks(ledger, source, meter, engines
     assert (r.opened, r.charged) == (0, 1)
     assert open_ids(ledger) == [cid]
     assert used(ledger, "dave", T0 + 90, "cpu_hours") == pytest.approx(90 / H)
+
+
+def test_posts_the_journal_once_it_holds_post_rows(ledger, source, engines):
+    """Two sessions, one cpu row each per tick, posting at 5 rows: the third tick (6 rows)
+    posts them all; a restarted meter counts what the last one left in the journal."""
+    meter = Meter(ledger, [source], grace_seconds=GRACE, post_rows=5)
+    source.start("dave", T0)
+    source.start("erin", T0)
+    assert [tick(meter, T0 + 15 * i).posted for i in (1, 2, 3)] == [0, 0, 6]
+    assert ledger.journal_size() == 0 and len(ledger.usage()) == 6
+    tick(meter, T0 + 60)
+    again = Meter(Ledger(engines(), policy(), TZ), [source], grace_seconds=GRACE, post_rows=5)
+    assert [tick(again, T0 + 15 * i).posted for i in (5, 6)] == [0, 6]
+    assert len(ledger.usage()) == 12
+    assert used(ledger, "dave", T0 + 90) == pytest.approx(90 / H)

@@ -3,7 +3,8 @@ exact end) and crash (nobody tells; the meter finds out), the meter ticks at mos
 interval apart, and the meter and the hub restart with new Ledger objects on the same
 database. Whatever the order, each consumer is charged no more than it ran and no less than
 it ran minus one sampling interval; a stop is charged exactly; the totals are the sums of
-the charges; the charges of a consumer never overlap. Runs on SQLite and PostgreSQL."""
+the charges; the charges of a consumer never overlap; and all of it whenever the journal is
+posted to the ledger. Runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
-from shangzhuang.quota.db import Charge, Consumer, Total, make_engine, migrate
+from shangzhuang.quota.db import Charge, Consumer, JournalEntry, Total, make_engine, migrate
 from shangzhuang.quota.ledger import Ledger
 from shangzhuang.quota.meter import Meter, Running, lab_consumer
 from shangzhuang.settings import Quota
@@ -32,6 +33,7 @@ from tests.unit.quota.conftest import TZ, at
 
 SAMPLE = 15.0  # seconds between meter ticks, at most
 GRACE = 30.0
+POST_ROWS = 5  # the meter posts the journal every few rows, to interleave with all else
 NOV = at(2026, 11, 1)  # the clock starts a few minutes before this reset
 USERS = ["alice", "bob", "carol", "dave"]
 PROFILES = [
@@ -94,7 +96,7 @@ class Metering(RuleBasedStateMachine):
         self.engines = []
         self.hub = self.ledger()
         self.source = Processes(self)
-        self.meter = Meter(self.ledger(), [self.source], GRACE)
+        self.meter = Meter(self.ledger(), [self.source], GRACE, post_rows=POST_ROWS)
         self.now = self.last_tick = NOV - 300
         self.runs: dict[str, Run] = {}
         self.hub_state: dict[str, str] = {}  # user -> consumer id (the spawner's state)
@@ -177,14 +179,22 @@ class Metering(RuleBasedStateMachine):
         self.last_tick = self.now
 
     @rule()
+    def post(self):
+        """The journal posted at any moment, by whichever process."""
+        self.hub.post()
+
+    @rule()
     def meter_restart(self):
-        self.meter = Meter(self.ledger(), [self.source], GRACE)
+        self.meter = Meter(self.ledger(), [self.source], GRACE, post_rows=POST_ROWS)
 
     # --- what must hold ----------------------------------------------------------------------
     @invariant()
     def charged_as_run(self):
         with self.hub.engine.connect() as conn:
-            charges = conn.execute(select(Charge).order_by(Charge.start)).all()
+            charges = sorted(
+                [*conn.execute(select(Charge)), *conn.execute(select(JournalEntry))],
+                key=lambda c: c.start,
+            )
             consumers = {c.id: c for c in conn.execute(select(Consumer))}
             totals = conn.execute(select(Total)).all()
         by_consumer = defaultdict(list)

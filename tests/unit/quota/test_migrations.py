@@ -118,3 +118,24 @@ def test_upgrading_from_the_first_revision_keeps_the_ledger(fresh):
     }
     assert ("start", "consumer", "resource") in keys
     assert ("consumer", "resource", "start") not in keys
+
+
+def test_downgrading_below_the_journal_posts_it_first(fresh):
+    """Revision 0003 adds the journal; going back to 0002 moves its rows into `charges`
+    rather than dropping them with the table."""
+    from alembic import command
+
+    migrate(fresh)
+    ledger = Ledger(fresh, policy(), TZ)
+    ledger.open("lab:ann/@1", user="ann", account="physics", source="lab", started=10.0,
+                rates={"cpu_hours": 2.0})  # fmt: skip
+    ledger.close("lab:ann/@1", 10.0 + 1800)
+    assert ledger.journal_size() == 1
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with fresh.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    assert "journal" not in inspect(fresh).get_table_names()
+    with fresh.connect() as conn:
+        assert conn.execute(text("SELECT \"user\", amount FROM charges")).one() == ("ann", 1.0)
