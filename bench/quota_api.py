@@ -34,8 +34,10 @@
    UsageSource lists SESSIONS running Lab sessions (distinct users, 1 in 5 gpu-1, hub
    groups = their account): it stands in for the hub API (the lab source), so that the tick
    measures the ledger, not the hub's HTTP listing. The first tick opens the SESSIONS
-   consumers (reported apart); then TICKS ticks each, `now` advancing by 15 s, the two
-   databases alternating; the median of Meter.tick's own timing (TickReport.seconds).
+   consumers (reported apart); then Meter.post_slices untimed ticks fill the journal to its
+   steady size (each tick posts the next slice of users' rows to the history); then TICKS
+   ticks each, `now` advancing by 15 s, the two databases alternating; the median of
+   Meter.tick's own timing (TickReport.seconds, posting included).
 
 Prints two markdown tables and writes them to docs/benchmarks.md (section
 "## Quota API and meter (bench/quota_api.py)"; other sections are kept). When a goal is
@@ -453,37 +455,30 @@ def bench_ticks(
             [sources[label]],
             settings.quota.grace_seconds,
         )
-    result: dict = {label: {"first": 0.0, "ticks": []} for label in dbs}
+    result: dict = {label: {"first": 0.0, "ticks": [], "posted": [], "post": []} for label in dbs}
     result["charges_per_tick"] = expected
+    slices = next(iter(meters.values())).post_slices
+    result["warmup_ticks"] = slices
     t = now0
     try:
         for label, meter in meters.items():
             rep = loop.run_until_complete(meter.tick(now0))
             assert rep.opened == n_sessions, rep
             result[label]["first"] = rep.seconds
-        for i in range(1, ticks + 1):
+        # The journal fills for `post_slices` ticks, then holds steady (each tick posts the
+        # next slice of users): time the steady state, as a meter running for days is.
+        for i in range(1, slices + ticks + 1):
             t = now0 + SAMPLE * i
             for label in list(meters) if i % 2 else list(reversed(meters)):
                 rep = loop.run_until_complete(meters[label].tick(t))
                 assert rep.charged == expected and rep.opened == 0 and not rep.stopped, rep
-                result[label]["ticks"].append(rep.seconds)
-                result[label]["posted_in_timed"] = result[label].get("posted_in_timed", 0) + (
-                    rep.posted > 0
-                )
-        for label in dbs:
-            assert not sources[label].stopped, sources[label].stopped
-        # Tick on (untimed above) until the journal is posted: what that tick adds.
+                if i > slices:
+                    result[label]["ticks"].append(rep.seconds)
+                    result[label]["posted"].append(rep.posted)
+                    result[label]["post"].append(rep.post_seconds)
         for label, meter in meters.items():
-            t2 = t
-            for _ in range(meter.post_rows // max(expected, 1) + 2):
-                t2 += SAMPLE
-                rep = loop.run_until_complete(meter.tick(t2))
-                if rep.posted:
-                    result[label]["post"] = (rep.posted, rep.post_seconds)
-                    break
-            assert "post" in result[label], f"{label}: no tick posted the journal"
-        result["ticks_per_post"] = meters[next(iter(meters))].post_rows / max(expected, 1)
-        t = max(t, t2)
+            assert not sources[label].stopped, sources[label].stopped
+            result[label]["journal"] = meter.ledger.journal_size()
         if diagnose:
             last = list(meters)[-1]
             t += SAMPLE
@@ -761,23 +756,10 @@ def main() -> int:
             f"{ratio:.2f} | |",
         ]
     )
-    per_post = tick["ticks_per_post"]
-    amortised = {k: ms[k] + tick[k]["post"][1] * 1000 / per_post for k in dbs}
-    post_tbl = "\n".join(
-        [
-            "| charge rows in the ledger | rows posted | posting ms | "
-            "tick ms with posting amortised |",
-            "|---:|---:|---:|---:|",
-            *(
-                f"| {fmt_int(s['records'])} | {fmt_int(tick[k]['post'][0])} | "
-                f"{tick[k]['post'][1] * 1000:.0f} | {amortised[k]:.1f} |"
-                for k, s in (("small", small), ("big", big))
-            ),
-            f"| ratio | | {tick['big']['post'][1] / tick['small']['post'][1]:.2f} | "
-            f"{amortised['big'] / amortised['small']:.2f} |",
-        ]
-    )
     bal = statistics.median(balance) * 1000
+    slices = tick["warmup_ticks"]
+    posted = [f"{statistics.median(tick[k]['posted']):.0f}" for k in dbs]
+    post_ms = [statistics.median(tick[k]["post"]) * 1000 for k in dbs]
     text = f"""{HEADING}
 
 Goals: quota `GET /me` p50 ≤ hub `GET /hub/api/user` p50: {verdict[api_ok]}
@@ -839,18 +821,17 @@ on the same database: p50 {bal:.2f} ms.
 `Meter.tick(now)` in-process with {args.sessions} running Lab sessions (1 in 5 gpu-1:
 {tick["charges_per_tick"]} charge rows per tick), listed by a fake in-memory UsageSource that
 stands in for the hub API so that the tick measures the ledger, not the hub's HTTP listing.
-The first tick opens the {args.sessions} consumers; then {args.ticks} ticks per database,
-`now` advancing 15 s each, the two databases alternating. Both databases have the same
-{fmt_int(big["users"])} users and {big["accounts"]} accounts. A tick writes its charge rows
-to the journal; once the journal holds `Meter.post_rows` ({fmt_int(int(per_post *
-tick["charges_per_tick"]))}) rows, that tick also posts them to the history's `charges` in
-(user, start) order: every {per_post:.1f} ticks here. Of the timed ticks above,
-{tick["small"]["posted_in_timed"]} and {tick["big"]["posted_in_timed"]} posted; then each
-database ticked on until one did, and that posting is timed apart below.
+The first tick opens the {args.sessions} consumers; {slices} untimed ticks follow, then
+{args.ticks} timed ticks per database, `now` advancing 15 s each, the two databases
+alternating. Both databases have the same {fmt_int(big["users"])} users and
+{big["accounts"]} accounts. A tick writes its charge rows to the journal, then posts the
+journal rows of the next 1/{slices} of the users (`Meter.post_slices`) to the history's
+`charges`, in (user, start) order: the untimed ticks fill the journal to its steady size.
+In the timed ticks, posting (part of each tick's time) moved a median of {posted[0]} and
+{posted[1]} rows in {post_ms[0]:.1f} and {post_ms[1]:.1f} ms; the journal held
+{fmt_int(tick["small"]["journal"])} and {fmt_int(tick["big"]["journal"])} rows at the end.
 
 {tick_tbl}
-
-{post_tbl}
 """
     if "profile" in tick:
         parts = tick["profile_parts"]

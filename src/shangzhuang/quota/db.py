@@ -43,11 +43,11 @@ class _ChargeColumns:
 
 
 class JournalEntry(_ChargeColumns, Base):
-    """Charges as the meter writes them, newest first in line to be posted to `charges`.
+    """Charges as the meter writes them, waiting to be posted to `charges`.
 
-    A tick's rows scatter over the per-user index (one leaf page per running user); here
-    that index stays as small as the journal, so a tick's cost does not grow with the
-    history. `Ledger.post` moves the rows to `charges` in (user, start) order, in bulk.
+    A tick's rows scatter over a per-user index (one leaf page per running user); here that
+    index stays as small as the journal, so a tick's cost does not grow with the history.
+    `Ledger.post` moves a few users' rows at a time to `charges`, in (user, start) order.
     """
 
     __tablename__ = "journal"

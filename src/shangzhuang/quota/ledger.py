@@ -2,8 +2,8 @@
 
 Charging is idempotent and crash-safe: a consumer's `charged_until` mark moves in the same
 transaction as the charges it covers, and an interval is charged only from the mark on.
-Charges go to the journal first and are posted to `charges` in bulk (see `post`), so a
-meter tick costs the same however long the history. Balances read one `totals` row per
+Charges go to the journal first and are posted to `charges` a slice of users at a time (see
+`post`), so a meter tick costs the same however long the history. Balances read one `totals` row per
 limit, however long the history.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, event, func, select, update
+from sqlalchemy import bindparam, event, func, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
 from shangzhuang.quota.db import (
@@ -351,26 +351,38 @@ class Ledger:
                 conn.execute(t.update().where(t.c.id == _bind("cid")).values(closed=True), closed)
             return len(charges)
 
-    def post(self) -> int:
-        """Move the journal's rows to `charges`, in (user, start) order; returns how many.
+    def post(self, users: list[str] | None = None) -> int:
+        """Move journal rows (of `users`, or all) to `charges` in (user, start) order.
 
         One transaction: a crash leaves them in the journal, where every read still finds
-        them. In bulk and sorted, the rows of one user fill a leaf page of the per-user index
-        together, where the meter, row by row, would touch a page per running user per tick.
+        them. Together and sorted, a user's rows share the leaf pages of the per-user index,
+        where the meter, row by row, would touch a page per running user per tick.
+        Returns how many rows moved.
         """
+        if users is not None and not users:
+            return 0
         j, c = JournalEntry.__table__, Charge.__table__
+        which = j.c.user.in_(users) if users is not None else true()
         cols = [col.name for col in j.columns if col.name != "id"]
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
                 # Nobody adds to the journal between the copy and the delete (SQLite's write
                 # transaction already holds the lock); readers go on.
                 conn.exec_driver_sql("LOCK TABLE journal IN EXCLUSIVE MODE")
-            conn.execute(
-                c.insert().from_select(
-                    cols, select(*(j.c[n] for n in cols)).order_by(j.c.user, j.c.start)
-                )
+            rows = select(*(j.c[n] for n in cols)).where(which).order_by(j.c.user, j.c.start)
+            conn.execute(c.insert().from_select(cols, rows))
+            return conn.execute(j.delete().where(which)).rowcount
+
+    def journal_users(self, after: str = "", limit: int | None = None) -> list[str]:
+        """Users with rows in the journal, by name, after `after`: the meter's next slice."""
+        with self._read() as conn:
+            q = (
+                select(JournalEntry.user)
+                .distinct()
+                .where(JournalEntry.user > after)
+                .order_by(JournalEntry.user)
             )
-            return conn.execute(j.delete()).rowcount
+            return list(conn.scalars(q.limit(limit) if limit else q))
 
     def journal_size(self) -> int:
         """Charge rows waiting in the journal to be posted."""

@@ -7,6 +7,7 @@ Slurm jobs and Voila apps later. A source lists what runs and can stop a consume
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -53,7 +54,7 @@ class TickReport:
     opened: int = 0
     closed: int = 0
     stopped: list[str] = field(default_factory=list)
-    posted: int = 0  # journal rows posted to the ledger at the end of this tick
+    posted: int = 0  # journal rows this tick posted to the history
     post_seconds: float = 0.0
     seconds: float = 0.0  # the whole tick, posting included
 
@@ -64,15 +65,16 @@ class Meter:
         ledger: Ledger,
         sources: list[UsageSource],
         grace_seconds: float,
-        post_rows: int = 20_000,
+        post_slices: int = 16,
     ):
         self.ledger = ledger
         self.sources = {s.name: s for s in sources}
         self.grace = grace_seconds
-        # Post the journal once it holds this many rows: the bigger, the rarer the posting,
-        # and the more index pages each tick's rows spread over in the journal.
-        self.post_rows = post_rows
-        self._journal: int | None = None  # rows in the journal, counted once, then tracked
+        # Each tick posts the journal rows of the next 1/post_slices of the users (in name
+        # order, round and round): each user's rows wait about that many ticks and then fill
+        # index pages together, and no tick posts them all at once.
+        self.post_slices = post_slices
+        self._posted_to = ""  # the last user posted: the next slice starts after them
 
     async def tick(self, now: float | None = None) -> TickReport:
         t0 = time.perf_counter()
@@ -101,8 +103,6 @@ class Meter:
                 for r in new
             ]
         )  # fmt: skip
-        if self._journal is None:
-            self._journal = self.ledger.journal_size()
         marks = {cid: now for cid in seen}
         # Gone without the hub telling us when: close at the last mark (at most one
         # interval uncharged, never one charged that did not run).
@@ -113,12 +113,14 @@ class Meter:
 
         report.stopped = await self._enforce(seen, now)
 
-        self._journal += report.charged
-        if self._journal >= self.post_rows:
-            t1 = time.perf_counter()
-            report.posted = self.ledger.post()
-            report.post_seconds = time.perf_counter() - t1
-            self._journal = 0
+        t1 = time.perf_counter()
+        size = max(1, math.ceil(len({r.user for r in seen.values()}) / self.post_slices))
+        users = self.ledger.journal_users(after=self._posted_to, limit=size)
+        if len(users) < size:  # past the last name: round again from the first
+            users += self.ledger.journal_users(limit=size - len(users))
+        self._posted_to = users[-1] if users else ""
+        report.posted = self.ledger.post(sorted(set(users)))
+        report.post_seconds = time.perf_counter() - t1
         report.seconds = time.perf_counter() - t0
         return report
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import select
 
+from shangzhuang.quota.db import Charge
 from shangzhuang.quota.ledger import Ledger
 from shangzhuang.quota.meter import Meter, Running, TickReport, lab_consumer
 from tests.unit.quota.conftest import TZ, at, policy
@@ -258,16 +260,21 @@ def test_a_restarted_meter_charges_from_the_marks(ledger, source, meter, engines
     assert used(ledger, "dave", T0 + 90, "cpu_hours") == pytest.approx(90 / H)
 
 
-def test_posts_the_journal_once_it_holds_post_rows(ledger, source, engines):
-    """Two sessions, one cpu row each per tick, posting at 5 rows: the third tick (6 rows)
-    posts them all; a restarted meter counts what the last one left in the journal."""
-    meter = Meter(ledger, [source], grace_seconds=GRACE, post_rows=5)
-    source.start("dave", T0)
-    source.start("erin", T0)
-    assert [tick(meter, T0 + 15 * i).posted for i in (1, 2, 3)] == [0, 0, 6]
-    assert ledger.journal_size() == 0 and len(ledger.usage()) == 6
-    tick(meter, T0 + 60)
-    again = Meter(Ledger(engines(), policy(), TZ), [source], grace_seconds=GRACE, post_rows=5)
-    assert [tick(again, T0 + 15 * i).posted for i in (5, 6)] == [0, 6]
-    assert len(ledger.usage()) == 12
-    assert used(ledger, "dave", T0 + 90) == pytest.approx(90 / H)
+def test_each_tick_posts_the_next_slice_of_users(ledger, source):
+    """Four users, 2 slices: each tick posts the journal rows of the next 2 users by name,
+    round and round, so every user's rows reach the history every other tick; nothing is
+    lost or charged twice on the way."""
+    meter = Meter(ledger, [source], grace_seconds=GRACE, post_slices=2)
+    for user in ("erin", "dave", "fay", "gus"):
+        source.start(user, T0)
+    posted = []
+    for i in range(1, 6):
+        r = tick(meter, T0 + 15 * i)
+        with ledger.engine.connect() as conn:
+            posted.append(sorted(set(conn.scalars(select(Charge.user)))))
+        assert r.posted == (2 if i == 1 else 4)  # one row per tick per user (cpu only)
+    assert posted[:2] == [["dave", "erin"], ["dave", "erin", "fay", "gus"]]
+    assert sorted(ledger.journal_users()) == ["fay", "gus"]  # charged since their slice
+    assert len(ledger.usage()) == 20
+    for user in ("dave", "erin", "fay", "gus"):
+        assert used(ledger, user, T0 + 75) == pytest.approx(75 / H)

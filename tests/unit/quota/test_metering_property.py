@@ -33,7 +33,7 @@ from tests.unit.quota.conftest import TZ, at
 
 SAMPLE = 15.0  # seconds between meter ticks, at most
 GRACE = 30.0
-POST_ROWS = 5  # the meter posts the journal every few rows, to interleave with all else
+POST_SLICES = 2  # the meter posts half the users' journal rows each tick
 NOV = at(2026, 11, 1)  # the clock starts a few minutes before this reset
 USERS = ["alice", "bob", "carol", "dave"]
 PROFILES = [
@@ -96,7 +96,7 @@ class Metering(RuleBasedStateMachine):
         self.engines = []
         self.hub = self.ledger()
         self.source = Processes(self)
-        self.meter = Meter(self.ledger(), [self.source], GRACE, post_rows=POST_ROWS)
+        self.meter = Meter(self.ledger(), [self.source], GRACE, post_slices=POST_SLICES)
         self.now = self.last_tick = NOV - 300
         self.runs: dict[str, Run] = {}
         self.hub_state: dict[str, str] = {}  # user -> consumer id (the spawner's state)
@@ -185,7 +185,7 @@ class Metering(RuleBasedStateMachine):
 
     @rule()
     def meter_restart(self):
-        self.meter = Meter(self.ledger(), [self.source], GRACE, post_rows=POST_ROWS)
+        self.meter = Meter(self.ledger(), [self.source], GRACE, post_slices=POST_SLICES)
 
     # --- what must hold ----------------------------------------------------------------------
     @invariant()
