@@ -1,6 +1,7 @@
 """Where usage comes from: `UsageSource`s the meter polls.
 
-- `LabSessions`: Lab servers as the hub API lists them (the `local` backend).
+- `LabSessions`: Lab servers as the hub API lists them (the `local` backend), through
+  `HubAPI`, whose one listing per tick also serves `AppServers`.
 - `AppServers`: published Voila apps' servers, the same way (source "app").
 - `SlurmJobs`: every running Slurm job of a workbench user, as squeue lists them: Lab
   sessions on the `slurm` backend, and Dask workers however they were started.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from datetime import datetime
 from urllib.parse import quote
 
@@ -20,6 +22,49 @@ from shangzhuang.apps import app_consumer, is_app_server
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.meter import Running, UsageSource, job_consumer, lab_consumer
 from shangzhuang.settings import Settings
+
+
+class HubAPI:
+    """The hub's REST API with the quota service's token.
+
+    The lab and app sources of one tick both need the hub's list of running servers; a
+    listing younger than `reuse_seconds` is handed out again rather than asked twice.
+    """
+
+    def __init__(self, api_url: str, token: str, reuse_seconds: float = 1.0):
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.reuse_seconds = reuse_seconds
+        self.http = AsyncHTTPClient()
+        self._listing: tuple[float, list[dict]] | None = None
+
+    async def request(self, method: str, path: str) -> dict | list | None:
+        req = HTTPRequest(
+            self.api_url + path,
+            method=method,
+            headers={
+                "Authorization": f"token {self.token}",
+                "Accept": "application/jupyterhub-pagination+json",
+            },
+            request_timeout=30,
+        )
+        resp = await self.http.fetch(req, raise_error=method == "GET")
+        return json.loads(resp.body) if resp.body else None
+
+    async def active_users(self) -> list[dict]:
+        """Users with a server running or starting, with their servers (all pages)."""
+        if self._listing and time.monotonic() - self._listing[0] < self.reuse_seconds:
+            return self._listing[1]
+        users, offset = [], 0
+        while True:
+            page = await self.request("GET", f"/users?state=active&offset={offset}&limit=200")
+            users.extend(page["items"])
+            nxt = page.get("_pagination", {}).get("next")
+            if not nxt:
+                break
+            offset = nxt["offset"]
+        self._listing = (time.monotonic(), users)
+        return users
 
 
 class LabSessions:
@@ -36,47 +81,27 @@ class LabSessions:
     def profile_of(self, user: str, server: str, model: dict):
         return self.profile((model.get("user_options") or {}).get("profile"))
 
-    def __init__(self, settings: Settings, api_url: str, token: str):
+    def __init__(self, settings: Settings, hub: HubAPI):
         self.settings = settings
-        self.api_url = api_url.rstrip("/")
-        self.token = token
-        self.http = AsyncHTTPClient()
-
-    async def _api(self, method: str, path: str) -> dict | list | None:
-        req = HTTPRequest(
-            self.api_url + path,
-            method=method,
-            headers={
-                "Authorization": f"token {self.token}",
-                "Accept": "application/jupyterhub-pagination+json",
-            },
-            request_timeout=30,
-        )
-        resp = await self.http.fetch(req, raise_error=method == "GET")
-        return json.loads(resp.body) if resp.body else None
+        self.hub = hub
 
     async def running(self) -> list[Running]:
-        out, offset = [], 0
-        while True:
-            page = await self._api("GET", f"/users?state=active&offset={offset}&limit=200")
-            for user in page["items"]:
-                for server, s in (user.get("servers") or {}).items():
-                    if not s.get("started") or not self.counts(server):
-                        continue
-                    started = datetime.fromisoformat(s["started"].replace("Z", "+00:00"))
-                    profile = self.profile_of(user["name"], server, s)
-                    out.append(
-                        Running(
-                            consumer=self.consumer_id(user["name"], server, started.timestamp()),
-                            user=user["name"], source=self.name, started=started.timestamp(),
-                            rates=rates_of(profile), profile=profile.name,
-                            groups=tuple(user.get("groups") or ()),
-                        )
-                    )  # fmt: skip
-            nxt = page.get("_pagination", {}).get("next")
-            if not nxt:
-                return out
-            offset = nxt["offset"]
+        out = []
+        for user in await self.hub.active_users():
+            for server, s in (user.get("servers") or {}).items():
+                if not s.get("started") or not self.counts(server):
+                    continue
+                started = datetime.fromisoformat(s["started"].replace("Z", "+00:00"))
+                profile = self.profile_of(user["name"], server, s)
+                out.append(
+                    Running(
+                        consumer=self.consumer_id(user["name"], server, started.timestamp()),
+                        user=user["name"], source=self.name, started=started.timestamp(),
+                        rates=rates_of(profile), profile=profile.name,
+                        groups=tuple(user.get("groups") or ()),
+                    )
+                )  # fmt: skip
+        return out
 
     def profile(self, name: str | None):
         for p in self.settings.profiles:
@@ -91,7 +116,7 @@ class LabSessions:
             if not server
             else (f"/users/{quote(user)}/servers/{quote(server)}")
         )
-        await self._api("DELETE", path)
+        await self.hub.request("DELETE", path)
 
 
 class AppServers(LabSessions):
@@ -101,8 +126,8 @@ class AppServers(LabSessions):
     name = "app"
     consumer_id = staticmethod(app_consumer)
 
-    def __init__(self, settings: Settings, api_url: str, token: str):
-        super().__init__(settings, api_url, token)
+    def __init__(self, settings: Settings, hub: HubAPI):
+        super().__init__(settings, hub)
         from shangzhuang.apps.registry import Registry
 
         self.registry = Registry(settings.apps_folder)
@@ -174,7 +199,8 @@ def sources_for(settings: Settings, api_url: str, token: str) -> list[UsageSourc
     """What the meter polls on this site's backend."""
     if settings.backend.kind == "slurm":
         return [SlurmJobs(settings)]
-    sources: list[UsageSource] = [LabSessions(settings, api_url, token)]
+    hub = HubAPI(api_url, token)
+    sources: list[UsageSource] = [LabSessions(settings, hub)]
     if settings.apps.enabled:
-        sources.append(AppServers(settings, api_url, token))
+        sources.append(AppServers(settings, hub))
     return sources

@@ -1,0 +1,101 @@
+"""The hub's list of running servers, as the meter's lab and app sources read it: one real
+HTTP server stands in for the hub's REST API (paginated like JupyterHub's), and counts the
+requests it gets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from shangzhuang.quota.sources import AppServers, HubAPI, LabSessions
+from shangzhuang.settings import parse_settings
+
+TOKEN = "quota-service-token"
+STARTED = "2026-11-30T01:00:00.000000Z"
+USERS = [
+    {"name": f"u{i}", "groups": ["physics"],
+     "servers": {"": {"started": STARTED, "user_options": {"profile": "gpu-1"}}}}
+    for i in range(3)
+] + [{"name": "ann", "groups": [], "servers": {
+    "app-demo": {"started": STARTED, "user_options": {}},
+    "": {"started": None},  # still starting: nothing to charge yet
+}}]  # fmt: skip
+
+
+class Users(web.RequestHandler):
+    def get(self):
+        assert self.request.headers["Authorization"] == f"token {TOKEN}"
+        self.application.settings["calls"].append(self.request.uri)
+        offset, limit = int(self.get_argument("offset")), int(self.get_argument("limit"))
+        limit = min(limit, 2)  # like the hub's own page cap, smaller: two pages here
+        nxt = {"offset": offset + limit} if offset + limit < len(USERS) else None
+        self.finish(json.dumps({"items": USERS[offset : offset + limit],
+                                "_pagination": {"next": nxt}}))  # fmt: skip
+
+
+class Server(web.RequestHandler):
+    def delete(self, user, server=""):
+        self.application.settings["deleted"].append((user, server))
+        self.set_status(204)
+
+
+@pytest.fixture
+def hub():
+    """(api url, calls, deleted) of a stand-in hub API on a free port."""
+    calls, deleted = [], []
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = web.Application(
+        [(r"/hub/api/users", Users), (r"/hub/api/users/([^/]+)/server", Server),
+         (r"/hub/api/users/([^/]+)/servers/([^/]+)", Server)],
+        calls=calls, deleted=deleted,
+    )  # fmt: skip
+    sock, port = bind_unused_port()
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    yield loop, f"http://127.0.0.1:{port}/hub/api", calls, deleted
+    server.stop()
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def site(tmp_path):
+    return parse_settings(
+        {
+            "hub": {"state_dir": str(tmp_path / "state")},
+            "profiles": [
+                {"name": "cpu", "cores": 2, "memory": "4G"},
+                {"name": "gpu-1", "cores": 4, "memory": "16G", "gpus": 1},
+            ],
+        },
+        tmp_path / "site.toml",
+    )
+
+
+def test_one_listing_serves_the_lab_and_app_sources_of_a_tick(hub, tmp_path):
+    loop, url, calls, deleted = hub
+    api = HubAPI(url, TOKEN, reuse_seconds=0.5)
+    settings = site(tmp_path)
+    lab, apps = LabSessions(settings, api), AppServers(settings, api)
+
+    labs = loop.run_until_complete(lab.running())
+    served = loop.run_until_complete(apps.running())
+    assert len(calls) == 2  # both pages, once, for both sources
+    assert sorted(r.user for r in labs) == ["u0", "u1", "u2"]
+    assert {(r.source, r.profile, r.rates["gpu_hours"]) for r in labs} == {("lab", "gpu-1", 1.0)}
+    assert [(r.user, r.source, r.consumer.split("@")[0]) for r in served] == [
+        ("ann", "app", "app:ann/app-demo")
+    ]
+
+    loop.run_until_complete(asyncio.sleep(0.6))  # the next tick lists again
+    loop.run_until_complete(lab.running())
+    assert len(calls) == 4
+
+    loop.run_until_complete(lab.stop(labs[0].consumer, "u0", "quota exhausted"))
+    loop.run_until_complete(apps.stop(served[0].consumer, "ann", "quota exhausted"))
+    assert deleted == [("u0", ""), ("ann", "app-demo")]
