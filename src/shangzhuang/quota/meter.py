@@ -6,6 +6,7 @@ Slurm jobs and Voila apps later. A source lists what runs and can stop a consume
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -79,18 +80,24 @@ class Meter:
     async def tick(self, now: float | None = None) -> TickReport:
         t0 = time.perf_counter()
         report = TickReport()
+        # What is open before the sources are asked: a consumer the hub opens while they
+        # answer is not in their lists, and must not be taken for one that vanished.
+        open_ = {c.id: c for c in self.ledger.open_consumers() if c.source in self.sources}
         seen: dict[str, Running] = {}
         failed: set[str] = set()
-        for source in self.sources.values():
-            try:
-                for r in await source.running():
-                    seen[r.consumer] = r
-            except Exception as e:  # a source that can't answer must not close its consumers
-                log.warning("usage source %s unavailable: %s", source.name, e)
+        sources = list(self.sources.values())
+        # Together: sources that read the same hub listing share one request (HubAPI).
+        answers = await asyncio.gather(*(s.running() for s in sources), return_exceptions=True)
+        for source, answer in zip(sources, answers, strict=True):
+            if isinstance(answer, BaseException):
+                # A source that can't answer must not close its consumers.
+                log.warning("usage source %s unavailable: %s", source.name, answer)
                 failed.add(source.name)
+                continue
+            for r in answer:
+                seen[r.consumer] = r
         now = time.time() if now is None else now
 
-        open_ = {c.id: c for c in self.ledger.open_consumers() if c.source in self.sources}
         new = [r for r in seen.values() if r.consumer not in open_ and r.started <= now]
         # One transaction for all first sightings: a meter starting over 1,000 sessions.
         accounts = {r.user: self.ledger.account_for(r.user, r.groups) for r in new}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from datetime import datetime
 from urllib.parse import quote
 
@@ -27,16 +26,15 @@ from shangzhuang.settings import Settings
 class HubAPI:
     """The hub's REST API with the quota service's token.
 
-    The lab and app sources of one tick both need the hub's list of running servers; a
-    listing younger than `reuse_seconds` is handed out again rather than asked twice.
+    The lab and app sources both need the hub's list of running servers; the meter asks
+    them together, and a listing asked for while one is under way shares it.
     """
 
-    def __init__(self, api_url: str, token: str, reuse_seconds: float = 1.0):
+    def __init__(self, api_url: str, token: str):
         self.api_url = api_url.rstrip("/")
         self.token = token
-        self.reuse_seconds = reuse_seconds
         self.http = AsyncHTTPClient()
-        self._listing: tuple[float, list[dict]] | None = None
+        self._listing: asyncio.Future | None = None
 
     async def request(self, method: str, path: str) -> dict | list | None:
         req = HTTPRequest(
@@ -53,18 +51,20 @@ class HubAPI:
 
     async def active_users(self) -> list[dict]:
         """Users with a server running or starting, with their servers (all pages)."""
-        if self._listing and time.monotonic() - self._listing[0] < self.reuse_seconds:
-            return self._listing[1]
+        if self._listing is None:
+            self._listing = asyncio.ensure_future(self._list_active_users())
+            self._listing.add_done_callback(lambda _: setattr(self, "_listing", None))
+        return await asyncio.shield(self._listing)
+
+    async def _list_active_users(self) -> list[dict]:
         users, offset = [], 0
         while True:
             page = await self.request("GET", f"/users?state=active&offset={offset}&limit=200")
             users.extend(page["items"])
             nxt = page.get("_pagination", {}).get("next")
             if not nxt:
-                break
+                return users
             offset = nxt["offset"]
-        self._listing = (time.monotonic(), users)
-        return users
 
 
 class LabSessions:

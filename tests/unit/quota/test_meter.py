@@ -278,3 +278,24 @@ def test_each_tick_posts_the_next_slice_of_users(ledger, source):
     assert len(ledger.usage()) == 20
     for user in ("dave", "erin", "fay", "gus"):
         assert used(ledger, user, T0 + 75) == pytest.approx(75 / H)
+
+
+def test_a_consumer_the_hub_opens_while_the_sources_answer_is_not_closed(ledger, source, meter):
+    """The hub opens a session's consumer at spawn. If that happens after the hub's listing
+    was taken but before the meter looks at what is open, the session is in the ledger and
+    not in the listing: it must not be closed as vanished (it would never be charged)."""
+    listed = source.running
+
+    async def hub_spawns_meanwhile():
+        answer = await listed()
+        ledger.open("lab:erin/@1", user="erin", account="default", source="lab",
+                    started=T0, rates={"cpu_hours": 1})  # fmt: skip
+        return answer
+
+    source.running = hub_spawns_meanwhile
+    r = tick(meter, T0 + 15)
+    assert (r.closed, open_ids(ledger)) == (0, ["lab:erin/@1"])
+    source.running = listed
+    source.items["lab:erin/@1"] = Running("lab:erin/@1", "erin", "lab", T0, {"cpu_hours": 1})
+    assert tick(meter, T0 + 30).charged == 1
+    assert used(ledger, "erin", T0 + 30) == pytest.approx(30 / H)
