@@ -1,7 +1,8 @@
 """The meter: every tick, charge what runs, close what died, stop what can't pay.
 
-Sources of usage plug in through `UsageSource`: Lab sessions (from the hub API) now;
-Slurm jobs and Voila apps later. A source lists what runs and can stop a consumer.
+Sources of usage plug in through `UsageSource` (quota/sources.py): Lab sessions and Voila
+apps from the hub API, Slurm jobs from squeue. A source lists what runs and can stop a
+consumer. Charges go to the ledger's journal; each tick also posts a slice of it.
 """
 
 from __future__ import annotations
