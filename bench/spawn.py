@@ -53,7 +53,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.hub import RunningHub, free_port, workdir  # noqa: E402
+from tests.integration.hub import RunningHub, free_port, interruptible, workdir  # noqa: E402
 
 from report import machine as report_machine  # noqa: E402  (bench/ is on sys.path)
 from report import write_section  # noqa: E402
@@ -265,7 +265,7 @@ c.JupyterHub.load_roles = [{{
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(self.config)],
                 cwd=self.base / "state", stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=interruptible,
             )  # fmt: skip
         self.sampler = Sampler(self.proc.pid)
         deadline = time.monotonic() + timeout

@@ -29,6 +29,14 @@ ADMIN_PASSWORD = "admin-test-password-1"
 
 
 
+def interruptible() -> None:
+    """Let Ctrl-C (SIGINT) stop the process about to run, even if this run of the tests
+    ignores it: a background job of a shell without job control (`.ci/run &`, nohup) starts
+    with SIGINT ignored, its children inherit that, and Python then installs no
+    KeyboardInterrupt handler, so the hub would never hear `stop()`."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def workdir() -> Path:
     """A temp folder users' sessions can traverse (mkdtemp makes 0700 folders)."""
     base = Path(tempfile.mkdtemp(prefix="sz-test-"))
@@ -148,6 +156,7 @@ seconds_before_next_try = 600
             self.proc = subprocess.Popen(
                 cmd,
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=interruptible,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
