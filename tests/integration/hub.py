@@ -171,9 +171,10 @@ seconds_before_next_try = 600
         raise TimeoutError(f"hub not up in {timeout}s:\n{self.tail()}")
 
     def stop(self) -> None:
-        """Stop the hub as Ctrl-C would, and wait until it has exited."""
+        """Stop the hub as Ctrl-C would (SIGINT to its process group: with `run_as`, runuser
+        ignores SIGINT while its child runs), and wait until it has exited."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            os.killpg(self.proc.pid, signal.SIGINT)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
