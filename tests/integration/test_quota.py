@@ -212,7 +212,7 @@ def test_metrics_and_openapi(hub):
 
 
 def test_home_page_and_spawn_form_show_quota(hub):
-    browser = hub.login("quinn", "correct-horse-9")
+    browser = hub.new_user("wanda")
     home = browser.get(f"{hub.url}/hub/home").text
     assert 'id="sz-quota"' in home and "Resets at" in home
     form = browser.get(f"{hub.url}/hub/spawn").text
