@@ -43,12 +43,8 @@ cpu_hours = 0.012
 
 @pytest.fixture(scope="module")
 def hub():
-    h = RunningHub(workdir(), quota=QUOTA)
-    h.start()
-    try:
+    with RunningHub(workdir(), quota=QUOTA) as h:
         yield h
-    finally:
-        h.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,8 @@ PASSWORD = "correct-horse-9"
 
 @pytest.fixture(scope="module")
 def hub():
-    h = RunningHub(workdir(), apps="idle_stop_seconds = 0\n")
-    h.start()
-    try:
+    with RunningHub(workdir(), apps="idle_stop_seconds = 0\n") as h:
         yield h
-    finally:
-        h.cleanup()
 
 
 def quiet_lab(hub: RunningHub, name: str) -> None:

@@ -8,12 +8,8 @@ from .hub import RunningHub, workdir
 @pytest.fixture(scope="module")
 def hub():
     """One real workbench (hub, proxy, 2 fake GPUs) per test module."""
-    h = RunningHub(workdir())
-    h.start()
-    try:
+    with RunningHub(workdir()) as h:
         yield h
-    finally:
-        h.cleanup()
 
 
 root_only = pytest.mark.skipif(

@@ -28,7 +28,6 @@ ADMIN = "admin"
 ADMIN_PASSWORD = "admin-test-password-1"
 
 
-
 def interruptible() -> None:
     """Let Ctrl-C (SIGINT) stop the process about to run, even if this run of the tests
     ignores it: a background job of a shell without job control (`.ci/run &`, nohup) starts
@@ -193,6 +192,19 @@ seconds_before_next_try = 600
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def __enter__(self) -> RunningHub:
+        """`with RunningHub(...) as hub:` starts it and cleans up on the way out, also when
+        the start fails (a hub that exits at start still leaves its folder and accounts)."""
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
 
     def cleanup(self) -> None:
         """Stop every session, the hub, and remove the Unix accounts the test made."""

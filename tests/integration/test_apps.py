@@ -39,12 +39,8 @@ PASSWORD = "correct-horse-9"
 
 @pytest.fixture(scope="module")
 def hub():
-    h = RunningHub(workdir(), apps=APPS)
-    h.start()
-    try:
+    with RunningHub(workdir(), apps=APPS) as h:
         yield h
-    finally:
-        h.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,10 @@ HTML = {"Accept": "text/html"}
 
 @pytest.fixture(scope="module")
 def hub():
-    h = RunningHub(workdir(), apps=APPS)
-    h.start()
-    try:
+    with RunningHub(workdir(), apps=APPS) as h:
         for name in ("olga", "vic", "una"):
             h.new_user(name)
         yield h
-    finally:
-        h.cleanup()
 
 
 def server(hub: RunningHub, name: str) -> dict | None:

@@ -112,12 +112,8 @@ rules = [
 
 @pytest.fixture(scope="module")
 def hub(slapd):
-    h = RunningHub(workdir(), extra_toml=ldap_toml(slapd), quota=QUOTA)
-    h.start()
-    try:
+    with RunningHub(workdir(), extra_toml=ldap_toml(slapd), quota=QUOTA) as h:
         yield h
-    finally:
-        h.cleanup()
 
 
 def quota_me(hub: RunningHub, name: str) -> dict:
@@ -275,12 +271,8 @@ rules = [
   {{ pattern = "(.+\\\\.)?pku\\\\.edu\\\\.cn", account = "pku" }},
 ]
 """
-    h = RunningHub(base, extra_toml=toml, quota=QUOTA)
-    h.start()
-    try:
+    with RunningHub(base, extra_toml=toml, quota=QUOTA) as h:
         yield h
-    finally:
-        h.cleanup()
 
 
 def test_dn_lookup_and_an_attribute_decide_the_account(lookup_hub, slapd):

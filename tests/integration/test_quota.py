@@ -31,12 +31,8 @@ account = "physics"
 
 @pytest.fixture(scope="module")
 def hub():
-    h = RunningHub(workdir(), quota=QUOTA)
-    h.start()
-    try:
+    with RunningHub(workdir(), quota=QUOTA) as h:
         yield h
-    finally:
-        h.cleanup()
 
 
 def quota_api(hub, method, path, token, **kw):

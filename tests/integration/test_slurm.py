@@ -68,14 +68,10 @@ def slurm():
 
 @pytest.fixture(scope="module")
 def hub(slurm):
-    h = RunningHub(
+    with RunningHub(
         workdir(), slurm_conf=slurm.conf, profiles=PROFILES, quota=QUOTA, extra_toml=CLUSTER
-    )
-    h.start()
-    try:
+    ) as h:
         yield h
-    finally:
-        h.cleanup()
 
 
 def who(hub, name):

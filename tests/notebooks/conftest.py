@@ -23,9 +23,5 @@ gpu_hours = 10
 
 @pytest.fixture(scope="package")
 def hub():
-    h = RunningHub(workdir(), quota=QUOTA, extra_toml=SITE)
-    h.start()
-    try:
+    with RunningHub(workdir(), quota=QUOTA, extra_toml=SITE) as h:
         yield h
-    finally:
-        h.cleanup()
