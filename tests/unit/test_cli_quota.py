@@ -9,6 +9,7 @@ import time
 import pytest
 
 from shangzhuang.quota import open_ledger
+from shangzhuang.quota.periods import period_at
 from shangzhuang.settings import load_settings
 
 CONFIG = """
@@ -47,13 +48,20 @@ def sz(site, *args):
     )  # fmt: skip
 
 
-def charge_an_hour(site, user, account):
-    ledger = open_ledger(load_settings(site))
+def charge_an_hour(site, user, account) -> float:
+    """Charge up to an hour of a 1-GPU, 4-core session that ends now, all of it inside the
+    current period (within an hour after a reset, less: the reset is midnight in the site's
+    zone, 16:00 UTC for Shanghai); returns the hours charged."""
+    settings = load_settings(site)
+    ledger = open_ledger(settings)
     now = time.time()
+    period = period_at(now, settings.quota.period, settings.site.timezone)
+    start = max(now - 3600, period.start)
     cid = f"lab:{user}/@{int(now)}"
-    ledger.open(cid, user=user, account=account, source="lab", started=now - 3600,
+    ledger.open(cid, user=user, account=account, source="lab", started=start,
                 rates={"gpu_hours": 1, "cpu_hours": 4})  # fmt: skip
     ledger.close(cid, now)
+    return (now - start) / 3600
 
 
 def test_show_grant_and_show_again(site):
@@ -67,14 +75,17 @@ def test_show_grant_and_show_again(site):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("granted 1.5 gpu_hours to user ann")
 
-    charge_an_hour(site, "ann", "default")
+    h = charge_an_hour(site, "ann", "default")
     out = sz(site, "show", "ann")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "Quota of ann (account default): ok"
     assert "resets 2026" in lines[1] or "resets 20" in lines[1]
     # personal cap 2 + grant 1.5 - 1 used = 2.5; the account has 10 - 1 = 9.
-    want = "gpu_hours: 2.50 left · account 1.00 used of 10.00 · personal 1.00 used of 3.50"
+    want = (
+        f"gpu_hours: {3.5 - h:.2f} left · account {h:.2f} used of 10.00 · "
+        f"personal {h:.2f} used of 3.50"
+    )
     assert want in lines[2]
     grants = open_ledger(load_settings(site)).grants()
     assert [(g.by, g.name, g.amount, g.reason) for g in grants] == [
@@ -96,17 +107,18 @@ def test_grant_refusals_name_the_problem(site):
 
 
 def test_report_summary_and_csv(site):
-    charge_an_hour(site, "ann", "default")
-    charge_an_hour(site, "ben", "physics")
+    ha = charge_an_hour(site, "ann", "default")
+    hb = charge_an_hour(site, "ben", "physics")
     out = sz(site, "report")
     assert out.returncode == 0, out.stderr
-    assert "ann                  default              gpu_hours        1.0000" in out.stdout
-    assert "ben                  physics              cpu_hours        4.0000" in out.stdout
+    assert f"ann                  default              gpu_hours        {ha:.4f}" in out.stdout
+    assert f"ben                  physics              cpu_hours        {4 * hb:.4f}" in out.stdout
 
     out = sz(site, "report", "--csv", "--user", "ben")
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert {r["user"] for r in rows} == {"ben"}
-    assert sum(float(r["amount"]) for r in rows if r["resource"] == "cpu_hours") == pytest.approx(4)
+    cpu = sum(float(r["amount"]) for r in rows if r["resource"] == "cpu_hours")
+    assert cpu == pytest.approx(4 * hb)
     assert rows[0]["start"].endswith("+08:00")  # in the site's time zone
 
     out = sz(site, "report", "--since", "last week")
