@@ -356,9 +356,31 @@ class UnixAccounts(Section):
         return v
 
 
+class Containment(Section):
+    """Each local session in a cgroup made from its profile (hub as root; hub/containment.py)."""
+
+    # auto: the machine's cgroup layout (v2 unified, else v1); off: no cgroups at all.
+    cgroups: Literal["auto", "v1", "v2", "off"] = "auto"
+    # Folder under each cgroup hierarchy's root; the hub's own id is added below it.
+    cgroup_parent: str = "shangzhuang"
+    pids_limit: int = Field(4096, ge=64)  # processes and threads per session
+
+    @field_validator("cgroup_parent")
+    @classmethod
+    def _plain_folder(cls, v: str) -> str:
+        parts = v.split("/")
+        if not all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", p) for p in parts):
+            raise ValueError(
+                "must be a relative folder such as 'shangzhuang' or 'sites/physics' "
+                "(letters, digits, _ . -; no '..')"
+            )
+        return v
+
+
 class LocalBackend(UnixAccounts):
     # Empty: detect with NVML. Non-empty: exactly these GPUs (how tests fake them).
     gpus: list[Gpu] = []
+    containment: Containment = Containment()
 
     @field_validator("gpus")
     @classmethod

@@ -1,0 +1,370 @@
+"""Each local session in a cgroup made from its profile; stopping it kills everything in it.
+
+One small class per mechanism, the shared logic once in `SessionCgroup`:
+`CgroupV1` (one folder per controller under /sys/fs/cgroup/{cpu,memory,...}) and
+`CgroupV2` (one folder in the unified hierarchy). A session's cgroup is
+`<hub parent>/<session>`; the hub parent is unique per hub (`hub_parent`), so two hubs on
+one machine never touch each other's sessions.
+
+What each limit is made of:
+- cores: a CFS quota of cores x period, and a cpuset of ceil(cores) CPUs, the least used
+  by this hub's other sessions, so `nproc` and `os.sched_getaffinity` show the figure;
+- memory: the memory limit (the kernel's OOM killer then picks inside the session only);
+- pids: a limit on the session's processes and threads;
+- devices (v1 only): the node's pool GPUs the session does not hold are denied, so a
+  device node re-created with an open mode still does not open. cgroup v2 has no devices
+  files (it needs an eBPF program): there GPUs rest on the device files' owner and mode.
+
+A limit whose file the kernel does not offer (a controller that is not mounted or not
+enabled) is not enforced; `create` returns what was left out, and the hub logs it.
+The hub writes these files as root; sessions join their cgroup before exec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import re
+import signal
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CFS_PERIOD_US = 100_000
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "pids", "freezer")
+V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What a session may use, from its profile and the site's settings."""
+
+    cores: float
+    memory: int  # bytes
+    pids: int
+    # Char devices ("c MAJOR:MINOR") of the pool's GPUs this session does not hold.
+    denied_devices: tuple[str, ...] = field(default=())
+
+
+def hub_parent(parent: str, state_dir: Path | str) -> str:
+    """The cgroup folder of one hub's sessions: `parent` + a short id of its state folder."""
+    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
+    return f"{parent.strip('/')}/{digest}"
+
+
+def session_name(user: str, server: str) -> str:
+    """A cgroup folder name for one server of one user ('' = the default server)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{user}.{server or 'lab'}")
+
+
+def gpu_device_rule(device: Path | None) -> str | None:
+    """The devices-cgroup rule naming a GPU's device file ('c 195:0'), if it is a char device."""
+    if device is None:
+        return None
+    try:
+        st = os.stat(device)
+    except OSError:
+        return None
+    if not stat.S_ISCHR(st.st_mode):
+        return None  # a plain file (tests' fake GPUs): no device rule can name it
+    return f"c {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+def parse_cpus(text: str) -> list[int]:
+    """'0-2,5' -> [0, 1, 2, 5] (the kernel's cpu list format)."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def format_cpus(cpus: list[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def pick_cpus(count: int, available: list[int], taken: list[list[int]]) -> list[int]:
+    """`count` CPUs of `available`, the least used by other sessions first (then lowest)."""
+    load = {c: 0 for c in available}
+    for cpus in taken:
+        for c in cpus:
+            if c in load:
+                load[c] += 1
+    return sorted(sorted(available, key=lambda c: (load[c], c))[: max(1, count)])
+
+
+def _read(path: Path, default: str = "") -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return default
+
+
+def _write(path: Path, value: str) -> bool:
+    """Write a cgroup file; False when the kernel does not offer it (never creates one)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    except FileNotFoundError:
+        return False
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+class SessionCgroup:
+    """One session's cgroup. `path` is relative to each hierarchy's root ('a/b/alice.lab')."""
+
+    kind = ""
+
+    def __init__(self, path: str, root: Path = CGROUP_ROOT):
+        self.path = path.strip("/")
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    # --- what each mechanism says --------------------------------------------------
+    def folders(self) -> list[Path]:
+        """Every folder this cgroup has (one per hierarchy it lives in)."""
+        raise NotImplementedError
+
+    def create(self, limits: SessionLimits) -> list[str]:
+        """Make the cgroup with these limits; return the limits that are not enforced."""
+        raise NotImplementedError
+
+    def oom_kills(self) -> int:
+        """How many processes of this session the kernel killed for its memory limit."""
+        raise NotImplementedError
+
+    def cpu_seconds(self) -> float:
+        """CPU time used by the session so far."""
+        raise NotImplementedError
+
+    def _kill_all(self) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # --- shared --------------------------------------------------------------------
+    def exists(self) -> bool:
+        return any(f.is_dir() for f in self.folders())
+
+    def join(self, pid: int = 0) -> None:
+        """Move a process (0: the caller) into the cgroup; safe in a preexec function."""
+        text = str(pid or os.getpid())
+        for folder in self.folders():
+            _write(folder / "cgroup.procs", text)
+
+    def pids(self) -> set[int]:
+        """Every process in the session, detached ones included."""
+        pids: set[int] = set()
+        for folder in self.folders():
+            pids.update(int(p) for p in _read(folder / "cgroup.procs").split())
+        return pids
+
+    def kill(self) -> None:
+        """Kill every process in the session at once (no waiting)."""
+        self._kill_all()
+
+    async def remove(self, timeout: float = 30) -> bool:
+        """Kill everything in the session, wait until it is empty, remove the cgroup.
+        False if processes outlived `timeout` (the cgroup is then left in place)."""
+        deadline = time.monotonic() + timeout
+        while self.pids():
+            if time.monotonic() > deadline:
+                log.warning("%s: processes %s outlived the kill", self, sorted(self.pids()))
+                return False
+            self.kill()
+            await asyncio.sleep(0.05)
+        self.rmdir()
+        return True
+
+    def rmdir(self) -> None:
+        """Remove the (empty) cgroup, and the hub's folder above it once that is empty too."""
+        for folder in self.folders():
+            for f in (folder, folder.parent):
+                try:
+                    f.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError:  # busy: still has processes or other sessions
+                    break
+
+    def _cpus_taken(self, cpuset_folder: Path) -> list[list[int]]:
+        """The cpusets of this hub's other sessions (siblings of this cgroup)."""
+        siblings = [d for d in cpuset_folder.parent.iterdir() if d.is_dir() and d != cpuset_folder]
+        return [parse_cpus(_read(d / "cpuset.cpus")) for d in siblings]
+
+
+class CgroupV1(SessionCgroup):
+    """cgroup v1: one hierarchy per controller (/sys/fs/cgroup/memory/..., ...)."""
+
+    kind = "v1"
+
+    def folders(self) -> list[Path]:
+        return [self.root / c / self.path for c in V1_CONTROLLERS if (self.root / c).is_dir()]
+
+    def _at(self, controller: str) -> Path | None:
+        mount = self.root / controller
+        return mount / self.path if mount.is_dir() else None
+
+    def create(self, limits: SessionLimits) -> list[str]:
+        left_out = []
+        for folder in self.folders():
+            folder.mkdir(parents=True, exist_ok=True)
+        cpuset = self._at("cpuset")
+        if cpuset is None or not self._fill_cpuset(cpuset, limits.cores):
+            left_out.append("cpuset (nproc shows the machine's CPUs)")
+        cpu = self._at("cpu")
+        quota = str(int(limits.cores * CFS_PERIOD_US))
+        if not (
+            cpu
+            and _write(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+            and _write(cpu / "cpu.cfs_quota_us", quota)
+        ):
+            left_out.append("CPU quota")
+        memory = self._at("memory")
+        if not (memory and _write(memory / "memory.limit_in_bytes", str(limits.memory))):
+            left_out.append("memory limit")
+        elif (memory / "memory.memsw.limit_in_bytes").exists():
+            _write(memory / "memory.memsw.limit_in_bytes", str(limits.memory))  # no swap past it
+        pids = self._at("pids")
+        if not (pids and _write(pids / "pids.max", str(limits.pids))):
+            left_out.append("pids limit")
+        devices = self._at("devices")
+        if limits.denied_devices:
+            if devices is None:
+                left_out.append("GPU devices")
+            for rule in limits.denied_devices if devices else ():
+                _write(devices / "devices.deny", f"{rule} rwm")
+        return left_out
+
+    def _fill_cpuset(self, folder: Path, cores: float) -> bool:
+        # A v1 cpuset is empty when made: every folder down to ours needs cpus and mems.
+        mount = self.root / "cpuset"
+        chain = [folder, *[p for p in folder.parents if p.is_relative_to(mount) and p != mount]]
+        for f in reversed(chain[1:]):
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not _read(f / name).strip():
+                    _write(f / name, _read(f.parent / name).strip())
+        available = parse_cpus(_read(folder.parent / "cpuset.cpus"))
+        if not available:
+            return False
+        cpus = pick_cpus(math.ceil(cores), available, self._cpus_taken(folder))
+        _write(folder / "cpuset.mems", _read(folder.parent / "cpuset.mems").strip())
+        return _write(folder / "cpuset.cpus", format_cpus(cpus))
+
+    def kill(self) -> None:
+        # Freeze first, so nothing forks between reading the list and the kill.
+        freezer = self._at("freezer")
+        frozen = freezer is not None and _write(freezer / "freezer.state", "FROZEN")
+        try:
+            self._kill_all()
+        finally:
+            if frozen:
+                _write(freezer / "freezer.state", "THAWED")  # SIGKILL lands once thawed
+
+    def oom_kills(self) -> int:
+        memory = self._at("memory")
+        return _field(_read(memory / "memory.oom_control"), "oom_kill") if memory else 0
+
+    def cpu_seconds(self) -> float:
+        cpuacct = self._at("cpuacct")
+        usage = _read(cpuacct / "cpuacct.usage").strip() if cpuacct else ""
+        return int(usage) / 1e9 if usage else 0.0
+
+
+class CgroupV2(SessionCgroup):
+    """cgroup v2: one folder in the unified hierarchy, controllers enabled from above."""
+
+    kind = "v2"
+
+    def folders(self) -> list[Path]:
+        return [self.root / self.path]
+
+    def create(self, limits: SessionLimits) -> list[str]:
+        folder = self.root / self.path
+        folder.mkdir(parents=True, exist_ok=True)
+        self._enable_controllers(folder)
+        left_out = []
+        if not self._fill_cpuset(folder, limits.cores):
+            left_out.append("cpuset (nproc shows the machine's CPUs)")
+        if not _write(folder / "cpu.max", f"{int(limits.cores * CFS_PERIOD_US)} {CFS_PERIOD_US}"):
+            left_out.append("CPU quota")
+        if not _write(folder / "memory.max", str(limits.memory)):
+            left_out.append("memory limit")
+        else:
+            _write(folder / "memory.swap.max", "0")
+        if not _write(folder / "pids.max", str(limits.pids)):
+            left_out.append("pids limit")
+        if limits.denied_devices:
+            left_out.append("GPU devices (cgroup v2 needs eBPF: device files' modes only)")
+        return left_out
+
+    def _enable_controllers(self, folder: Path) -> None:
+        # Each folder above ours hands its controllers down (cgroup.subtree_control).
+        above = [p for p in folder.parents if p.is_relative_to(self.root)]
+        for f in reversed(above):
+            offered = _read(f / "cgroup.controllers").split()
+            wanted = [c for c in V2_CONTROLLERS if c in offered]
+            if wanted:
+                try:
+                    _write(f / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+                except OSError as e:  # e.g. a folder with processes of its own
+                    log.warning("cgroup controllers not enabled in %s: %s", f, e)
+
+    def _fill_cpuset(self, folder: Path, cores: float) -> bool:
+        available = parse_cpus(_read(folder.parent / "cpuset.cpus.effective"))
+        if not available or not (folder / "cpuset.cpus").exists():
+            return False
+        cpus = pick_cpus(math.ceil(cores), available, self._cpus_taken(folder))
+        return _write(folder / "cpuset.cpus", format_cpus(cpus))
+
+    def kill(self) -> None:
+        if not _write(self.root / self.path / "cgroup.kill", "1"):  # Linux >= 5.14
+            self._kill_all()
+
+    def oom_kills(self) -> int:
+        return _field(_read(self.root / self.path / "memory.events"), "oom_kill")
+
+    def cpu_seconds(self) -> float:
+        return _field(_read(self.root / self.path / "cpu.stat"), "usage_usec") / 1e6
+
+
+def _field(text: str, name: str) -> int:
+    """A number from a cgroup 'key value' file (memory.events, cpu.stat, oom_control)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return int(value)
+    return 0
+
+
+KINDS = {c.kind: c for c in (CgroupV1, CgroupV2)}
+
+
+def detect(root: Path = CGROUP_ROOT) -> str:
+    """The cgroup layout of this machine: 'v2' (unified at the root), 'v1', or '' (none)."""
+    if (root / "cgroup.controllers").exists():
+        return "v2"
+    if (root / "memory" / "cgroup.procs").exists():
+        return "v1"
+    return ""
+
+
+def session_cgroup(kind: str, path: str, root: Path = CGROUP_ROOT) -> SessionCgroup:
+    """The session cgroup of that kind (as kept in a spawner's state)."""
+    return KINDS[kind](path, root)

@@ -1,0 +1,236 @@
+"""Session cgroups (hub/containment.py): the pure parts, cgroup v2 against a temp folder
+laid out as cgroup2 would be (this machine's cgroup2 has no controllers to enable), and,
+as root, cgroup v1 and v2 membership and kill on the machine's real cgroup file systems."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shangzhuang.hub.containment import (
+    CgroupV1,
+    CgroupV2,
+    SessionLimits,
+    detect,
+    gpu_device_rule,
+    hub_parent,
+    parse_cpus,
+    pick_cpus,
+    session_name,
+)
+from shangzhuang.settings import SettingsError, parse_settings
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="cgroup files are root's to write")
+
+
+def test_cpu_lists_and_the_least_used_cpus():
+    assert parse_cpus("0-2,5\n") == [0, 1, 2, 5]
+    assert parse_cpus("") == []
+    assert pick_cpus(2, [0, 1, 2, 3], [[0, 1], [0]]) == [2, 3]
+    assert pick_cpus(1, [0, 1], [[0]]) == [1]
+    assert pick_cpus(0, [0, 1], []) == [0]  # a fraction of a core still needs one CPU
+
+
+def test_each_hub_has_its_own_parent_and_sessions_safe_names(tmp_path):
+    a, b = hub_parent("shangzhuang", tmp_path / "a"), hub_parent("shangzhuang", tmp_path / "b")
+    assert a != b and a.startswith("shangzhuang/")
+    assert a == hub_parent("/shangzhuang/", tmp_path / "a")
+    assert session_name("alice", "") == "alice.lab"
+    assert session_name("bob", "app-my/app x") == "bob.app-my_app_x"
+
+
+def test_only_char_devices_get_a_device_rule(tmp_path):
+    plain = tmp_path / "nvidia0"
+    plain.touch()
+    assert gpu_device_rule(plain) is None
+    assert gpu_device_rule(None) is None
+    assert gpu_device_rule(tmp_path / "missing") is None
+    if os.geteuid() == 0:
+        node = tmp_path / "nvidia1"
+        os.mknod(node, 0o600 | 0o020000, os.makedev(195, 1))
+        assert gpu_device_rule(node) == "c 195:1"
+
+
+def cgroup2_tree(root: Path, parent: str, cpus: str = "0-3") -> None:
+    """Folders and files as a cgroup2 mount shows them with cpu, cpuset, memory, pids."""
+    for folder in [root, *[root / p for p in _prefixes(parent)]]:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+        (folder / "cgroup.subtree_control").write_text("")
+        (folder / "cpuset.cpus.effective").write_text(cpus + "\n")
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def session_files(folder: Path, oom_kills: int = 0, usage_usec: int = 0) -> None:
+    """What the kernel makes in a new cgroup2 folder once its parent enabled the controllers."""
+    folder.mkdir(parents=True)
+    for name in ("cpu.max", "cpuset.cpus", "memory.max", "memory.swap.max", "pids.max",
+                 "cgroup.procs", "cgroup.kill"):  # fmt: skip
+        (folder / name).write_text("")
+    events = f"low 0\nhigh 0\nmax 3\noom {oom_kills}\noom_kill {oom_kills}\n"
+    (folder / "memory.events").write_text(events)
+    (folder / "cpu.stat").write_text(f"usage_usec {usage_usec}\nuser_usec 0\n")
+
+
+def test_v2_writes_the_profile_into_cgroup2_files(tmp_path):
+    """A temp folder stands in for /sys/fs/cgroup (no cgroup2 with controllers here)."""
+    parent = "shangzhuang/abc"
+    cgroup2_tree(tmp_path, parent)
+    session_files(tmp_path / parent / "alice.lab", oom_kills=2, usage_usec=1_500_000)
+    session_files(tmp_path / parent / "bob.lab")
+    alice = CgroupV2(f"{parent}/alice.lab", root=tmp_path)
+    limits = SessionLimits(cores=1.5, memory=2**30, pids=100, denied_devices=("c 195:1",))
+    left_out = alice.create(limits)
+    folder = tmp_path / parent / "alice.lab"
+    assert (folder / "cpu.max").read_text() == "150000 100000"
+    assert (folder / "memory.max").read_text() == str(2**30)
+    assert (folder / "memory.swap.max").read_text() == "0"
+    assert (folder / "pids.max").read_text() == "100"
+    assert (folder / "cpuset.cpus").read_text() == "0,1"  # 1.5 cores: two CPUs
+    for f in (tmp_path, tmp_path / "shangzhuang", tmp_path / parent):
+        assert (f / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory +pids"
+    # v2 has no devices files: said, not pretended.
+    assert left_out == ["GPU devices (cgroup v2 needs eBPF: device files' modes only)"]
+    assert (alice.oom_kills(), alice.cpu_seconds()) == (2, 1.5)
+    # The next session gets the CPUs nobody uses yet.
+    CgroupV2(f"{parent}/bob.lab", root=tmp_path).create(SessionLimits(2, 2**30, 100))
+    assert (tmp_path / parent / "bob.lab" / "cpuset.cpus").read_text() == "2,3"
+    # Joining writes the pid; the kill goes through cgroup.kill.
+    alice.join(4242)
+    assert (folder / "cgroup.procs").read_text() == "4242"
+    alice.kill()
+    assert (folder / "cgroup.kill").read_text() == "1"
+
+
+def test_v2_says_which_limits_a_folder_without_controllers_leaves_out(tmp_path):
+    (tmp_path / "sz" / "x.lab").mkdir(parents=True)
+    left_out = CgroupV2("sz/x.lab", root=tmp_path).create(SessionLimits(1, 2**30, 100))
+    assert left_out == [
+        "cpuset (nproc shows the machine's CPUs)", "CPU quota", "memory limit", "pids limit",
+    ]  # fmt: skip
+
+
+def test_detect_reads_the_layout(tmp_path):
+    assert detect(tmp_path) == ""
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "cgroup.procs").touch()
+    assert detect(tmp_path) == "v1"
+    (tmp_path / "cgroup.controllers").touch()
+    assert detect(tmp_path) == "v2"
+
+
+def test_containment_settings_are_checked_and_named():
+    base = {"backend": {"local": {"containment": {"pids_limit": 10, "cgroups": "v3"}}}}
+    with pytest.raises(SettingsError) as refused:
+        parse_settings(base, "site.toml")
+    text = str(refused.value)
+    assert "backend.local.containment.pids_limit" in text
+    assert "backend.local.containment.cgroups" in text
+    bad_parent = {"backend": {"local": {"containment": {"cgroup_parent": "../escape"}}}}
+    with pytest.raises(SettingsError, match="backend.local.containment.cgroup_parent"):
+        parse_settings(bad_parent, "site.toml")
+
+
+# --- the machine's real cgroup file systems (as root) ------------------------------------
+DETACH = "import subprocess, time; subprocess.Popen(['setsid', 'sleep', '300']); time.sleep(300)"
+
+
+def start_inside(cgroup) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", DETACH], preexec_fn=cgroup.join)
+
+
+def wait_for(cond, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if v := cond():
+            return v
+        time.sleep(0.05)
+    raise TimeoutError
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waits only for its new parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@root_only
+@pytest.mark.skipif(detect() != "v1", reason="needs the cgroup v1 controllers mounted")
+def test_v1_limits_and_a_kill_that_takes_detached_processes(tmp_path):
+    cgroup = CgroupV1(f"sz-unit-{uuid.uuid4().hex[:8]}/s.lab")
+    node = tmp_path / "gpu"
+    os.mknod(node, 0o666 | 0o020000, os.makedev(1, 7))  # /dev/full's numbers: opens
+    node.chmod(0o666)
+    limits = SessionLimits(cores=1, memory=256 * 2**20, pids=64, denied_devices=("c 1:7",))
+    try:
+        assert cgroup.create(limits) == []
+        mnt = Path("/sys/fs/cgroup")
+        assert (mnt / "cpu" / cgroup.path / "cpu.cfs_quota_us").read_text().strip() == "100000"
+        assert (mnt / "memory" / cgroup.path / "memory.limit_in_bytes").read_text().strip() == str(
+            256 * 2**20
+        )
+        assert (mnt / "pids" / cgroup.path / "pids.max").read_text().strip() == "64"
+        probe = (
+            "import os\n"
+            "print(len(os.sched_getaffinity(0)))\n"
+            f"try: os.open({str(node)!r}, os.O_RDWR)\n"
+            "except OSError as e: print(e.errno)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe], preexec_fn=cgroup.join, capture_output=True,
+            text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert out == ["1", str(errno.EPERM)]  # one CPU; the denied device does not open
+        proc = start_inside(cgroup)
+        pids = wait_for(lambda: len(cgroup.pids()) >= 2 and cgroup.pids())
+        assert proc.pid in pids
+        assert asyncio.run(cgroup.remove())
+        proc.wait(10)
+        assert not any(alive(p) for p in pids - {proc.pid})
+        assert not cgroup.exists()
+    finally:
+        asyncio.run(cgroup.remove(timeout=5))
+        for folder in cgroup.folders():
+            try:
+                folder.parent.rmdir()
+            except OSError:
+                pass
+
+
+@root_only
+@pytest.mark.skipif(
+    not Path("/sys/fs/cgroup/unified/cgroup.procs").exists(), reason="no cgroup2 mount here"
+)
+def test_v2_membership_and_kill_on_the_real_cgroup2():
+    """This machine's cgroup2 has no controllers: the kernel's membership and cgroup.kill
+    are real here; the limits are what the temp-folder test above covers."""
+    cgroup = CgroupV2(f"sz-unit-{uuid.uuid4().hex[:8]}/s.lab", root=Path("/sys/fs/cgroup/unified"))
+    try:
+        left_out = cgroup.create(SessionLimits(1, 2**30, 64))
+        assert "memory limit" in left_out  # said plainly, not silently skipped
+        proc = start_inside(cgroup)
+        pids = wait_for(lambda: len(cgroup.pids()) >= 2 and cgroup.pids())
+        assert asyncio.run(cgroup.remove())
+        proc.wait(10)
+        assert not any(alive(p) for p in pids - {proc.pid})
+        assert not cgroup.exists()
+    finally:
+        asyncio.run(cgroup.remove(timeout=5))
+        try:
+            cgroup.folders()[0].parent.rmdir()
+        except OSError:
+            pass
