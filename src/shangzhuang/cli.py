@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -69,6 +70,11 @@ def cmd_up(args) -> int:
     env = {**os.environ, "SHANGZHUANG_CONFIG": str(source)}
     argv = [sys.executable, "-m", "jupyterhub", "-f", str(hub_config), *args.hub_args]
     os.chdir(state)
+    # Started without a terminal (nohup, a CI job, a service manager), SIGINT may come
+    # ignored, and an ignored signal stays ignored across exec: the hub would still stop,
+    # but its services would ignore the hub's SIGINT and each wait out its timeouts.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
     # exec: Ctrl-C goes straight to JupyterHub, which stops the proxy and services cleanly.
     os.execve(sys.executable, argv, env)
 

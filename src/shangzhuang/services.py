@@ -5,6 +5,11 @@ Callers come with a JupyterHub token or the hub's OAuth cookie; nobody gets in w
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 from tornado.httputil import url_concat
@@ -38,3 +43,28 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
             raise web.Finish()
         self.set_header("WWW-Authenticate", "token")
         raise web.HTTPError(401, "a JupyterHub token or login is required")
+
+
+def run_service(main: Callable[[], Awaitable[None]], name: str) -> None:
+    """Run a service's `main()` until SIGINT or SIGTERM, then stop at once, saying so.
+
+    The hub stops its services with SIGINT, then SIGTERM; either ends the service within
+    a second, whatever signal state it inherited, with one log line instead of a traceback.
+    """
+
+    async def until_stopped() -> None:
+        task = asyncio.ensure_future(main())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _stop, task, name, sig)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(until_stopped())
+
+
+def _stop(task: asyncio.Future, name: str, sig: signal.Signals) -> None:
+    logging.getLogger(name).info("%s service stopping (%s)", name, signal.Signals(sig).name)
+    task.cancel()

@@ -140,6 +140,7 @@ seconds_before_next_try = 600
         self.isolated = os.geteuid() == 0 and not run_as
         self.proc: subprocess.Popen | None = None
         self.log = base / "hub.log"
+        self.preexec = interruptible  # what runs in the hub's process before `shangzhuang up`
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self, timeout: float = 60) -> None:
@@ -155,7 +156,7 @@ seconds_before_next_try = 600
             self.proc = subprocess.Popen(
                 cmd,
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=interruptible,
+                preexec_fn=self.preexec,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -86,3 +87,31 @@ def test_idle_culler_stops_idle_sessions():
         )
     finally:
         hub.cleanup()
+
+
+def ignore_sigint() -> None:
+    """What a job started without a terminal inherits (nohup, `cmd &` in a script, CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stops_promptly_whatever_signals_it_inherited(sig):
+    """Started with SIGINT ignored, the hub still stops within 10 s on SIGTERM (a service
+    manager) and SIGINT (Ctrl-C), and so do its services: before, each service ignored the
+    hub's SIGINT and waited out its timeouts (88-95 s in all)."""
+    hub = RunningHub(workdir(), gpus=0)
+    hub.preexec = ignore_sigint
+    with hub:
+        children = psutil.Process(hub.proc.pid).children(recursive=True)
+        services = [c for c in children if "shangzhuang." in " ".join(c.cmdline())]
+        assert len(services) == 2, [c.cmdline() for c in children]  # quota and apps
+        started = time.monotonic()
+        os.kill(hub.proc.pid, sig)  # the hub alone: it stops what it started
+        hub.proc.wait(30)
+        took = time.monotonic() - started
+        assert took < 10, f"stopped in {took:.1f} s:\n{hub.tail()}"
+        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+        log = hub.log.read_text()
+        assert f"Received signal {sig.name}, initiating shutdown" in log
+        assert "quota service stopping" in log and "apps service stopping" in log
+        assert "Traceback" not in log, hub.tail()

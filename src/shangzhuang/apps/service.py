@@ -34,7 +34,7 @@ from tornado import web
 from shangzhuang.apps.hub_api import HubAPI, HubError
 from shangzhuang.apps.registry import App, AppError, Registry, Viewers, check_name
 from shangzhuang.apps.snapshot import decode
-from shangzhuang.services import ServiceHandler
+from shangzhuang.services import ServiceHandler, run_service
 from shangzhuang.settings import Settings, load_settings
 
 log = logging.getLogger("shangzhuang.apps")
@@ -498,4 +498,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_service(main, "apps")

@@ -29,7 +29,7 @@ from shangzhuang.quota.meter import Meter
 from shangzhuang.quota.openapi import document
 from shangzhuang.quota.periods import iso
 from shangzhuang.quota.sources import sources_for
-from shangzhuang.services import ServiceHandler
+from shangzhuang.services import ServiceHandler, run_service
 from shangzhuang.settings import RESOURCES, Settings, load_settings
 
 log = logging.getLogger("shangzhuang.quota")
@@ -319,7 +319,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_service(main, "quota")
 
 
 __all__ = ["make_app", "RESOURCES"]
