@@ -1,6 +1,13 @@
-"""What the workbench's hub-managed services (quota, apps) share: who is calling.
+"""What the workbench's hub-managed services (quota, apps) share: who is calling, and
+what they may do.
 
 Callers come with a JupyterHub token or the hub's OAuth cookie; nobody gets in without.
+One rule for both services:
+- admin is a scope of the request (`admin:users`, which JupyterHub's admin role holds),
+  never the owner's admin flag: an admin's token made for metrics only is not an admin;
+- the XSRF check is skipped only when a token actually authenticated the request; a
+  cookie-authenticated request that changes state needs `_xsrf` (or X-XSRFToken), whatever
+  other headers it carries.
 """
 
 from __future__ import annotations
@@ -14,13 +21,25 @@ from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 from tornado.httputil import url_concat
 
+ADMIN_SCOPE = "admin:users"
+
+
+def is_admin(caller: dict) -> bool:
+    """Does this request (its token, or the OAuth token behind its cookie) act as an admin?"""
+    return ADMIN_SCOPE in (caller.get("scopes") or ())
+
 
 class ServiceHandler(HubOAuthenticated, web.RequestHandler):
     """Base of every handler of our services."""
 
+    _asked_hub = False
+
     async def prepare(self):
         # Who is calling, asked of the hub without blocking the event loop (HubAuth's own
-        # get_current_user waits on a thread); cached by HubAuth like its sync path.
+        # get_current_user waits on a thread); cached by HubAuth like its sync path. A
+        # cookie on an unsafe method counts only with a valid XSRF token (HubOAuth checks
+        # it through check_xsrf_cookie below, now that it knows how the caller came).
+        self._asked_hub = True
         model = await self.hub_auth.get_user(self, sync=False)
         try:
             self._hub_auth_user_cache = self.check_hub_user(model) if model else None
@@ -28,9 +47,11 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
             self._hub_auth_user_cache = None
 
     def check_xsrf_cookie(self):
-        # Token-authenticated API calls carry no XSRF cookie; cookie-authenticated ones do.
-        if self.request.headers.get("Authorization"):
-            return
+        # Tornado (xsrf_cookies=True) calls this before prepare(), when nobody knows yet
+        # whether a token authenticates the request: the check is made in prepare() instead.
+        # Then HubOAuth's own rule: skipped only for a request a token authenticated.
+        if not self._asked_hub:
+            return None
         return super().check_xsrf_cookie()
 
     def caller(self) -> dict:

@@ -93,11 +93,24 @@ class Hub(Section):
         return self.database_url or f"sqlite:///{self.state_dir / 'jupyterhub.sqlite'}"
 
 
+RESERVED_NAMES = [
+    "root", "admin", "administrator", "hub", "jupyterhub", "api", "services", "user",
+    "users", "system", "support", "security", "nobody", "daemon", "operator", "staff",
+]  # fmt: skip
+
+
 class NativeAuth(Section):
     open_signup: bool = False  # False: an admin approves every sign-up
     minimum_password_length: int = Field(8, ge=1)
-    allowed_failed_logins: int = Field(3, ge=0)  # 0: never lock out
-    seconds_before_next_try: int = Field(600, ge=0)
+    # Failed logins from one address before each further one makes that address wait
+    # (1 s, 2 s, 4 s ... up to seconds_before_next_try). Accounts are never locked.
+    allowed_failed_logins: int = Field(3, ge=0)
+    seconds_before_next_try: int = Field(600, ge=1)
+    signups_per_address_per_hour: int = Field(5, ge=1)
+    # Sign-up closes (for a while) when this many wait for an admin's approval.
+    max_pending_signups: int = Field(100, ge=1)
+    # Names nobody may sign up as, besides those in hub.admins.
+    reserved_names: list[str] = RESERVED_NAMES
 
 
 def _refuse_inline_secret(data: object, key: str, section: str, stem: str) -> object:

@@ -66,6 +66,8 @@ class RunningHub:
         prefix: str = "",
         run_as: str | None = None,
         admin_password: str | None = ADMIN_PASSWORD,
+        admins: tuple[str, ...] = (ADMIN,),
+        signups_per_hour: int = 1000,  # per address: the tests sign up many from one
         idle_timeout: int = 0,
         quota: str = "",
         apps: str = "",
@@ -121,7 +123,7 @@ port = {self.port}
 api_port = {free_port()}
 proxy_api_port = {free_port()}
 state_dir = "state"
-admins = ["{ADMIN}"]
+admins = {json.dumps(list(admins))}
 idle_timeout_seconds = {idle_timeout}
 [quota]
 port = {free_port()}
@@ -132,6 +134,7 @@ port = {free_port()}
 [auth.native]
 allowed_failed_logins = 3
 seconds_before_next_try = 600
+signups_per_address_per_hour = {signups_per_hour}
 {backend}
 {profiles or DEFAULT_PROFILES}
 {extra_toml}
@@ -280,8 +283,9 @@ seconds_before_next_try = 600
         return s
 
     def approve(self, name: str) -> None:
+        """The admin presses "Authorize" on /hub/authorize (a POST with its XSRF token)."""
         admin = self.login(ADMIN, self.password_of_admin())
-        r = admin.get(f"{self.url}/hub/authorize/{name}", allow_redirects=False)
+        r = self.form(admin, f"/hub/authorize/{name}", {}, allow_redirects=False)
         assert r.status_code == 302, r.status_code
 
     def new_user(self, name: str, password: str = "correct-horse-9") -> requests.Session:

@@ -169,17 +169,12 @@ for path in [{str(frank_home / 'secret.txt')!r}, {str(hub.state / 'jupyterhub.sq
         hub.stop_server(n)
 
 
-def test_login_lockout(hub):
+def test_failed_logins_do_not_lock_the_account(hub):
+    """Failures slow down the address they come from (tests/security/test_login.py plays
+    that attacker); the account is never locked and the reply never names the user."""
     hub.new_user("mallory", "right-password-7")
     for _ in range(2):
         _, r = hub.try_login("mallory", "wrong-password")
         assert r.status_code == 403 and "Invalid username or password" in r.text
-    # The third failure locks the account; the page says so, and for how long.
-    _, r = hub.try_login("mallory", "wrong-password")
-    assert "Too many failed logins for mallory: try again in 10 minutes" in r.text
-    # Now even the right password is refused.
     _, r = hub.try_login("mallory", "right-password-7")
-    assert r.status_code == 403
-    assert "Too many failed logins" in r.text
-    # Another user is not affected.
-    hub.new_user("oscar")
+    assert r.status_code == 302

@@ -34,7 +34,7 @@ from tornado import web
 from shangzhuang.apps.hub_api import HubAPI, HubError
 from shangzhuang.apps.registry import App, AppError, Registry, Viewers, check_name
 from shangzhuang.apps.snapshot import decode
-from shangzhuang.services import ServiceHandler, run_service
+from shangzhuang.services import ServiceHandler, is_admin, run_service
 from shangzhuang.settings import Settings, load_settings
 
 log = logging.getLogger("shangzhuang.apps")
@@ -260,7 +260,7 @@ class BaseHandler(ServiceHandler):
 
     @staticmethod
     def is_admin(user: dict) -> bool:
-        return bool(user.get("admin"))
+        return is_admin(user)
 
     def may_manage(self, user: dict, owner: str) -> bool:
         """May this caller publish and unpublish OWNER's apps (manage their servers)?"""

@@ -29,7 +29,7 @@ from shangzhuang.quota.meter import Meter
 from shangzhuang.quota.openapi import document
 from shangzhuang.quota.periods import iso
 from shangzhuang.quota.sources import sources_for
-from shangzhuang.services import ServiceHandler, run_service
+from shangzhuang.services import ServiceHandler, is_admin, run_service
 from shangzhuang.settings import RESOURCES, Settings, load_settings
 
 log = logging.getLogger("shangzhuang.quota")
@@ -75,7 +75,7 @@ class APIHandler(ServiceHandler):
         self.finish(json.dumps({"status": status_code, "message": message}))
 
     def is_admin(self, model: dict) -> bool:
-        return bool(model.get("admin")) or "admin:users" in model.get("scopes", ())
+        return is_admin(model)
 
     def self_or_admin(self, name: str) -> dict:
         me = self.caller()

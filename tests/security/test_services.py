@@ -1,0 +1,87 @@
+"""Attacks on the quota and apps services by a signed-in stranger or a stolen narrow token.
+
+- the scoped-token grant: an admin's token that holds only `read:metrics` is still the
+  admin's token; the quota service must judge it by its scopes, not by its owner's flag;
+- the XSRF header trick: a cross-site POST carries the victim's cookie and any bogus
+  `Authorization` header, but no `_xsrf`; the services must not let the header (which
+  authenticated nothing) switch the XSRF check off.
+"""
+
+import pytest
+import requests
+
+from tests.integration.hub import ADMIN, RunningHub, workdir
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with RunningHub(workdir(), quota="[quota.accounts.default]\ncpu_hours = 100") as h:
+        yield h
+
+
+def grant(hub, reason: str) -> dict:
+    return {"account": "default", "resource": "cpu_hours", "amount": 5, "reason": reason}
+
+
+def grants_for(hub, reason: str) -> list:
+    r = requests.get(
+        f"{hub.url}/services/quota/api/v1/grants",
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    )  # fmt: skip
+    r.raise_for_status()
+    return [g for g in r.json() if g["reason"] == reason]
+
+
+def test_admin_token_with_only_metrics_scope_cannot_grant_quota(hub):
+    scopes = ["read:metrics", "access:services!service=quota"]  # what a metrics scraper holds
+    narrow = hub.api(
+        "POST", f"/users/{ADMIN}/tokens", json={"note": "metrics", "scopes": scopes}
+    ).json()["token"]
+    headers = {"Authorization": f"token {narrow}"}
+    # what the token is for still works
+    assert requests.get(f"{hub.url}/services/quota/metrics", headers=headers, timeout=30).ok
+    r = requests.post(
+        f"{hub.url}/services/quota/api/v1/grants", json=grant(hub, "scoped"),
+        headers=headers, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 403, r.text
+    assert grants_for(hub, "scoped") == []
+    # the admin's full token still grants
+    r = requests.post(
+        f"{hub.url}/services/quota/api/v1/grants", json=grant(hub, "scoped-ok"),
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code in (200, 201), r.text
+
+
+def service_session(hub, user: requests.Session, service: str, page: str) -> requests.Session:
+    """The victim's browser after visiting the service once (its OAuth cookie set)."""
+    url = f"{hub.url}/services/{service}/{page}"
+    r = user.get(url, headers={"Accept": "text/html"}, timeout=60)
+    assert r.status_code < 500, r.text
+    assert any(c.name.startswith(f"service-{service}") for c in user.cookies), user.cookies
+    return user
+
+
+def test_bogus_authorization_header_does_not_skip_xsrf_on_quota(hub):
+    admin = service_session(hub, hub.login(ADMIN, hub.password_of_admin()), "quota", "api/v1/me")
+    r = admin.post(
+        f"{hub.url}/services/quota/api/v1/grants", json=grant(hub, "xsrf-quota"),
+        headers={"Authorization": "token not-a-token"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code in (401, 403), r.text
+    assert grants_for(hub, "xsrf-quota") == []
+
+
+def test_bogus_authorization_header_does_not_skip_xsrf_on_apps(hub):
+    hub.new_user("xavier")
+    victim = service_session(hub, hub.login("xavier", "correct-horse-9"), "apps", "")
+    # a cross-site post: the victim's cookies, a made-up header, no _xsrf. Refused before
+    # anything is looked up (authenticated, it would answer 404: there is no such app).
+    r = victim.post(
+        f"{hub.url}/services/apps/unpublish/xavier/some-app",
+        headers={"Authorization": "token not-a-token"}, allow_redirects=False, timeout=30,
+    )  # fmt: skip
+    assert r.status_code in (401, 403), r.text
