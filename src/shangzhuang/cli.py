@@ -81,6 +81,7 @@ def cmd_up(args) -> int:
 
 # --- quota: straight on the ledger, so it works on the hub host even with the hub down ----
 def _ledger(args):
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError
 
     from shangzhuang.quota import database_url, open_ledger
@@ -89,9 +90,11 @@ def _ledger(args):
     try:
         return open_ledger(settings)
     except OperationalError as e:
+        # the URL and the driver's message without the password (no secret in any output)
+        url = make_url(database_url(settings))
         print(
-            f"cannot open the quota database {database_url(settings)} "
-            f"(quota.database_url): {e.orig}",
+            f"cannot open the quota database {url.render_as_string(hide_password=True)} "
+            f"(quota.database_url): {str(e.orig).replace(url.password or '<none>', '***')}",
             file=sys.stderr,
         )
         sys.exit(2)
@@ -190,7 +193,9 @@ def _apps_client(args):
             return AppsClient.for_hub(args.hub_url, token)
         if os.environ.get("SHANGZHUANG_APPS_URL"):  # inside a session
             return AppsClient(token=token)
-        return AppsClient.for_hub(_settings_or_exit(args.config).hub.url, token)
+        # On the hub's machine: the apps service itself (no need to resolve *.localhost names)
+        settings = _settings_or_exit(args.config)
+        return AppsClient(f"http://127.0.0.1:{settings.apps.port}/services/apps/", token)
     except AppsAPIError as e:
         print(f"shangzhuang apps: {e.message}", file=sys.stderr)
         sys.exit(2)

@@ -79,8 +79,10 @@ class Hub(Section):
     proxy_api_port: int = Field(8001, ge=1, le=65535)  # the proxy's REST API, on 127.0.0.1
     # Relative paths are resolved against the folder of the config file.
     state_dir: PathStr = Path("../state")
-    database_url: str = ""  # empty: SQLite in state_dir
-    admins: list[str] = ["admin"]
+    database_url: str = ""  # empty: SQLite in state_dir; with a password: _file or _env
+    database_url_file: PathStr | None = None  # the URL kept in a file only the hub reads
+    database_url_env: str | None = None  # ... or in this environment variable
+    admins: list[str] | None = None  # None: ["admin"] with native sign-in, else nobody
     idle_timeout_seconds: int = Field(3600, ge=0)  # 0 turns the idle culler off
     keep_sessions_on_restart: bool = True
 
@@ -90,7 +92,14 @@ class Hub(Section):
 
     @property
     def db_url(self) -> str:
+        if self.database_url_file or self.database_url_env:
+            return read_secret("hub.database_url", self.database_url_file, self.database_url_env)
         return self.database_url or f"sqlite:///{self.state_dir / 'jupyterhub.sqlite'}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_db_password(cls, data: object) -> object:
+        return _refuse_inline_db_password(data, "hub")
 
 
 RESERVED_NAMES = [
@@ -121,6 +130,39 @@ def _refuse_inline_secret(data: object, key: str, section: str, stem: str) -> ob
             f"(a file only the hub's account can read) or {stem}_env (an environment variable)"
         )
     return data
+
+
+def _refuse_inline_db_password(data: object, section: str) -> object:
+    """A database URL with a password in it is refused (without echoing it); one source."""
+    if not isinstance(data, dict):
+        return data
+    url = data.get("database_url") or ""
+    if isinstance(url, str) and re.match(r"^[\w+.-]+://[^/@:]*:[^/@]+@", url):
+        raise ValueError(
+            f"{section}.database_url: it holds a password, which never goes in the config "
+            "file; put the whole URL in database_url_file (a file only the hub's account can "
+            "read) or database_url_env (an environment variable)"
+        )
+    sources = [k for k in ("database_url", "database_url_file", "database_url_env") if data.get(k)]
+    if len(sources) > 1:
+        raise ValueError(f"{section}: set only one of {', '.join(sources)}")
+    return data
+
+
+def read_secret(key: str, file: Path | None, env: str | None) -> str:
+    """A secret from its file or environment variable; ValueError naming the key if absent."""
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ValueError(f"{key}_file: can't read {str(file)!r} ({e.strerror})") from None
+        if not value:
+            raise ValueError(f"{key}_file: {str(file)!r} is empty")
+        return value
+    value = os.environ.get(env or "", "").strip()
+    if not value:
+        raise ValueError(f"{key}_env: the environment variable {env} is not set")
+    return value
 
 
 def _one_secret_source(section: str, stem: str, file: Path | None, env: str | None) -> None:
@@ -186,6 +228,12 @@ class LdapAuth(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> LdapAuth:
+        if self.tls == "plain" and self.server not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                "auth.ldap.tls: 'plain' sends passwords unencrypted, so only to a directory "
+                "on 127.0.0.1; use 'ldaps' or 'starttls' (the certificate is verified against "
+                "ca_file, else the system's CA bundle)"
+            )
         if bool(self.bind_dn_template) == bool(self.user_search_base):
             raise ValueError(
                 "auth.ldap: set exactly one of bind_dn_template (users' DNs from their "
@@ -513,7 +561,9 @@ class QuotaUser(Amounts):
 class Quota(Section):
     enabled: bool = True
     period: Literal["monthly", "weekly", "none"] = "monthly"
-    database_url: str = ""  # empty: SQLite quota.sqlite in hub.state_dir
+    database_url: str = ""  # empty: SQLite quota.sqlite in hub.state_dir; password: _file/_env
+    database_url_file: PathStr | None = None
+    database_url_env: str | None = None
     port: int = Field(8082, ge=1, le=65535)  # the quota service, on 127.0.0.1
     sample_seconds: float = Field(15, gt=0)
     min_minutes_to_spawn: float = Field(10, ge=0)
@@ -522,6 +572,18 @@ class Quota(Section):
     default_account: str = "default"
     accounts: dict[str, QuotaAccount] = {"default": QuotaAccount()}
     users: dict[str, QuotaUser] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_db_password(cls, data: object) -> object:
+        return _refuse_inline_db_password(data, "quota")
+
+    @property
+    def url(self) -> str:
+        """The quota database's URL from wherever it is kept; "" for the default SQLite."""
+        if self.database_url_file or self.database_url_env:
+            return read_secret("quota.database_url", self.database_url_file, self.database_url_env)
+        return self.database_url
 
     @model_validator(mode="after")
     def _accounts_exist(self) -> Quota:
@@ -582,6 +644,24 @@ class Settings(Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"profiles: duplicate profile name {dupes[0]!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _strangers_keep_their_names(self) -> Settings:
+        if self.auth.kind == "native" and not self.backend.accounts.user_prefix:
+            raise ValueError(
+                f"backend.{self.backend.kind}.user_prefix: must not be empty with auth.kind = "
+                "'native': anyone signing up would choose their Unix account's name, also "
+                "one that exists already (such as 'nobody'); keep a prefix such as 'sz-'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _admins_by_kind(self) -> Settings:
+        # Only native sign-in has a default admin; a directory or provider names its own.
+        if self.hub.admins is None:
+            admins = ["admin"] if self.auth.kind == "native" else []
+            return self.model_copy(update={"hub": self.hub.model_copy(update={"admins": admins})})
         return self
 
     @model_validator(mode="after")
@@ -725,7 +805,14 @@ def _resolve_sign_in_paths(settings: Settings, base: Path) -> Settings:
         )
     if auth.oidc is not None:
         auth = auth.model_copy(update={"oidc": resolved(auth.oidc, "client_secret_file")})
-    return settings.model_copy(update={"site": resolved(settings.site, "logo"), "auth": auth})
+    return settings.model_copy(
+        update={
+            "site": resolved(settings.site, "logo"),
+            "auth": auth,
+            "hub": resolved(settings.hub, "database_url_file"),
+            "quota": resolved(settings.quota, "database_url_file"),
+        }
+    )
 
 
 def node_gpus(settings: Settings) -> list:

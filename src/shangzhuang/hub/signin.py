@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -44,7 +44,7 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import Dict, Float, List, Unicode
 
-from shangzhuang.settings import AccountRule, Institution, SettingsError
+from shangzhuang.settings import AccountRule, Institution, SettingsError, read_secret
 
 if TYPE_CHECKING:
     from shangzhuang.settings import Settings
@@ -445,22 +445,6 @@ def discover(issuer: str, timeout: float = 10) -> dict[str, str]:
 
 
 # --- configure(c, settings): the sign-in part --------------------------------------------
-def read_secret(key: str, file: Path | None, env: str | None) -> str:
-    """A secret from its file or environment variable; ValueError naming the key if absent."""
-    if file is not None:
-        try:
-            value = file.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ValueError(f"{key}_file: can't read {str(file)!r} ({e.strerror})") from None
-        if not value:
-            raise ValueError(f"{key}_file: {str(file)!r} is empty")
-        return value
-    value = os.environ.get(env or "", "").strip()
-    if not value:
-        raise ValueError(f"{key}_env: the environment variable {env} is not set")
-    return value
-
-
 def configure_signin(c, settings: Settings) -> None:
     """Tell JupyterHub how people sign in: native, LDAP or OIDC, from `[auth]`."""
     from shangzhuang.hub.auth import configure_native
@@ -507,8 +491,12 @@ def _configure_ldap(c, settings: Settings) -> None:
         ldap.tls
     ]
     a.server_port = ldap.port or (636 if ldap.tls == "ldaps" else 389)
-    if ldap.ca_file is not None:
-        a.tls_kwargs = {"ca_certs_file": str(ldap.ca_file), "validate": 2}  # ssl.CERT_REQUIRED
+    if ldap.tls != "plain":
+        # The server's certificate is always verified: against ca_file, else the system's CA
+        # bundle (ldap3 loads it when given no file), and its name against auth.ldap.server.
+        a.tls_kwargs = {"validate": ssl.CERT_REQUIRED}
+        if ldap.ca_file is not None:
+            a.tls_kwargs["ca_certs_file"] = str(ldap.ca_file)
     a.timeout_seconds = ldap.timeout_seconds
     if ldap.bind_dn_template:
         a.bind_dn_template = list(ldap.bind_dn_template)

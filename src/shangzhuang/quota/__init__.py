@@ -23,14 +23,14 @@ def _engine(url: str):
 
 
 def database_url(settings) -> str:
-    return settings.quota.database_url or f"sqlite:///{settings.hub.state_dir / 'quota.sqlite'}"
+    return settings.quota.url or f"sqlite:///{settings.hub.state_dir / 'quota.sqlite'}"
 
 
 def open_ledger(settings):
     """The ledger of this site (schema migrated on first use; one engine per process)."""
     from shangzhuang.quota.ledger import Ledger
 
-    if not settings.quota.database_url:
+    if not settings.quota.url:
         settings.hub.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     return Ledger(_engine(database_url(settings)), settings.quota, settings.site.timezone)
