@@ -15,8 +15,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 ADMIN_PASSWORD_FILE = "admin-password"
 NOT_ISOLATED = (
     "This hub does not run as root, so every session runs as the same Unix account: "
-    "users are not isolated from each other. Run the hub as root to give each user "
-    "their own account."
+    "users are not isolated from each other: each can read the others' files and connect "
+    "to their kernels and Dask clusters. Nor are sessions contained: the profiles' "
+    "cores, memory and process limits are not enforced, processes a session leaves "
+    "behind keep running after it stops, and GPUs are not locked to the session that "
+    "holds them. Run the hub as root to give each user their own account and each "
+    "session its own cgroup."
 )
 
 
@@ -69,6 +73,7 @@ def configure(c, settings: Settings) -> None:
         c.JupyterHub.spawner_class = LocalSpawner
         c.LocalSpawner.gpus = node_gpus(settings)
         c.LocalSpawner.log_dir = str(state / "sessions")
+        configure_containment(c, settings)
     if os.geteuid() != 0:
         c.JupyterHub.template_vars["announcement_home"] = NOT_ISOLATED
         c.JupyterHub.template_vars["announcement_spawn"] = NOT_ISOLATED
@@ -105,6 +110,25 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.load_roles = roles
     if settings.apps.enabled:
         configure_apps(c, settings)
+
+
+def configure_containment(c, settings: Settings) -> None:
+    """Local sessions in cgroups (as root), and every pool GPU root-only until handed out."""
+    from shangzhuang.hub import containment
+    from shangzhuang.hub.gpus import lock_devices
+    from shangzhuang.hub.spawners import memory_notices
+
+    if os.geteuid() != 0:
+        return  # no cgroups, no device files to guard: NOT_ISOLATED says so
+    lock_devices(c.LocalSpawner.gpus)
+    wanted = settings.backend.local.containment
+    kind = containment.detect() if wanted.cgroups == "auto" else wanted.cgroups
+    c.LocalSpawner.cgroups = "" if kind == "off" else kind
+    c.LocalSpawner.cgroup_parent = containment.hub_parent(
+        wanted.cgroup_parent, settings.hub.state_dir
+    )
+    c.LocalSpawner.pids_limit = wanted.pids_limit
+    c.JupyterHub.template_vars["memory_notices"] = memory_notices
 
 
 def configure_quota(c, settings: Settings, services: list, roles: list) -> None:

@@ -57,12 +57,16 @@ def cost(p: Profile) -> str:
     return " + ".join(parts) + " per hour"
 
 
+def memory(n: int) -> str:
+    """'4 GB', '512 MB': a memory size as people read it (binary units)."""
+    gib = n / 1024**3
+    return f"{gib:g} GB" if gib >= 1 else f"{n // 1024**2} MB"
+
+
 def resources(p: Profile) -> str:
     """'2 cores · 4 GB · no GPU' as shown beside a profile."""
-    gib = p.memory / 1024**3
-    mem = f"{gib:g} GB" if gib >= 1 else f"{p.memory // 1024**2} MB"
     cores = "1 core" if p.cores == 1 else f"{p.cores:g} cores"
-    return f"{cores} · {mem} · {gpus(p.gpus) if p.gpus else 'no GPU'}"
+    return f"{cores} · {memory(p.memory)} · {gpus(p.gpus) if p.gpus else 'no GPU'}"
 
 
 def render(options: list[Choice]) -> str:

@@ -161,3 +161,10 @@ def revoke_device(gpu: Gpu) -> None:
     if gpu.device is not None and os.geteuid() == 0 and gpu.device.exists():
         os.chown(gpu.device, 0, 0)
         os.chmod(gpu.device, 0o600)
+
+
+def lock_devices(gpus: list[Gpu]) -> None:
+    """At hub start: every pool GPU root-only (the driver leaves them 0666). Sessions kept
+    across a hub restart get theirs back as their state is loaded."""
+    for gpu in gpus:
+        revoke_device(gpu)

@@ -20,10 +20,17 @@ from pathlib import Path
 
 import batchspawner
 from jupyterhub.spawner import LocalProcessSpawner, Spawner, SpawnException, set_user_setuid
-from traitlets import Bool, Instance, List, Unicode, default
+from traitlets import Bool, Instance, Integer, List, Unicode, default
 
 from shangzhuang.apps import app_consumer
 from shangzhuang.hub import form, unix
+from shangzhuang.hub.containment import (
+    SessionCgroup,
+    SessionLimits,
+    gpu_device_rule,
+    session_cgroup,
+    session_name,
+)  # fmt: skip
 from shangzhuang.hub.gpus import Gpu, GpuPool, GpusBusy, grant_device, revoke_device, shared_pool
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.meter import job_consumer, lab_consumer
@@ -36,6 +43,23 @@ def site_ledger(path: str):
     from shangzhuang.quota import open_ledger
 
     return open_ledger(load_settings(path))
+
+
+# What the home page says when a session hit its memory limit (plain sentences to translate).
+MEMORY_HIT = (
+    "Your session {session} used more than its memory ({memory}): the system stopped "
+    "a process in it, which a notebook shows as a kernel that died."
+)
+MEMORY_STOPPED = (
+    "Your last {session} session was stopped because it used more than its memory ({memory})."
+)
+
+
+def memory_notices(user) -> list[str]:
+    """For the home page: what the signed-in user's sessions' memory limits did."""
+    if user is None:
+        return []
+    return [n for sp in user.spawners.values() for n in getattr(sp, "memory_notices", list)()]
 
 
 class WorkbenchSpawner(Spawner):
@@ -271,6 +295,20 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         config=True
     )
 
+    cgroups = Unicode(
+        "",
+        help="""How sessions are contained: "v1" or "v2" (the cgroup file system), or ""
+        for not at all (a hub that is not root). From backend.local.containment.""",
+    ).tag(config=True)
+    cgroup_parent = Unicode(
+        "shangzhuang/hub", help="This hub's cgroup folder; each session gets one below it."
+    ).tag(config=True)
+    pids_limit = Integer(4096, help="Processes and threads a session may have.").tag(config=True)
+
+    cgroup: SessionCgroup | None = None  # the running session's cgroup (kept in state)
+    oom_kills_seen = 0  # processes of this session the kernel killed for memory, logged
+    memory_notice = ""  # why the last session stopped, when it was its memory (home page)
+
     @property
     def isolated(self) -> bool:
         return self.isolate
@@ -284,28 +322,119 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
     def load_state(self, state):
         super().load_state(state)
         if state.get("gpus"):
-            self.gpu_pool.restore(self.owner, state["gpus"])
+            kept = self.gpu_pool.restore(self.owner, state["gpus"])
+            # The hub locked every pool GPU at start: give the kept ones back to their holder.
+            account = self._account_if_exists()
+            for gpu in kept if account else []:
+                grant_device(gpu, account.pw_uid, account.pw_gid)
+        if state.get("cgroup"):
+            self.cgroup = session_cgroup(state["cgroup"]["kind"], state["cgroup"]["path"])
+            self.oom_kills_seen = state["cgroup"].get("oom_kills", 0)
 
     def get_state(self):
         state = super().get_state()
         held = [g.index for g in self.gpu_pool.held_by(self.owner)]
         if held:
             state["gpus"] = held
+        if self.cgroup is not None:
+            state["cgroup"] = {
+                "kind": self.cgroup.kind, "path": self.cgroup.path,
+                "oom_kills": self.oom_kills_seen,
+            }  # fmt: skip
         return state
 
     def clear_state(self):
-        """Called when the session stops or is found dead: its GPUs go back to the pool."""
+        """Called when the session stops or is found dead: everything still running in its
+        cgroup is killed (detached processes too), and its GPUs go back to the pool."""
         super().clear_state()
+        if self.cgroup is not None:
+            self._note_oom_kills(stopped=True)
+            self.cgroup.kill()
+            self._removals.add(asyncio.ensure_future(self._remove_cgroup(self.cgroup)))
+            self.cgroup = None
         for gpu in self.gpu_pool.release(self.owner):
             revoke_device(gpu)
             self.log.info("GPU %s released by %s", gpu.index, self.owner)
 
+    def _account_if_exists(self) -> pwd.struct_passwd | None:
+        try:
+            return pwd.getpwnam(self.unix_name) if self.isolated else None
+        except KeyError:
+            return None
+
+    # --- containment ------------------------------------------------------------------
+    def session_limits(self, profile: Profile) -> SessionLimits:
+        held = self.gpu_pool.held_by(self.owner)
+        others = [gpu_device_rule(g.device) for g in self.gpu_pool.gpus if g not in held]
+        return SessionLimits(
+            cores=profile.cores, memory=profile.memory, pids=self.pids_limit,
+            denied_devices=tuple(r for r in others if r),
+        )  # fmt: skip
+
+    async def _contain(self, profile: Profile) -> None:
+        """Make the session's cgroup (an earlier run's leftovers in it are killed first)."""
+        cgroup = session_cgroup(
+            self.cgroups, f"{self.cgroup_parent}/{session_name(self.user.name, self.name)}"
+        )
+        if cgroup.exists():
+            await cgroup.remove()
+        left_out = cgroup.create(self.session_limits(profile))
+        if left_out:
+            self.log.warning("%s: not enforced here: %s", self.owner, "; ".join(left_out))
+        self.cgroup, self.oom_kills_seen, self.memory_notice = cgroup, 0, ""
+
+    _removals: set = set()  # cgroup removals under way (kept referenced until done)
+
+    async def _remove_cgroup(self, cgroup: SessionCgroup) -> None:
+        try:
+            await cgroup.remove()
+        finally:
+            self._removals.discard(asyncio.current_task())
+
+    def _note_oom_kills(self, stopped: bool = False) -> None:
+        """Log processes the kernel killed for the memory limit; tell the user on stopping."""
+        cgroup = self.cgroup
+        kills = cgroup.oom_kills() if cgroup is not None else 0
+        if kills > self.oom_kills_seen:
+            self.log.warning(
+                "%s used more than its memory (%s): the kernel stopped %d process(es) in it",
+                self.owner, form.memory(self.mem_limit or 0), kills - self.oom_kills_seen,
+            )  # fmt: skip
+            self.oom_kills_seen = kills
+        if stopped and kills:
+            self.memory_notice = MEMORY_STOPPED.format(
+                session=self.name or "Lab", memory=form.memory(self.mem_limit or 0)
+            )
+
+    def memory_notices(self) -> list[str]:
+        """What the home page tells the user about this server's memory limit."""
+        self._note_oom_kills()
+        if self.cgroup is not None and self.oom_kills_seen:
+            return [
+                MEMORY_HIT.format(
+                    session=self.name or "Lab", memory=form.memory(self.mem_limit or 0)
+                )
+            ]
+        return [self.memory_notice] if self.memory_notice else []
+
     # --- start ------------------------------------------------------------------------
     def make_preexec_fn(self, name):
         if self.isolate:
-            return set_user_setuid(self.unix_name)
-        home = self.home
-        return lambda: os.chdir(home)
+            become_user = set_user_setuid(self.unix_name)
+        else:
+            home = self.home
+
+            def become_user():
+                os.chdir(home)
+
+        cgroup = self.cgroup
+
+        def preexec():
+            if cgroup is not None:  # before exec, as root: everything it starts is inside
+                cgroup.join()
+            become_user()
+
+        return preexec
 
     def get_env(self):
         env = super().get_env()
@@ -338,6 +467,8 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
                 if account is not None:
                     grant_device(gpu, account.pw_uid, account.pw_gid)
                 self.log.info("GPU %s allocated to %s", gpu.index, self.owner)
+            if self.isolated and self.cgroups:
+                await self._contain(profile)
             with self._session_log() as log:
                 self.popen_kwargs = {**self.popen_kwargs, "stdout": log, "stderr": log}
                 ip, port = await super().start()
@@ -346,6 +477,27 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         except BaseException:
             self.clear_state()
             raise
+
+    async def poll(self):
+        # After a hub restart only the pid is known: a pid no longer in the session's
+        # cgroup belongs to someone else now, so the session is gone.
+        if self.proc is None and self.pid and self.cgroup is not None:
+            if self.cgroup.exists() and self.pid not in self.cgroup.pids():
+                self.clear_state()
+                return 0
+        status = await super().poll()
+        if status is None:
+            self._note_oom_kills()
+        return status
+
+    async def stop(self, now=False):
+        """Stop the Lab, then kill whatever else runs in its cgroup and remove it."""
+        cgroup = self.cgroup
+        await super().stop(now=now)
+        if cgroup is not None:
+            if self.cgroup is cgroup:  # still alive after the Lab's stop: clear it here
+                self.clear_state()
+            await cgroup.remove()
 
     async def _listening(self, ip: str, port: int) -> None:
         """Return once the Lab accepts connections (or its process has ended).
