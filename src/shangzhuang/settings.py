@@ -273,7 +273,9 @@ class OidcAuth(Section):
     # when users reach the hub through another address (a TLS front end).
     callback_url: str = ""
     scopes: list[str] = ["openid", "profile", "email"]
-    username_claim: str = "preferred_username"
+    # The claim users are keyed on: stable and unique (`sub`). preferred_username is neither
+    # (users choose it); a value that is no portable user name becomes x-<hash of it>.
+    username_claim: str = "sub"
     groups_claim: str = "groups"
     allowed_groups: list[str] = []  # values of the groups claim whose members may sign in
     admin_groups: list[str] = []  # ... who are hub admins (and may sign in)

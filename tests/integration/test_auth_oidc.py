@@ -32,6 +32,10 @@ ACCOUNTS = {
     "carol": account("carol-Pw-9902", ["visitors"], schac_home_organization="example.com"),
     "dave": account("dave-Pw-4417", ["pku"]),  # no institution claim: the fallback
     "erin": account("erin-Pw-6063", ["pku", "hubadmins"], schac_home_organization="pku.edu.cn"),
+    # another person who calls herself alice (preferred_username is hers to choose)
+    "mallory": account("mallory-Pw-5150", ["tsinghua"], preferred_username="alice"),
+    # a provider's usual sub: not a portable user name
+    "Frank.Li@example.org": account("frank-Pw-2207", ["pku"], preferred_username="frank"),
 }
 PASSWORDS = {name: a["password"] for name, a in ACCOUNTS.items()}
 
@@ -146,6 +150,26 @@ def test_authorization_code_flow_maps_the_claim_to_the_account(oidc):
 
     assert login(oidc, "bob").status_code == 302  # math.pku.edu.cn: the pattern
     assert hub.api("GET", "/users/bob").json()["groups"] == ["pku"]
+
+
+def test_users_are_keyed_on_sub_not_on_the_name_they_choose(oidc):
+    """preferred_username is neither unique nor stable: mallory, who calls herself alice,
+    gets a hub user of her own (her `sub`), never alice's sessions, files or quota; a `sub`
+    that can't be a user name becomes a stable name derived from it."""
+    hub, _ = oidc
+    assert login(oidc, "alice").status_code == 302
+    alice_token = hub.token_for("alice")
+    assert login(oidc, "mallory").status_code == 302
+    assert hub.api("GET", "/users/mallory").status_code == 200
+    assert hub.api("GET", "/users/alice", token=alice_token).json()["name"] == "alice"
+    names = {u["name"] for u in hub.api("GET", "/users").json()}
+    assert "mallory" in names
+    # the odd sub: the same derived name at every login, the display name kept
+    assert login(oidc, "Frank.Li@example.org").status_code == 302
+    derived = sorted(names ^ {u["name"] for u in hub.api("GET", "/users").json()})
+    assert len(derived) == 1 and derived[0].startswith("x-"), derived
+    assert login(oidc, "Frank.Li@example.org").status_code == 302
+    assert len({u["name"] for u in hub.api("GET", "/users").json()} - names) == 1
 
 
 def test_no_institution_claim_means_the_fallback_account(oidc):

@@ -14,7 +14,10 @@ the directory or provider can't be reached. No password or client secret is ever
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import re
 import ssl
 import threading
 import urllib.error
@@ -393,12 +396,34 @@ class RefusalCallbackHandler(OAuthCallbackHandler):
         self.redirect(self.get_next_url(user))
 
 
+HUB_NAME = re.compile(r"[a-z][a-z0-9_-]{0,15}")
+
+
+def hub_name(subject: str) -> str:
+    """The hub (and Unix) user name of an OIDC user: their key claim (`sub` by default)
+    when it is a portable name already, else "x-" and 14 characters of its SHA-256: the
+    same at every login and distinct for distinct subjects (a hash, not a lower-cased or
+    cut copy, which could merge two people)."""
+    if HUB_NAME.fullmatch(subject):
+        return subject
+    digest = hashlib.sha256(subject.encode()).digest()
+    return "x-" + base64.b32encode(digest).decode().lower()[:14]
+
+
 class WorkbenchOIDCAuthenticator(SiteSignIn, GenericOAuthenticator):
-    """GenericOAuthenticator for an OpenID Connect provider found by issuer discovery."""
+    """GenericOAuthenticator for an OpenID Connect provider found by issuer discovery.
+
+    Users are keyed on a stable, unique claim (`sub` by default): preferred_username is the
+    user's to choose and change, so keying on it let one person take over another's
+    sessions, files and quota. What they call themselves stays in auth_state (oauth_user).
+    """
 
     issuer = Unicode("", help="The provider's issuer URL (for messages).").tag(config=True)
 
     callback_handler = RefusalCallbackHandler
+
+    def user_info_to_username(self, user_info):
+        return hub_name(str(super().user_info_to_username(user_info)))
 
     async def check_allowed(self, username, auth_model):
         if await super().check_allowed(username, auth_model):
