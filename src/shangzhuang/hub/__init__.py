@@ -143,7 +143,11 @@ def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
             "name": "quota",
             "url": url,
             "command": [sys.executable, "-m", "shangzhuang.quota.service"],
-            "environment": {"SHANGZHUANG_CONFIG": str(Path(settings.source).resolve())},
+            "environment": {
+                "SHANGZHUANG_CONFIG": str(Path(settings.source).resolve()),
+                # quota.database_url_env: the service reads the URL where the hub does
+                **({q.database_url_env: q.url} if q.database_url_env else {}),
+            },
             "oauth_no_confirm": True,
         }
     )
