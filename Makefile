@@ -16,6 +16,7 @@ LAB := extensions/shangzhuang-lab
 LAB_STAMP := $(VENV)/.installed-lab
 LAB_SOURCES := $(shell find $(LAB) \( -name node_modules -o -name lib -o -name labextension -o -name coverage \) -prune -o -type f \( -name '*.ts' -o -name '*.css' -o -name '*.js' -o -name '*.json' -o -name '*.py' -o -name '*.toml' -o -name yarn.lock -o -name .yarnrc.yml \) ! -name _version.py -print 2>/dev/null)
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
+MYHOSTNAME := /usr/share/doc/libnss-myhostname
 
 .PHONY: up test check lint clean install install-test
 
@@ -33,7 +34,7 @@ lint: install-test
 
 install: $(STAMP) $(USERENV_STAMP) $(LAB_STAMP) node_modules/.bin/configurable-http-proxy
 
-install-test: install $(TEST_STAMP) /usr/bin/chromium
+install-test: install $(TEST_STAMP) /usr/bin/chromium $(MYHOSTNAME)
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { $(APT) update && $(APT) install -y --no-install-recommends python3-venv; }
@@ -60,6 +61,12 @@ $(LAB_STAMP): $(LAB_SOURCES) | $(STAMP)
 # The e2e tests drive Debian's Chromium through Playwright (never `playwright install`).
 /usr/bin/chromium:
 	$(APT) update && $(APT) install -y --no-install-recommends chromium
+
+# Users' servers live on NAME.hub.localhost (their own origins). Chromium resolves *.localhost
+# by itself; the tests' Python clients ask glibc, which needs Debian's myhostname NSS module.
+$(MYHOSTNAME):
+	$(APT) update && $(APT) install -y --no-install-recommends libnss-myhostname
+	getent hosts test.hub.localhost >/dev/null
 
 node_modules/.bin/configurable-http-proxy: package.json
 	npm install --no-audit --no-fund --loglevel=error

@@ -86,7 +86,7 @@ class Workbench:
         r = cli(hub, hub.token_for("owner"), "publish", str(nb), "--name", "bench",
                 "--share", "viewer")  # fmt: skip
         assert r.returncode == 0, r.stderr
-        self.url = f"{hub.url}/user/owner/app-bench/"
+        self.url = hub.user_url("owner", "app-bench")
         self.link = f"{hub.url}/services/apps/open/owner/bench"
         self.session = hub.login("viewer", PASSWORD)
         r = consent(self.session, self.session.get(self.link, headers=HTML, timeout=120))

@@ -100,7 +100,7 @@ def disable_extension_for(hub: RunningHub, name: str) -> None:
 def quiet_lab(hub: RunningHub, name: str, token: str) -> None:
     """No "Jupyter news" question over the page (the same for both users)."""
     r = requests.put(
-        f"{hub.url}/user/{name}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        f"{hub.user_url(name)}lab/api/settings/@jupyterlab/apputils-extension:notification",
         json={"raw": json.dumps({"fetchNews": "false", "checkForUpdates": False})},
         headers={"Authorization": f"token {token}"}, timeout=30,
     )  # fmt: skip
@@ -212,7 +212,7 @@ def main() -> None:
             quiet_lab(hub, name, tokens[name])
         codes = {
             n: requests.get(
-                f"{hub.url}/user/{n}/shangzhuang/quota",
+                f"{hub.user_url(n)}shangzhuang/quota",
                 headers={"Authorization": f"token {tokens[n]}"}, timeout=30,
             ).status_code
             for n in (WITH, WITHOUT)
@@ -241,7 +241,7 @@ def main() -> None:
             browser.close()
 
         rss = {n: peak_rss_mb(lab_server(hub, n)) for n in (WITH, WITHOUT)}
-        ext_ms = latency_ms(f"{hub.url}/user/{WITH}/shangzhuang/quota", tokens[WITH])
+        ext_ms = latency_ms(f"{hub.user_url(WITH)}shangzhuang/quota", tokens[WITH])
         me_ms = latency_ms(f"{hub.url}/services/quota/api/v1/me", tokens[WITH])
     finally:
         hub.cleanup()

@@ -6,11 +6,13 @@ Every other module reads these objects, never the raw TOML. `load_settings` rais
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -86,9 +88,48 @@ class Hub(Section):
     idle_timeout_seconds: int = Field(3600, ge=0)  # 0 turns the idle culler off
     keep_sessions_on_restart: bool = True
 
+    # The address people open. User servers and apps get an origin of their own below it,
+    # http://NAME.hub.localhost:8000 (JupyterHub's subdomain_host): a site needs wildcard DNS
+    # and, with https, a wildcard certificate. "" = http://hub.localhost:{port} (browsers
+    # resolve every *.localhost name to this machine).
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin_with_subdomains(cls, v: str) -> str:
+        if not v:
+            return v
+        u = urlparse(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"{v!r} is not a URL such as 'https://hub.example.org'")
+        if u.path not in ("", "/") or u.query or u.fragment:
+            raise ValueError(f"{v!r}: the hub is served at the root of its host (no path)")
+        try:
+            ipaddress.ip_address(u.hostname)
+        except ValueError:
+            return v.rstrip("/")
+        raise ValueError(
+            f"{v!r}: a host name is needed, not an address, since user servers and apps are "
+            "served on NAME.<host> (e.g. 'http://hub.localhost:8000' on one machine)"
+        )
+
     @property
     def url(self) -> str:
+        """The hub's own origin, as people open it."""
+        return self.public_url or f"http://hub.localhost:{self.port}"
+
+    @property
+    def bind_url(self) -> str:
+        """Where the proxy listens."""
         return f"http://{self.ip}:{self.port}"
+
+    def user_origin(self, name: str) -> str:
+        """Where NAME's servers and apps are served (JupyterHub's own subdomain rule)."""
+        from jupyterhub.utils import subdomain_hook_idna
+
+        u = urlparse(self.url)
+        host = subdomain_hook_idna(name, u.hostname, "user")
+        return f"{u.scheme}://{host}" + (f":{u.port}" if u.port else "")
 
     @property
     def db_url(self) -> str:
@@ -624,6 +665,11 @@ class Apps(Section):
     auth_cache_seconds: int = Field(300, ge=1)
     max_snapshot_bytes: Bytes = 100 * 1024**2
     max_apps_per_user: int = Field(20, ge=1)
+    # Every page load starts a kernel. At most this many viewers' kernels run in one app at
+    # once (the next viewer is asked to come back later: 503) ...
+    max_kernels_per_app: int = Field(20, ge=1, le=1000)
+    # ... and a public app takes at most this many page loads a minute from one address (429).
+    public_visits_per_minute: int = Field(30, ge=1)
 
 
 class Settings(Section):

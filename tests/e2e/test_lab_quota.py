@@ -76,7 +76,7 @@ def lab_settings(hub: RunningHub, name: str, token: str) -> None:
         ),
     ]:
         r = requests.put(
-            f"{hub.url}/user/{name}/lab/api/settings/{plugin}",
+            f"{hub.user_url(name)}lab/api/settings/{plugin}",
             json={"raw": json.dumps(raw)}, headers={"Authorization": f"token {token}"},
             timeout=30,
         )  # fmt: skip
@@ -144,7 +144,7 @@ def test_status_bar_panel_grant_and_outage(hub, browser, artifacts, mira):
         assert panel.locator(".sz-no-gpu").inner_text() == "no GPU in this session"
         assert 1 <= panel.locator(".sz-charges-table tr").count() - 1 <= 10
         href = panel.locator(".sz-csv-link").get_attribute("href")
-        assert href == f"{hub.url}/user/lena/shangzhuang/usage.csv"  # the server extension's
+        assert href == f"{hub.user_url('lena')}shangzhuang/usage.csv"  # the server extension's
         csv = page.request.get(href)  # with the browser's cookies, as a click would
         assert csv.ok and csv.text().startswith("consumer,user,account,resource,")
         assert {line.split(",")[1] for line in csv.text().splitlines()[1:]} == {"lena"}

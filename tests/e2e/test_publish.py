@@ -27,7 +27,7 @@ def hub():
 def quiet_lab(hub: RunningHub, name: str) -> None:
     """No "Jupyter news" question over the page (JupyterLab 4.6 keeps it in this plugin)."""
     r = requests.put(
-        f"{hub.url}/user/{name}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        f"{hub.user_url(name)}lab/api/settings/@jupyterlab/apputils-extension:notification",
         json={"raw": json.dumps({"fetchNews": "false", "checkForUpdates": False})},
         headers={"Authorization": f"token {hub.token_for(name)}"}, timeout=30,
     )  # fmt: skip
@@ -88,7 +88,7 @@ def test_owner_publishes_from_lab_and_a_viewer_moves_the_slider(hub, browser, ar
     if "oauth2/authorize" in page.url:
         page.screenshot(path=str(artifacts / "publish-3-authorize.png"))
         page.get_by_role("button", name=re.compile("Authorize")).click()
-    page.wait_for_url(f"{hub.url}/user/olga/app-forecast/", timeout=90_000)
+    page.wait_for_url(hub.user_url("olga", "app-forecast"), timeout=90_000)  # olga's origin
     label = page.get_by_text(re.compile(r"^y = \d+$"))
     label.wait_for(timeout=90_000)
     assert label.inner_text() == "y = 4"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import nbformat
 import requests
@@ -83,11 +84,15 @@ def kernel_id(page: str) -> str:
     return m.group(1)
 
 
-def kernel_socket(hub: RunningHub, s: requests.Session, server_path: str, kid: str):
-    cookies = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+def kernel_socket(s: requests.Session, server_url: str, kid: str):
+    """The app page's kernel websocket, as its browser opens it: the cookies the session
+    holds for the app's host, and the app's own origin."""
+    url = f"{server_url}api/kernels/{kid}/channels"
+    cookies = requests.cookies.get_cookie_header(s.cookies, requests.Request("GET", url))
+    origin = "{0.scheme}://{0.netloc}".format(urlparse(server_url))
     return websocket.create_connection(
-        f"ws://127.0.0.1:{hub.port}{server_path}api/kernels/{kid}/channels",
-        header=[f"Cookie: {cookies}"], origin=hub.url, timeout=20,
+        url.replace("http", "ws", 1), header=[f"Cookie: {cookies or ''}"], origin=origin,
+        timeout=20,
     )  # fmt: skip
 
 

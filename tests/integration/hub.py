@@ -78,7 +78,8 @@ class RunningHub:
         self.run_as = run_as  # a Unix account to run the hub as, instead of root
         self.admin_password = admin_password  # None: let `up` generate one
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # The hub's origin; users' servers are on origins of their own (user_url).
+        self.url = f"http://hub.localhost:{self.port}"
         self.state = base / "state"
         self.homes = base / "home"
         self.homes.mkdir(mode=0o755, exist_ok=True)
@@ -295,6 +296,13 @@ signups_per_address_per_hour = {signups_per_hour}
         return self.login(name, password)
 
     # --- sessions --------------------------------------------------------------------
+    def user_url(self, name: str, server: str = "") -> str:
+        """Where NAME's server (or named server) is served: http://NAME.hub.localhost:PORT/
+        user/NAME/[SERVER/]. Chromium resolves *.localhost itself; other clients need
+        libnss-myhostname (`make test` installs it)."""
+        url = f"http://{name}.hub.localhost:{self.port}/user/{name}/"
+        return f"{url}{server}/" if server else url
+
     def spawn(self, name: str, profile: str, ok=(201, 202)) -> requests.Response:
         return self.api("POST", f"/users/{name}/server", json={"profile": profile}, ok=ok)
 
@@ -325,7 +333,7 @@ signups_per_address_per_hour = {signups_per_hour}
             return self._execute(name, kid, code, token)
         finally:
             requests.delete(
-                f"{self.url}/user/{name}/api/kernels/{kid}",
+                f"{self.user_url(name)}api/kernels/{kid}",
                 headers={"Authorization": f"token {token}"}, timeout=30,
             )  # fmt: skip
 
@@ -338,7 +346,7 @@ signups_per_address_per_hour = {signups_per_hour}
 
     def _new_kernel(self, name: str, token: str) -> str:
         r = requests.post(
-            f"{self.url}/user/{name}/api/kernels", json={"name": "python3"},
+            f"{self.user_url(name)}api/kernels", json={"name": "python3"},
             headers={"Authorization": f"token {token}"}, timeout=60,
         )  # fmt: skip
         r.raise_for_status()
@@ -346,7 +354,7 @@ signups_per_address_per_hour = {signups_per_hour}
 
     def _execute(self, name: str, kid: str, code: str, token: str, timeout: float = 300) -> str:
         ws = websocket.create_connection(
-            f"ws://127.0.0.1:{self.port}/user/{name}/api/kernels/{kid}/channels",
+            f"{self.user_url(name).replace('http', 'ws', 1)}api/kernels/{kid}/channels",
             header=[f"Authorization: token {token}"],
             timeout=timeout,
         )

@@ -68,8 +68,9 @@ def open_url(hub, owner, name):
     return f"{hub.url}/services/apps/open/{owner}/{name}"
 
 
-def app_path(owner, name):
-    return f"/user/{owner}/app-{name}/"
+def app_url(hub, owner, name):
+    """The app, on its owner's origin (http://OWNER.hub.localhost:PORT), never the hub's."""
+    return hub.user_url(owner, f"app-{name}")
 
 
 def test_viewer_sees_the_app_and_nothing_else(hub, published):
@@ -77,12 +78,12 @@ def test_viewer_sees_the_app_and_nothing_else(hub, published):
     # Straight in: no "authorize this server" page for a published app.
     r = vic.get(open_url(hub, "olga", "demo"), headers={"Accept": "text/html"}, timeout=120)
     assert r.status_code == 200, (r.status_code, r.url, r.text[-500:])
-    assert r.url == hub.url + app_path("olga", "demo")
+    assert r.url == app_url(hub, "olga", "demo")
     assert "y = 4" in r.text  # the notebook ran: a=3, x=1, b=1
     assert "secret.txt" not in r.text and "params = json.load" not in r.text  # no sources
     # Nothing of the owner's beyond the app: no contents, files, terminals, Lab, tree,
     # other notebooks, the snapshot's own files.
-    base = hub.url + app_path("olga", "demo")
+    base = app_url(hub, "olga", "demo")
     for path in [
         "api/contents", "api/contents/app.ipynb", "files/model.json", "files/secret.txt",
         "api/terminals", "terminals/1", "lab", "tree", "api/kernels", "api/sessions",
@@ -97,7 +98,7 @@ def test_viewer_sees_the_app_and_nothing_else(hub, published):
     hub.spawn("olga", "cpu")
     hub.wait_ready("olga")
     for path in ["lab", "api/contents", "files/olga-work/secret.txt"]:
-        got = vic.get(f"{hub.url}/user/olga/{path}", timeout=30)
+        got = vic.get(f"{hub.user_url('olga')}{path}", timeout=30)
         assert got.status_code in (403, 404), (path, got.status_code)
         assert "private notes" not in got.text
 
@@ -108,7 +109,7 @@ def test_execute_request_over_the_kernel_socket_is_ignored(hub, published):
     assert page.status_code == 200
     kid = kernel_id(page.text)
     marker = Path(f"/tmp/sz-app-pwned-{int(time.time() * 1000)}")
-    ws = kernel_socket(hub, vic, app_path("olga", "demo"), kid)
+    ws = kernel_socket(vic, app_url(hub, "olga", "demo"), kid)
     try:
         # The socket is live: kernel_info is answered.
         info = message("kernel_info_request", {})
@@ -138,7 +139,7 @@ def test_not_shared_user_gets_403(hub, published):
     r = sam.get(open_url(hub, "olga", "demo"), headers={"Accept": "text/html"}, timeout=60)
     assert r.status_code == 403 and "not shared with sam" in r.text
     # Straight at the server: JupyterHub refuses the OAuth (403), no page.
-    r = sam.get(hub.url + app_path("olga", "demo"), headers={"Accept": "text/html"}, timeout=60)
+    r = sam.get(app_url(hub, "olga", "demo"), headers={"Accept": "text/html"}, timeout=60)
     assert r.status_code == 403, (r.status_code, r.url)
     assert "y = " not in r.text
     # Nor through the API.
@@ -148,7 +149,7 @@ def test_not_shared_user_gets_403(hub, published):
     )  # fmt: skip
     assert r.status_code == 404
     # Anonymous: sent to the hub's login page, never the app.
-    r = requests.get(hub.url + app_path("olga", "demo"), headers={"Accept": "text/html"})
+    r = requests.get(app_url(hub, "olga", "demo"), headers={"Accept": "text/html"})
     assert "/hub/login" in r.url and "y = " not in r.text
 
 
@@ -160,7 +161,7 @@ def test_revoked_viewer_loses_access(hub, published):
     rex = login(hub, "rex")
     page = open_app(rex, open_url(hub, "olga", "rev"))
     assert page.status_code == 200 and "y = 4" in page.text
-    ws = kernel_socket(hub, rex, app_path("olga", "rev"), kernel_id(page.text))
+    ws = kernel_socket(rex, app_url(hub, "olga", "rev"), kernel_id(page.text))
 
     # olga takes rex off the app (publishing again with nobody named).
     r = cli(hub, token, "publish", str(nb), "--name", "rev")
@@ -168,7 +169,7 @@ def test_revoked_viewer_loses_access(hub, published):
     revoked = time.monotonic()
     # At once for a new session: a fresh login can't get in.
     fresh = login(hub, "rex")
-    r = fresh.get(hub.url + app_path("olga", "rev"), headers={"Accept": "text/html"}, timeout=60)
+    r = fresh.get(app_url(hub, "olga", "rev"), headers={"Accept": "text/html"}, timeout=60)
     assert r.status_code == 403 and "y = " not in r.text
     r = fresh.get(open_url(hub, "olga", "rev"), headers={"Accept": "text/html"}, timeout=60)
     assert r.status_code == 403
@@ -179,7 +180,7 @@ def test_revoked_viewer_loses_access(hub, published):
             ws.recv()
     assert time.monotonic() - revoked <= CACHE + 3
     # ... and the old cookie is refused too once the cache has expired.
-    r = rex.get(hub.url + app_path("olga", "rev"), headers={"Accept": "text/html"}, timeout=60)
+    r = rex.get(app_url(hub, "olga", "rev"), headers={"Accept": "text/html"}, timeout=60)
     assert r.status_code == 403 and "y = " not in r.text
 
 
@@ -201,7 +202,7 @@ def secrets_of_the_site(hub: RunningHub) -> dict[str, str]:
 def test_public_app_leaks_no_token(hub, published):
     anon = requests.Session()
     r = open_app(anon, open_url(hub, "olga", "pub"))
-    assert r.status_code == 200 and r.url == hub.url + app_path("olga", "pub")
+    assert r.status_code == 200 and r.url == app_url(hub, "olga", "pub")
     assert "y = 4" in r.text
     assert "app token in kernel: None" in r.text  # the app's kernel never had one
     secrets = secrets_of_the_site(hub)
@@ -210,8 +211,8 @@ def test_public_app_leaks_no_token(hub, published):
     # What the page loads from the app server (its config, static, the kernel model).
     kid = kernel_id(r.text)
     for path in ["", f"api/kernels/{kid}", "voila/api/themes/x"]:
-        bodies.append(anon.get(hub.url + app_path("olga", "pub") + path, timeout=30).text)
-    ws = kernel_socket(hub, anon, app_path("olga", "pub"), kid)
+        bodies.append(anon.get(app_url(hub, "olga", "pub") + path, timeout=30).text)
+    ws = kernel_socket(anon, app_url(hub, "olga", "pub"), kid)
     info = message("kernel_info_request", {})
     ws.send(json.dumps(info))
     bodies += [json.dumps(m) for m in replies_to(ws, info["header"]["msg_id"], 5)]
@@ -222,7 +223,7 @@ def test_public_app_leaks_no_token(hub, published):
     assert not re.search(r'"token":\s*"[^"]+"', r.text)
     # Public: anonymous, but still only the app.
     for path in ["api/contents", "files/secret.txt", "lab", "voila/render/app.ipynb"]:
-        got = anon.get(hub.url + app_path("olga", "pub") + path, timeout=30)
+        got = anon.get(app_url(hub, "olga", "pub") + path, timeout=30)
         assert got.status_code in (403, 404), path
 
 
@@ -281,7 +282,8 @@ def test_unpublish_and_refusals(hub, published):
     assert r.status_code == 200 and r.url == f"{hub.url}/services/apps/"
     assert 'data-app="olga/rev"' not in r.text
     r = olga.post(f"{hub.url}/services/apps/unpublish/olga/demo", timeout=60)  # no XSRF
-    assert r.status_code == 403
+    assert r.status_code == 401  # without XSRF the cookie authenticates nothing
+    assert "app-demo" in hub.api("GET", "/users/olga?include_stopped_servers=1").json()["servers"]
     # Unpublished: gone for the viewer, the server removed.
     assert cli(hub, token, "unpublish", "pub").returncode == 0
     assert "app-pub" not in hub.api("GET", "/users/olga").json()["servers"]
@@ -303,7 +305,7 @@ def test_publish_from_a_lab_session(hub, published):
     ))  # fmt: skip
     headers = {"Authorization": f"token {published['token']}"}
     r = requests.post(
-        f"{hub.url}/user/olga/shangzhuang/apps/publish", headers=headers, timeout=300,
+        f"{hub.user_url('olga')}shangzhuang/apps/publish", headers=headers, timeout=300,
         json={"path": "lab/app.ipynb", "name": "fromlab", "description": "from Lab",
               "viewers": {"users": ["vic"]}},
     )  # fmt: skip
@@ -312,6 +314,6 @@ def test_publish_from_a_lab_session(hub, published):
     r = open_app(login(hub, "vic"), open_url(hub, "olga", "fromlab"))
     assert r.status_code == 200 and "y = 5" in r.text  # a=5, x=1, b=0: the Lab's own files
     # Outside the server's root: refused.
-    r = requests.post(f"{hub.url}/user/olga/shangzhuang/apps/publish", headers=headers,
+    r = requests.post(f"{hub.user_url('olga')}shangzhuang/apps/publish", headers=headers,
                       json={"path": "../../etc/passwd.ipynb", "name": "x"}, timeout=60)  # fmt: skip
     assert r.status_code == 404

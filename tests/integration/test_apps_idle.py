@@ -62,13 +62,13 @@ def test_idle_app_stops_and_the_next_visit_starts_it(hub):
     # vic follows a link straight to the app: the hub's "not running" page sends him to the
     # apps service, which starts it for him (he can't start olga's servers himself).
     vic = hub.login("vic", PASSWORD)
-    r = vic.get(f"{hub.url}/user/olga/app-idle/", headers=HTML, timeout=60)
+    r = vic.get(hub.user_url("olga", "app-idle"), headers=HTML, timeout=60)
     assert r.status_code == 424, r.status_code
     assert 'href="/services/apps/open/olga/idle"' in r.text
     t0 = time.monotonic()
     r = open_app(vic, f"{hub.url}/services/apps/open/olga/idle")
     assert r.status_code == 200 and "y = 4" in r.text, (r.status_code, r.url)
-    assert r.url == f"{hub.url}/user/olga/app-idle/"
+    assert r.url == hub.user_url("olga", "app-idle")  # on olga's origin
     print(f"restart on visit: {time.monotonic() - t0:.1f}s (stopped {t0 - stopped_at:.1f}s ago)")
 
 
@@ -77,7 +77,7 @@ def test_idle_kernels_are_shut_down(hub):
     vic = hub.login("vic", PASSWORD)
     page = open_app(vic, f"{hub.url}/services/apps/open/olga/kern")
     kid = kernel_id(page.text)
-    url = f"{hub.url}/user/olga/app-kern/api/kernels/{kid}"
+    url = f"{hub.user_url('olga', 'app-kern')}api/kernels/{kid}"
     assert vic.get(url, timeout=30).status_code == 200
     started = time.monotonic()
     # Polling keeps the app itself busy; the kernel, untouched, goes.
@@ -106,7 +106,7 @@ def test_anyone_signed_in_gets_a_share_on_first_visit(hub):
     publish(hub, "open", "signed-in")
     una = hub.login("una", PASSWORD)
     # Never shared with una by name: the hub alone would refuse her ...
-    r = una.get(f"{hub.url}/user/olga/app-open/", headers=HTML, timeout=60)
+    r = una.get(hub.user_url("olga", "app-open"), headers=HTML, timeout=60)
     assert r.status_code in (403, 404) and "y = " not in r.text
     # ... the app's link lets her in (and records her share).
     r = open_app(una, f"{hub.url}/services/apps/open/olga/open")

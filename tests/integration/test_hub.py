@@ -29,7 +29,7 @@ def test_signup_approval_login_spawn_and_run_code(hub):
     assert r.status_code == 302, r.text[-400:]
     hub.wait_ready("alice")
 
-    lab = browser.get(f"{hub.url}/user/alice/lab")
+    lab = browser.get(f"{hub.user_url('alice')}lab")
     assert lab.status_code == 200
     assert "JupyterLab" in lab.text
 
@@ -159,11 +159,11 @@ for path in [{str(frank_home / 'secret.txt')!r}, {str(hub.state / 'jupyterhub.sq
     # Erin's token can't reach Frank's server, nor can her browser.
     erin_token = hub.token_for("erin")
     r = requests.get(
-        f"{hub.url}/user/frank/api/contents", headers={"Authorization": f"token {erin_token}"}
+        f"{hub.user_url('frank')}api/contents", headers={"Authorization": f"token {erin_token}"}
     )
     assert r.status_code == 403
     browser = hub.login("erin", "correct-horse-9")
-    r = browser.get(f"{hub.url}/user/frank/lab")
+    r = browser.get(f"{hub.user_url('frank')}lab")
     assert r.status_code == 403
     for n in ("erin", "frank"):
         hub.stop_server(n)

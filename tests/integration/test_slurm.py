@@ -254,13 +254,13 @@ def test_plain_slurmcluster_and_the_dask_sidebar_use_the_site_settings(hub, slur
 
     # dask-labextension's sidebar ("New" cluster) builds the workbench's cluster class.
     headers = {"Authorization": f"token {token}"}
-    r = requests.put(f"{hub.url}/user/emil/dask/clusters", headers=headers, timeout=120)
+    r = requests.put(f"{hub.user_url('emil')}dask/clusters", headers=headers, timeout=120)
     assert r.status_code == 200, r.text
     model = r.json()
     assert model["dashboard_link"].startswith("/user/emil/proxy/")
-    listed = requests.get(f"{hub.url}/user/emil/dask/clusters", headers=headers).json()
+    listed = requests.get(f"{hub.user_url('emil')}dask/clusters", headers=headers).json()
     assert [c["id"] for c in listed] == [model["id"]]
-    requests.delete(f"{hub.url}/user/emil/dask/clusters/{model['id']}", headers=headers)
+    requests.delete(f"{hub.user_url('emil')}dask/clusters/{model['id']}", headers=headers)
     hub.stop_server("emil")
 
 

@@ -57,7 +57,7 @@ def run_notebook(
     hub: RunningHub, user: str, token: str, path: str, timeout: float = 300, **parameters
 ) -> NotebookRun:
     """Execute `path` (relative to the user's home) top to bottom in their running session."""
-    base = f"{hub.url}/user/{user}/api"
+    base = f"{hub.user_url(user)}api"
     headers = {"Authorization": f"token {token}"}
     r = requests.get(f"{base}/contents/{path}", headers=headers, timeout=60)
     assert r.status_code == 200, f"GET contents/{path}: {r.status_code} {r.text[:300]}"
@@ -72,7 +72,7 @@ def run_notebook(
     assert r.status_code == 201, f"POST sessions: {r.status_code} {r.text[:300]}"
     session = r.json()
     ws = websocket.create_connection(
-        f"ws://127.0.0.1:{hub.port}/user/{user}/api/kernels/{session['kernel']['id']}/channels",
+        f"{base.replace('http', 'ws', 1)}/kernels/{session['kernel']['id']}/channels",
         header=[f"Authorization: token {token}"],
         timeout=timeout,
     )

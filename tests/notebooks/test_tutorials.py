@@ -145,18 +145,18 @@ def test_an_nbgitpuller_link_pulls_a_course_into_the_session(hub, student):
     # server passes straight on) to their own server's /git-pull page.
     s = hub.login(USER, "correct-horse-9")
     r = s.get(f"{hub.url}/hub/user-redirect/git-pull?{query}")
-    assert r.status_code == 200 and r.url == f"{hub.url}/user/{USER}/git-pull?{query}", r.url
+    assert r.status_code == 200 and r.url == f"{hub.user_url(USER)}git-pull?{query}", r.url
     assert "nbgitpuller" in r.text
     # That page runs the pull through the session's event stream, then opens urlpath.
     r = requests.get(
-        f"{hub.url}/user/{USER}/git-pull/api?{query}",
+        f"{hub.user_url(USER)}git-pull/api?{query}",
         headers={"Authorization": f"token {student}"}, stream=True, timeout=120,
     )  # fmt: skip
     events = [json.loads(line[5:]) for line in r.iter_lines(decode_unicode=True)
               if line.startswith("data:")]  # fmt: skip
     assert events[-1]["phase"] == "finished", events
     r = requests.get(
-        f"{hub.url}/user/{USER}/api/contents/course/lab1.ipynb",
+        f"{hub.user_url(USER)}api/contents/course/lab1.ipynb",
         headers={"Authorization": f"token {student}"}, timeout=60,
     )  # fmt: skip
     assert r.status_code == 200 and r.json()["type"] == "notebook"

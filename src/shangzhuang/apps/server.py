@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import json
 import logging
 import os
 import sys
 import time
+from collections import deque
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
@@ -64,16 +66,86 @@ def log_request(handler) -> None:
             handler.request.path, 1000 * handler.request.request_time())  # fmt: skip
 
 
+class Visits:
+    """Page loads per address in the last minute (a public app's rate limit)."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute  # 0: no limit
+        self.seen: dict[str, deque[float]] = {}
+
+    def wait_seconds(self, address: str) -> int:
+        """0 and the visit counted, or how long this address must wait."""
+        if not self.per_minute:
+            return 0
+        now = time.monotonic()
+        if len(self.seen) > 10_000:  # forget addresses that have been quiet a minute
+            self.seen = {a: q for a, q in self.seen.items() if q and q[-1] > now - 60}
+        recent = self.seen.setdefault(address, deque())
+        while recent and recent[0] <= now - 60:
+            recent.popleft()
+        if len(recent) >= self.per_minute:
+            return int(recent[0] + 60 - now) + 1
+        recent.append(now)
+        return 0
+
+
+def client_address(request) -> str:
+    """The viewer's address: the last X-Forwarded-For entry is the one the hub's proxy
+    added (earlier entries come from the client and prove nothing)."""
+    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+    return forwarded or request.remote_ip
+
+
 class AppPageHandler(TornadoVoilaHandler):
     """The app's page; the hub's readiness probe (no text/html) is answered without
-    rendering, so a probe never starts a kernel."""
+    rendering, so a probe never starts a kernel. Each page load starts a kernel: at most
+    `max_kernels` run at once, and `visits` limits loads per address."""
+
+    max_kernels = 20
+    visits = Visits(0)
+    loading = 0  # page loads in progress (their kernels may not be listed yet)
 
     async def get(self, path=None):
         if not path and "text/html" not in self.request.headers.get("Accept", ""):
             self.set_status(204)
             self.finish()
             return
+        if not path and self.current_user:  # not yet signed in: the hub's login comes first
+            wait = self.visits.wait_seconds(client_address(self.request))
+            if wait:
+                self.refuse(429, wait, f"Too many visits to this app from your address: at "
+                            f"most {self.visits.per_minute} a minute. Try again in {wait} "
+                            "seconds.")  # fmt: skip
+                return
+            # Loads still starting count too, so a burst can't start more than the cap.
+            running = len(self.kernel_manager.list_kernel_ids()) - self.pool_size
+            if running + AppPageHandler.loading >= self.max_kernels:
+                self.refuse(503, 60, f"This app is serving as many viewers as it can "
+                            f"({self.max_kernels}). Try again in a few minutes.")  # fmt: skip
+                return
+            AppPageHandler.loading += 1
+            try:
+                return await super().get(path)
+            finally:
+                AppPageHandler.loading -= 1
         return await super().get(path)
+
+    @property
+    def pool_size(self) -> int:
+        """Kernels kept ready ahead of viewers (--preheat) don't count against the cap."""
+        return self.voila_configuration.default_pool_size if (
+            self.voila_configuration.preheat_kernel
+        ) else 0  # fmt: skip
+
+    def refuse(self, status: int, retry_after: int, message: str) -> None:
+        log.warning("%d for %s: %s", status, client_address(self.request), message)
+        self.set_status(status)
+        self.set_header("Retry-After", str(retry_after))
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(
+            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Not now</title></head>"
+            f"<body><p>{html.escape(message)}</p></body></html>"
+        )
 
 
 class AppKernelWebsocket(VoilaKernelWebsocketHandler):
@@ -220,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernel-idle", type=int, default=600, help="cull idle kernels; 0: never")
     p.add_argument("--preheat", type=int, default=0, help="kernels executed ahead of viewers")
     p.add_argument("--activity-every", type=float, default=60, help="report activity (s)")
+    p.add_argument("--max-kernels", type=int, default=20, help="viewers' kernels at once")
+    p.add_argument("--visits-per-minute", type=int, default=0,
+                   help="page loads a minute per address; 0: no limit")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s app] %(message)s")
 
@@ -229,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(args.root)
     if args.auth == "hub":
         AppKernelWebsocket.recheck_seconds = float(args.auth_cache)
+    AppPageHandler.max_kernels = args.max_kernels
+    AppPageHandler.visits = Visits(args.visits_per_minute)
     app = AppVoila(config=voila_config(args, token))
     app.initialize([args.notebook])
     activity_url = os.environ.get("JUPYTERHUB_ACTIVITY_URL")

@@ -3,7 +3,7 @@
 - `GET  /services/apps/`                      the apps page: apps I own, apps shared with me
 - `GET  /services/apps/open/OWNER/NAME`       an app's link: checks who may view it, grants
   "anyone signed in" viewers their share, starts the app if it is stopped, then sends the
-  browser to /user/OWNER/{prefix}NAME/
+  browser to the app on its owner's origin, http://OWNER.<hub host>/user/OWNER/{prefix}NAME/
 - `POST /services/apps/unpublish/OWNER/NAME`  the page's unpublish button
 - `GET  /services/apps/api/apps`              the same lists as JSON
 - `GET|PUT|PATCH|DELETE /services/apps/api/apps/OWNER/NAME`  one app; PUT publishes (the
@@ -67,8 +67,9 @@ class Apps:
         return url_path_join(self.prefix, "open", quote(app.owner, safe=""), app.name)
 
     def server_url(self, app: App) -> str:
+        """The app itself, on its owner's origin (never the hub's: its outputs are theirs)."""
         path = url_path_join(self.hub_prefix, "user", quote(app.owner, safe=""), self.server(app))
-        return path + "/"
+        return self.settings.hub.user_origin(app.owner) + path + "/"
 
     def public(self, app: App) -> bool:
         return app.viewers.public and self.settings.apps.public_links
@@ -178,21 +179,29 @@ class Apps:
         return app
 
     async def start(self, app: App) -> str:
-        """Start the app's server unless it runs; '' or the reason it could not start."""
-        model = await self.hub.server(app.owner, self.server(app))
-        if model and model.get("pending") == "stop":  # the idle culler is stopping it
-            await self.hub.wait(app.owner, self.server(app), 60, ready=False)
-            model = await self.hub.server(app.owner, self.server(app))
-        if model and (model.get("ready") or model.get("pending")):
-            return ""
-        try:
-            await self.hub.start(app.owner, self.server(app), app.profile)
-        except HubError as e:
-            if e.status == 400 and "already" in e.message:  # another visit started it
+        """Start the app's server unless it runs; '' or the reason it could not start. One
+        that is being stopped (by the idle culler, maybe between our look and our start)
+        is waited for and started again."""
+        server = self.server(app)
+        for _ in range(3):
+            model = await self.hub.server(app.owner, server)
+            if model and model.get("pending") == "stop":
+                await self.hub.wait(app.owner, server, 60, ready=False)
+                continue
+            if model and (model.get("ready") or model.get("pending")):
                 return ""
-            log.warning("could not start %s/%s: %s", app.owner, app.name, e.message)
-            return e.message
-        return ""
+            try:
+                await self.hub.start(app.owner, server, app.profile)
+            except HubError as e:
+                if e.status == 400 and "already" in e.message:  # another visit started it
+                    return ""
+                if e.status == 400 and "pending stop" in e.message:
+                    await self.hub.wait(app.owner, server, 60, ready=False)
+                    continue
+                log.warning("could not start %s/%s: %s", app.owner, app.name, e.message)
+                return e.message
+            return ""
+        return "The app was stopped each time it was started."
 
     async def sync_shares(self, app: App) -> None:
         """Make JupyterHub's shares of the app's server match who may view it. Users who
@@ -429,23 +438,28 @@ class OpenHandler(BaseHandler):
                 return
             if app.viewers.signed_in:
                 await apps.grant_visitor(app, me)
-        server = await apps.hub.server(owner, apps.server(app))
-        if not (server and server.get("ready")):
+        # Twice: an app stopped (idle) just as it came up is started again, as a viewer
+        # pressing reload would.
+        for _ in range(2):
+            server = await apps.hub.server(owner, apps.server(app))
+            if server and server.get("ready"):
+                self.redirect(apps.server_url(app))
+                return
             problem = await apps.start(app)
             if problem:
                 self.render("message.html", 503, title=f"{app.name} can't start now",
                             message=self.start_problem(app, problem))  # fmt: skip
                 return
-            if not await apps.hub.wait(owner, apps.server(app), self.settings["open_wait"]):
-                server = await apps.hub.server(owner, apps.server(app))
-                if server and server.get("pending"):
-                    self.render("starting.html", 202, app=apps.model(app, server, False))
-                    return
-                self.render("message.html", 503, title=f"{app.name} can't start now",
-                            message="The app stopped while starting. Try again in a minute; "
-                            "if it keeps failing, tell its owner.")  # fmt: skip
+            if await apps.hub.wait(owner, apps.server(app), self.settings["open_wait"]):
+                self.redirect(apps.server_url(app))
                 return
-        self.redirect(apps.server_url(app))
+            server = await apps.hub.server(owner, apps.server(app))
+            if server and server.get("pending"):
+                self.render("starting.html", 202, app=apps.model(app, server, False))
+                return
+        self.render("message.html", 503, title=f"{app.name} can't start now",
+                    message="The app stopped while starting. Try again in a minute; "
+                    "if it keeps failing, tell its owner.")  # fmt: skip
 
     def start_problem(self, app: App, problem: str) -> str:
         me = self.current_user or {}

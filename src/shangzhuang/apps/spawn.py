@@ -77,6 +77,8 @@ class AppServers:
             f"--kernel-idle={apps.kernel_idle_seconds}",
             f"--preheat={apps.preheat_kernels}",
             f"--activity-every={activity_every(self.settings)}",
+            f"--max-kernels={apps.max_kernels_per_app}",
+            f"--visits-per-minute={apps.public_visits_per_minute if public else 0}",
         ]  # fmt: skip
         if os.geteuid() == 0 and getattr(spawner, "isolated", False):
             account = await spawner.unix_account()

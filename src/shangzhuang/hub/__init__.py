@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # keep `shangzhuang.hub.gpus` importable without pydantic (GPU test hosts)
     from shangzhuang.settings import Settings
@@ -30,6 +31,35 @@ def proxy_command() -> str:
     return str(local) if local.exists() else (shutil.which("configurable-http-proxy") or str(local))
 
 
+def services_on_the_hub_host(name: str, domain: str, kind: str) -> str:
+    """JupyterHub's subdomain_hook: users get NAME.<hub host> (JupyterHub's own IDNA rule);
+    services (ours: quota, apps, the idle culler) stay on the hub's host, under /services/."""
+    from jupyterhub.utils import subdomain_hook_idna
+
+    return domain if kind == "service" else subdomain_hook_idna(name, domain, kind)
+
+
+def sign_in_on_the_hub_host(hub_url: str):
+    """Authenticator.post_auth_hook: people sign in on the hub's own host only. The hub is
+    the proxy's route for every host (so a stopped server's URL reaches it), so its login
+    page also answers on users' hosts, where a signed-in hub session would be open to that
+    user's scripts."""
+    from tornado import web
+
+    host = urlparse(hub_url).hostname
+
+    def hook(authenticator, handler, authentication: dict) -> dict:
+        if handler.request.host_name.lower() != host:
+            raise web.HTTPError(
+                403,
+                f"Sign in at {hub_url}/hub/login: {handler.request.host_name} serves a "
+                "user's own pages, not the hub's.",
+            )
+        return authentication
+
+    return hook
+
+
 def configure(c, settings: Settings) -> None:
     """Fill a JupyterHub config object from the site settings."""
     from shangzhuang.hub.signin import configure_signin
@@ -40,7 +70,15 @@ def configure(c, settings: Settings) -> None:
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)  # hub state is never readable by user sessions
 
-    c.JupyterHub.bind_url = hub.url
+    c.JupyterHub.bind_url = hub.bind_url
+    # Nothing a user wrote is served on the hub's origin: each user's servers (their Lab,
+    # their apps) get http://NAME.<host>, where the hub's cookies are never sent.
+    c.JupyterHub.subdomain_host = hub.url
+    c.JupyterHub.subdomain_hook = services_on_the_hub_host
+    # Over https, the hub's cookies get the __Host- prefix: a user's server can't toss its
+    # own cookies for the hub's host (the prefix needs Secure, so not on plain http).
+    c.JupyterHub.cookie_host_prefix_enabled = hub.url.startswith("https://")
+    c.Authenticator.post_auth_hook = sign_in_on_the_hub_host(hub.url)
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub.api_port}"
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
     c.ConfigurableHTTPProxy.command = [proxy_command()]
@@ -178,6 +216,7 @@ def configure_apps(c, settings: Settings) -> None:
     app_servers = AppServers(settings)
     c.JupyterHub.allow_named_servers = True
     c.Spawner.pre_spawn_hook = app_servers  # app servers run our Voila launcher
+    c.WorkbenchSpawner.app_server_prefix = apps.server_prefix  # no renames into or out of it
     c.JupyterHub.services.append(
         {
             "name": "apps",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import batchspawner
 from jupyterhub.spawner import LocalProcessSpawner, Spawner, SpawnException, set_user_setuid
+from tornado import web
 from traitlets import Bool, Instance, Integer, List, Unicode, default
 
 from shangzhuang.apps import app_consumer
@@ -99,6 +100,24 @@ class WorkbenchSpawner(Spawner):
 
     def options_from_form(self, formdata):
         return {"profile": formdata.get("profile", [""])[0]}
+
+    app_server_prefix = Unicode(
+        "",
+        help="""Named servers whose name starts with this run published apps
+        (apps.server_prefix). None is renamed into or out of it: a renamed app server would
+        take its viewers' shares to a Lab, and a Lab renamed into it would pass for an app.""",
+    ).tag(config=True)
+
+    async def rename(self, old_name: str, new_name: str) -> None:
+        """JupyterHub 6 asks this before renaming a named server; an error refuses it."""
+        prefix = self.app_server_prefix
+        if prefix and (old_name.startswith(prefix) or new_name.startswith(prefix)):
+            raise web.HTTPError(
+                403,
+                f"server {old_name!r} can't be renamed to {new_name!r}: names starting with "
+                f"{prefix!r} are kept for published apps (apps.server_prefix); publish or "
+                "unpublish the app instead",
+            )
 
     @property
     def profile(self) -> Profile:
