@@ -7,6 +7,7 @@ X-Forwarded-For): per-address limits see distinct people, with nothing mocked.
 
 from __future__ import annotations
 
+import html as html_text
 import re
 import time
 
@@ -69,4 +70,4 @@ def signup_from(hub, address: str, name: str, password: str) -> requests.Respons
 def page_message(html: str) -> str:
     """The alert a login or sign-up page shows (its text, whitespace folded)."""
     m = re.search(r'class="[^"]*(?:alert|login_error)[^"]*"[^>]*>(.*?)</(?:div|p)>', html, re.S)
-    return " ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split()) if m else ""
+    return html_text.unescape(" ".join(re.sub(r"<[^>]+>", " ", m.group(1)).split())) if m else ""

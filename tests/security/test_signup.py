@@ -20,7 +20,14 @@ from nativeauthenticator.orm import UserInfo
 
 from shangzhuang.hub.auth import WorkbenchAuthenticator
 from tests.integration.hub import ADMIN, RunningHub, workdir
-from tests.security.strangers import hub_url, login_from, page_message, signup_from
+from tests.security.strangers import (
+    hub_url,
+    login_from,
+    page_message,
+    post_form,
+    session_from,
+    signup_from,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +60,47 @@ def test_every_admin_has_an_account_without_a_bootstrap_password():
         assert info is not None and info.is_authorized
         assert "reserved" in auth.signup_problem(name, "pw-123456789", "pw-123456789")
         assert auth.create_user(name, "pw-123456789") is None  # upstream's path refuses too
+
+
+def test_an_admin_sets_the_password_of_another_admin(hub):
+    """The second admin's account exists from the start with a password nobody knows; the
+    first admin sets it on /hub/change-password/ops (a POST with _xsrf), then ops logs in."""
+    admin = session_from("127.0.5.3")
+    r = post_form(
+        hub, admin, "/hub/login", {"username": ADMIN, "password": hub.password_of_admin()}
+    )
+    assert r.status_code == 302, r.text
+    new = "ops-password-4471"
+    r = post_form(
+        hub, admin, "/hub/change-password/ops",
+        {"new_password": new, "new_password_confirmation": new},
+    )  # fmt: skip
+    assert "The password of ops has been changed." in page_message(r.text), r.text
+    r, _ = login_from(hub, "127.0.5.4", "ops", new)
+    assert r.status_code == 302, r.text
+
+
+def test_pending_signups_are_capped():
+    base = workdir()
+    hub = RunningHub(base)
+    text = hub.config.read_text()
+    hub.config.write_text(
+        text.replace("[auth.native]\n", "[auth.native]\nmax_pending_signups = 2\n", 1)
+    )
+    with hub:
+        for i in (1, 2):
+            assert (
+                signup_from(hub, f"127.0.7.{i}", f"wait{i}", "waiting-password-1").status_code
+                == 200
+            )
+        r = signup_from(hub, "127.0.7.3", "wait3", "waiting-password-1")
+        assert r.status_code == 503
+        assert page_message(r.text) == (
+            "Sign-up is closed for now: 2 sign-ups are waiting for an admin's approval. "
+            "Try again later."
+        )
+        hub.approve("wait1")  # one approved: room for one more
+        assert signup_from(hub, "127.0.7.3", "wait3", "waiting-password-1").status_code == 200
 
 
 def health_latencies(hub, stop: threading.Event, out: list[float]) -> None:
