@@ -174,3 +174,38 @@ def test_app_ids():
     assert app_consumer("olga", "app-demo", 1.5) == "app:olga/app-demo@1500"
     assert is_app_server("app-demo", "app-") and not is_app_server("app-", "app-")
     assert not is_app_server("lab", "app-")
+
+
+class CullingHub:
+    """A stand-in for HubAPI (the calls Apps.start makes) whose app server the idle culler
+    is stopping: the first start is refused with JupyterHub's "pending stop" (the culler's
+    DELETE came between our look and our POST), as a busy machine made happen in
+    test_apps_idle."""
+
+    def __init__(self):
+        self.starts = 0
+
+    async def server(self, owner, server):
+        return {"ready": False, "pending": None, "stopped": True}
+
+    async def start(self, owner, server, profile):
+        from shangzhuang.apps.hub_api import HubError
+
+        self.starts += 1
+        if self.starts == 1:
+            raise HubError(400, f"{owner}/{server} is pending stop")
+
+    async def wait(self, owner, server, timeout, ready=True):
+        return True
+
+
+def test_an_app_stopping_as_a_viewer_comes_is_started_again(tmp_path):
+    import asyncio
+
+    from shangzhuang.apps.service import Apps
+
+    hub = CullingHub()
+    apps = Apps(settings(tmp_path), hub, "/services/apps/")
+    app = App(owner="olga", name="demo", notebook="app.ipynb")
+    assert asyncio.run(apps.start(app)) == ""
+    assert hub.starts == 2
