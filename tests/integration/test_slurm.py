@@ -1,9 +1,15 @@
-"""The `slurm` backend on a real Slurm (two virtual nodes with fake GPU devices, tests/slurm.py):
-Lab sessions as jobs, GPUs through gres, the queue reason on the spawn page, notebook Dask
-clusters on both nodes, metering and enforcement, and a controller that is down."""
+"""The `slurm` backend on a real Slurm (two virtual nodes with fake GPU devices, slurmdbd on
+MariaDB for accounting: tests/slurm.py): Lab sessions as jobs, GPUs through gres, the queue
+reason on the spawn page, notebook Dask clusters on both nodes, metering and enforcement,
+every finished job charged exactly from Slurm's accounting (also across a restart of the
+quota service), and a controller that is down."""
 
 import json
+import os
+import signal
+import subprocess
 import time
+from datetime import datetime
 
 import pytest
 import requests
@@ -58,7 +64,7 @@ WHO = (
 
 @pytest.fixture(scope="module")
 def slurm():
-    s = LocalSlurm()
+    s = LocalSlurm(accounting=True)  # slurmdbd: jobs are settled from sacct
     s.start()
     try:
         yield s
@@ -262,6 +268,132 @@ def test_plain_slurmcluster_and_the_dask_sidebar_use_the_site_settings(hub, slur
     assert [c["id"] for c in listed] == [model["id"]]
     requests.delete(f"{hub.user_url('emil')}dask/clusters/{model['id']}", headers=headers)
     hub.stop_server("emil")
+
+
+def charges(hub, name) -> dict[str, dict[str, float]]:
+    """consumer -> resource -> hours charged, from the quota service."""
+    r = requests.get(
+        f"{hub.url}/services/quota/api/v1/usage?user={name}",
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    )  # fmt: skip
+    r.raise_for_status()
+    out: dict[str, dict[str, float]] = {}
+    for row in r.json()["records"]:
+        per = out.setdefault(row["consumer"], {})
+        per[row["resource"]] = per.get(row["resource"], 0.0) + row["amount"]
+    return out
+
+
+def sacct_runs(slurm, job_ids) -> dict[str, tuple[float, dict[str, float]]]:
+    """Finished jobs as Slurm's accounting has them: id -> (seconds run, TRES counts)."""
+    out = slurm.cmd("sacct", "-n", "-X", "-P", "-j", ",".join(job_ids),
+                    "-o", "JobIDRaw,Start,End,AllocTRES,State")  # fmt: skip
+    runs = {}
+    for line in out.splitlines():
+        job_id, start, end, tres, state = line.split("|")
+        if state.split()[0] in ("PENDING", "RUNNING") or end == "Unknown":
+            continue
+        seconds = (
+            datetime.fromisoformat(end).timestamp() - datetime.fromisoformat(start).timestamp()
+        )
+        counts = dict(kv.split("=", 1) for kv in tres.split(","))
+        runs[job_id] = (
+            seconds,
+            {"cpu": float(counts["cpu"]), "gpu": float(counts.get("gres/gpu", 0))},
+        )
+    return runs
+
+
+def submit(hub, slurm, name, *args) -> list[str]:
+    """sbatch as the user's own Unix account (as from a terminal in their Lab)."""
+    unix = f"{hub.prefix}{name}"
+    subprocess.run(["useradd", "--user-group", unix], check=False, capture_output=True)
+    out = subprocess.run(
+        ["runuser", "-u", unix, "--", "sbatch", "--parsable", "--chdir=/tmp",
+         "--output=/dev/null", *args],
+        env=slurm.env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return [out.stdout.strip().split(";")[0]]
+
+
+def quota_service_pid(hub) -> int | None:
+    """The quota service the hub started (a managed service: the hub starts it again when
+    it dies)."""
+    out = subprocess.run(["pgrep", "-P", str(hub.proc.pid), "-f", "shangzhuang.quota.service"],
+                         capture_output=True, text=True)  # fmt: skip
+    pids = [int(p) for p in out.stdout.split()]
+    return pids[0] if pids else None
+
+
+def settled_exactly(hub, slurm, name, job_ids, expect) -> bool:
+    """Every job charged exactly its accounted run x its TRES (no more, no less)."""
+    runs = sacct_runs(slurm, job_ids)
+    if len(runs) < len(job_ids):
+        return False
+    got = charges(hub, name)
+    for job_id, (seconds, tres) in runs.items():
+        assert tres == expect, (job_id, tres)
+        per = got.get(f"job:{job_id}", {})
+        for resource, count in (("cpu_hours", tres["cpu"]), ("gpu_hours", tres["gpu"])):
+            # the usage API rounds each row to 1e-9 h: a few rows per job
+            if abs(per.get(resource, 0.0) - count * seconds / 3600) > 1e-8:
+                return False
+    return True
+
+
+def test_short_array_jobs_are_charged_exactly_once_across_quota_service_restarts(hub, slurm):
+    hub.new_user("arie")
+    (array,) = submit(hub, slurm, "arie", "--array=0-19", "--wrap", "sleep 2")
+    # Kill the quota service twice while the array runs; JupyterHub starts it again.
+    for _ in range(2):
+        pid = hub.wait(lambda: quota_service_pid(hub), 60, "the quota service running")
+        os.kill(pid, signal.SIGKILL)
+        hub.wait(lambda p=pid: quota_service_pid(hub) not in (None, p), 60, "the service back")
+        time.sleep(2)
+    ids = hub.wait(
+        lambda: (lambda out: out if len(out) == 20 else None)(
+            slurm.cmd("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobIDRaw").split()
+        ),
+        60, "the array's 20 jobs in sacct",
+    )  # fmt: skip
+    hub.wait(
+        lambda: settled_exactly(hub, slurm, "arie", ids, {"cpu": 1.0, "gpu": 0.0}),
+        120, "20 array jobs settled from sacct",
+    )  # fmt: skip
+    total = sum(per["cpu_hours"] for per in charges(hub, "arie").values()) * 3600
+    runs = sacct_runs(slurm, ids)
+    assert total == pytest.approx(sum(s for s, _ in runs.values()), abs=1e-3)
+    assert 20 * 2 <= total <= 20 * 3  # 2 s each, within Slurm's one-second resolution
+    # A few more ticks, with the service restarted once more: nothing charged twice.
+    os.kill(quota_service_pid(hub), signal.SIGKILL)
+    hub.wait(lambda: quota_service_pid(hub), 60, "the quota service back")
+    time.sleep(4)
+    assert settled_exactly(hub, slurm, "arie", ids, {"cpu": 1.0, "gpu": 0.0})
+    assert set(charges(hub, "arie")) == {f"job:{i}" for i in ids}
+
+
+def test_gpus_are_charged_per_job_with_gpus_flag_and_across_nodes(hub, slurm):
+    hub.new_user("gina")
+    jobs = submit(hub, slurm, "gina", "--gpus=2", "--wrap", "sleep 4")
+    jobs += submit(hub, slurm, "gina", "-N2", "--ntasks-per-node=1", "--gres=gpu:1",
+                   "--wrap", "sleep 4")  # fmt: skip
+
+    # While they run, the meter samples them with their whole job's GPUs (2 each).
+    def sampled():
+        got = charges(hub, "gina")
+        return all(got.get(f"job:{j}", {}).get("gpu_hours", 0) > 0 for j in jobs) and got
+
+    got = hub.wait(sampled, 60, "both jobs sampled")
+    for j in jobs:
+        assert got[f"job:{j}"]["gpu_hours"] == pytest.approx(
+            got[f"job:{j}"]["cpu_hours"] * (2 if j == jobs[0] else 1)
+        )
+    single = sacct_runs(slurm, jobs[:1])
+    expects = [{"cpu": 1.0, "gpu": 2.0}, {"cpu": 2.0, "gpu": 2.0}]
+    for j, expect in zip(jobs, expects, strict=True):
+        hub.wait(lambda j=j, e=expect: settled_exactly(hub, slurm, "gina", [j], e), 90,
+                 f"job {j} settled")  # fmt: skip
+    assert single == {} or single[jobs[0]][1]["gpu"] == 2.0
 
 
 def test_slurm_controller_down_fails_the_spawn_clearly_and_the_hub_keeps_serving(hub, slurm):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import subprocess
 import sys
 import time
 from datetime import UTC
@@ -100,6 +99,29 @@ class WorkbenchSpawner(Spawner):
 
     def options_from_form(self, formdata):
         return {"profile": formdata.get("profile", [""])[0]}
+
+    # JupyterHub runs this on every spawn's options (the form's, or the JSON body of
+    # POST /hub/api/users/NAME/server) and turns a web.HTTPError into the reply.
+    @default("apply_user_options")
+    def _only_the_profile(self):
+        return lambda spawner, options: spawner.check_user_options(options)
+
+    def check_user_options(self, options: dict) -> None:
+        """A server takes one option, the profile's name: anything else is a 400 naming it
+        (batchspawner would put it into the batch script)."""
+        for key in options or {}:
+            if key != "profile":
+                raise web.HTTPError(
+                    400, f"Unknown option {key!r}: a server takes only 'profile' (its name)."
+                )
+        name = (options or {}).get("profile")
+        if name in (None, ""):
+            return  # the site's first profile
+        known = [p.name for p in self.profiles]
+        if not isinstance(name, str) or name not in known:
+            raise web.HTTPError(
+                400, f"Unknown profile {name!r}; this site offers: {', '.join(known)}."
+            )
 
     app_server_prefix = Unicode(
         "",
@@ -603,9 +625,7 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
         self.apply_profile(profile)
         self.check_quota(profile)
         account = await self.unix_account()
-        logs = os.path.join(self.home, ".shangzhuang")
-        os.makedirs(logs, mode=0o700, exist_ok=True)
-        os.chown(logs, account.pw_uid, account.pw_gid)
+        await self._make_log_folder()
         self.req_gid = str(account.pw_gid)
         self.req_partition = profile.partition or self.default_partition
         self.req_runtime = profile.walltime or self.default_walltime
@@ -625,17 +645,61 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
         self.open_consumer(profile, job_consumer(self.job_id), time.time())
         return ip, port
 
-    def state_gethost(self):
-        """The job's node as the hub can reach it: Slurm's NodeAddr for that node."""
-        node = super().state_gethost()
-        out = subprocess.run(
-            ["scontrol", "show", "node", "-o", node],
-            capture_output=True, text=True, env={**os.environ, **self._slurm_env()}, timeout=30,
+    async def _make_log_folder(self) -> None:
+        """~/.shangzhuang (the job's --output goes there), made by the user, not by root:
+        root following a link the user put there would hand them any folder (#13)."""
+        folder = os.path.join(self.home, ".shangzhuang")
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", 'test ! -L "$1" && mkdir -p -m 0700 "$1" && test -d "$1"',
+            "sh", folder, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=set_user_setuid(self.unix_name),
         )  # fmt: skip
-        for field in out.stdout.split():
+        if await proc.wait() != 0:
+            raise SpawnException(
+                f"{folder} must be a folder of yours (not a link) for the session's log; "
+                "remove or rename it, then start again.",
+                reason="home",
+                status_code=409,
+            )
+
+    async def _get_batch_script(self, **subvars):
+        """The batch script from the site's settings and the profile only. batchspawner
+        1.3.0 merges `user_options` into these variables: only req_* and the command pass,
+        and none may break a line of the script."""
+        script_vars = {**self.get_req_subvars(), "cmd": subvars["cmd"]}
+        for key, value in script_vars.items():
+            if key != "cmd" and ("\n" in str(value) or "\r" in str(value)):
+                raise SpawnException(f"The batch script's {key} holds a line break.")
+        return batchspawner.format_template(self.batch_script, **script_vars)
+
+    async def query_job_status(self):
+        """batchspawner's status query; once the job runs, its node's address is looked up
+        here, asynchronously (state_gethost, which batchspawner calls, must not block)."""
+        status = await super().query_job_status()
+        if self.state_isrunning():
+            node = super().state_gethost()
+            if node and node not in self._node_addrs:
+                self._node_addrs[node] = await self._node_addr(node)
+        return status
+
+    _node_addrs: dict[str, str] = {}  # node name -> NodeAddr, shared: nodes keep addresses
+
+    async def _node_addr(self, node: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            "scontrol", "show", "node", "-o", node, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, env={**os.environ, **self._slurm_env()},
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        for field in out.decode(errors="replace").split():
             if field.startswith("NodeAddr="):
                 return field.split("=", 1)[1]
         return node
+
+    def state_gethost(self):
+        """The job's node as the hub can reach it: Slurm's NodeAddr for that node (looked
+        up by query_job_status)."""
+        node = super().state_gethost()
+        return self._node_addrs.get(node, node)
 
     def _slurm_env(self) -> dict:
         return {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}

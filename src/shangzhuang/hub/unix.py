@@ -57,14 +57,21 @@ def copy_into_home(
     """Copy `files` into `home/folder` (made if missing), owned by uid:gid; return the
     copies. Used once per new home, for the site's tutorials ([tutorials])."""
     dest = Path(home, folder)
-    made = [p for p in (dest, *dest.parents) if p.is_relative_to(home) and not p.exists()]
+    # As root in a home that may be older than the account (a reused name): never follow
+    # a link found there, or the copy and the chown would land wherever it points.
+    inside = [p for p in (dest, *dest.parents) if p.is_relative_to(home)]
+    if any(p.is_symlink() for p in inside):
+        raise OSError(f"{dest} passes through a symbolic link; not copying into it")
+    made = [p for p in inside if not p.exists()]
     dest.mkdir(parents=True, exist_ok=True)
     copies = []
     for f in files:
         copy = dest / Path(f).name
-        shutil.copyfile(f, copy)
-        copy.chmod(0o644)
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.fchmod(fd, 0o644)  # whatever the umask
+        with os.fdopen(fd, "wb") as out, open(f, "rb") as src:
+            shutil.copyfileobj(src, out)
         copies.append(copy)
     for p in [*made, *copies]:
-        os.chown(p, uid, gid)
+        os.lchown(p, uid, gid)
     return copies

@@ -16,6 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -110,7 +111,17 @@ class Consumer(Base):
     started: Mapped[float] = mapped_column(Float)
     charged_until: Mapped[float] = mapped_column(Float)
     closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Charged from Slurm's accounting once it ended (quota/accounting.py): final.
+    reconciled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     __table_args__ = (Index("ix_consumers_open", "closed", "user"),)
+
+
+class Watermark(Base):
+    """How far a reader of an outside record has got (e.g. `sacct`'s job ends)."""
+
+    __tablename__ = "watermarks"
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
 
 
 class Member(Base):

@@ -29,6 +29,7 @@ from shangzhuang.quota.db import (
     Member,
     Stop,
     Total,
+    Watermark,
 )
 from shangzhuang.quota.periods import FOREVER, Period, iso, period_at, split
 from shangzhuang.settings import RESOURCES, Profile, Quota
@@ -395,6 +396,108 @@ class Ledger:
         `end=None`: it died at an unknown time; close it at its last charged mark."""
         self.charge({consumer: end}, close=[consumer])
 
+    def settle(self, jobs: list) -> int:
+        """Charge finished jobs exactly what Slurm's accounting recorded, once each.
+
+        `jobs` are `accounting.FinishedJob`s. A job the meter never saw is charged its
+        whole run; one it sampled gets correction rows (possibly negative) that bring its
+        charges to the exact amount per period and resource. Either way its consumer is
+        closed and marked reconciled in the same transaction, so settling it again (or the
+        meter seeing it again) charges nothing. Returns how many jobs were settled now.
+        """
+        if not jobs:
+            return 0
+        with self._write() as conn:
+            known = {}
+            ids = sorted({j.consumer for j in jobs})
+            for i in range(0, len(ids), 500):
+                for c in conn.execute(
+                    select(Consumer).where(Consumer.id.in_(ids[i : i + 500])).with_for_update()
+                ):
+                    known[c.id] = c
+            new_users = sorted({j.user for j in jobs if j.consumer not in known})
+            members = dict(conn.execute(_MEMBERS, {"users": new_users}).all()) if new_users else {}
+            charges, totals, opened, settled = [], defaultdict(float), [], []
+            done = set()
+            for j in jobs:
+                c = known.get(j.consumer)
+                if (c is not None and c.reconciled) or j.consumer in done:
+                    continue
+                done.add(j.consumer)
+                exact = self._pieces(j.start, j.end, j.rates)
+                if c is None:  # never sampled: its whole run, as the meter would charge it
+                    user, account = j.user, members.get(j.user) or self.account_for(j.user)
+                    rows = [(s, e, p, r, a) for (p, r), (s, e, a) in exact.items()]
+                    opened.append(
+                        dict(id=j.consumer, user=user, account=account, source="job",
+                             profile="", started=j.start, charged_until=j.end, closed=True,
+                             reconciled=True, cpu_rate=j.rates.get("cpu_hours", 0.0),
+                             gpu_rate=j.rates.get("gpu_hours", 0.0))
+                    )  # fmt: skip
+                else:
+                    user, account = c.user, c.account
+                    rates = {"cpu_hours": c.cpu_rate, "gpu_hours": c.gpu_rate}
+                    sampled = self._pieces(c.started, c.charged_until, rates)
+                    # Corrections sit at the end of everything charged so far (no sampled row
+                    # starts there), one per period and resource: the journal's key is unique.
+                    at = max(c.charged_until, j.end)
+                    rows = []
+                    for k, key in enumerate(sorted(set(exact) | set(sampled))):
+                        delta = exact.get(key, (0, 0, 0.0))[2] - sampled.get(key, (0, 0, 0.0))[2]
+                        if abs(delta) > 1e-12:
+                            rows.append((at + k * 1e-3, at + k * 1e-3, key[0], key[1], delta))
+                    settled.append(
+                        {"cid": j.consumer, "s": j.start, "e": j.end,
+                         "cpu": j.rates.get("cpu_hours", 0.0), "gpu": j.rates.get("gpu_hours", 0.0)}
+                    )  # fmt: skip
+                for start, end, period_start, resource, amount in rows:
+                    charges.append(
+                        dict(consumer=j.consumer, user=user, account=account, resource=resource,
+                             source="job", start=start, end=end, amount=amount,
+                             period_start=period_start)
+                    )  # fmt: skip
+                    totals[(period_start, "user", user, resource)] += amount
+                    totals[(period_start, "account", account, resource)] += amount
+            if opened:
+                conn.execute(Consumer.__table__.insert(), opened)
+            if settled:
+                t = Consumer.__table__
+                conn.execute(
+                    t.update()
+                    .where(t.c.id == _bind("cid"))
+                    .values(started=_bind("s"), charged_until=_bind("e"), cpu_rate=_bind("cpu"),
+                            gpu_rate=_bind("gpu"), closed=True, reconciled=True),
+                    settled,
+                )  # fmt: skip
+            if charges:
+                conn.execute(JournalEntry.__table__.insert(), charges)
+            self._add_totals(conn, totals, "used")
+            return len(done)
+
+    def _pieces(self, start: float, end: float, rates: dict[str, float]) -> dict:
+        """(period start, resource) -> (start, end, amount) of a run at `rates`."""
+        out = {}
+        if end <= start:
+            return out
+        for s, e, period in split(start, end, self.policy.period, self.tz):
+            for resource, rate in rates.items():
+                if rate > 0:
+                    out[(period.start, resource)] = (s, e, rate * (e - s) / 3600.0)
+        return out
+
+    def watermark(self, name: str) -> float | None:
+        with self._read() as conn:
+            return conn.scalar(select(Watermark.value).where(Watermark.name == name))
+
+    def set_watermark(self, name: str, value: float) -> None:
+        with self._write() as conn:
+            stmt = _insert(conn, Watermark.__table__).values(name=name, value=value)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["name"], set_={"value": stmt.excluded.value}
+                )
+            )
+
     def open_consumers(self, source: str | None = None) -> list:
         with self._read() as conn:
             q = select(Consumer).where(Consumer.closed.is_(False))
@@ -632,6 +735,21 @@ class Ledger:
                 .group_by(Total.kind, Total.name, Total.resource)
             )
             return {(k, n, r): u for k, n, r, u in rows}
+
+    # --- deleted users ---------------------------------------------------------------------
+    def set_apart(self, user: str, now: float | None = None) -> str:
+        """Keep a deleted user's record apart under a tombstone name, `NAME~deleted-STAMP`:
+        their usage, grants, personal totals and account stay for reports, and a new user
+        who signs up as NAME starts with none of them. Returns the tombstone name."""
+        tomb = f"{user}~deleted-{int(time.time() if now is None else now)}"
+        with self._write() as conn:
+            for table in (JournalEntry, Charge, Consumer, Member, Exhaustion, Stop):
+                conn.execute(update(table).where(table.user == user).values(user=tomb))
+            for table in (Total, Grant):
+                conn.execute(
+                    update(table).where(table.kind == "user", table.name == user).values(name=tomb)
+                )
+        return tomb
 
 
 # The reads of `balances`, built once: a balance is read on every refresh of every Lab's

@@ -1,8 +1,9 @@
 """The meter: every tick, charge what runs, close what died, stop what can't pay.
 
 Sources of usage plug in through `UsageSource` (quota/sources.py): Lab sessions and Voila
-apps from the hub API, Slurm jobs from squeue. A source lists what runs and can stop a
-consumer. Charges go to the ledger's journal; each tick also posts a slice of it.
+apps from the hub API, Slurm jobs from squeue (and, once they end, from Slurm's
+accounting). A source lists what runs and can stop a consumer. Charges go to the
+ledger's journal; each tick also posts a slice of it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class Running:
 
 
 class UsageSource(Protocol):
+    """What runs (`running`), how to stop it; a source with an outside record of what
+    finished (Slurm's accounting) also has `settle(now) -> int`, run after each tick's
+    charges, which makes the ledger agree with that record."""
+
     name: str  # the ledger's `source`: lab | job | app
 
     async def running(self) -> list[Running]: ...
@@ -56,6 +61,8 @@ class TickReport:
     opened: int = 0
     closed: int = 0
     stopped: list[str] = field(default_factory=list)
+    settled: int = 0  # finished consumers charged from an outside record (Slurm's sacct)
+    settle_seconds: float = 0.0
     posted: int = 0  # journal rows this tick posted to the history
     post_seconds: float = 0.0
     seconds: float = 0.0  # the whole tick, posting included
@@ -120,6 +127,17 @@ class Meter:
         report.closed = len(gone)
 
         report.stopped = await self._enforce(seen, now)
+
+        t_settle = time.perf_counter()
+        for source in sources:
+            settle = getattr(source, "settle", None)
+            if settle is None:
+                continue
+            try:
+                report.settled += await settle(now)
+            except Exception as e:  # sacct down: the next tick reads the same window again
+                log.warning("usage source %s could not settle finished work: %s", source.name, e)
+        report.settle_seconds = time.perf_counter() - t_settle
 
         t1 = time.perf_counter()
         size = max(1, math.ceil(len({r.user for r in seen.values()}) / self.post_slices))

@@ -312,7 +312,7 @@ async def main() -> None:
     app.listen(port, address="127.0.0.1")
     log.info("quota service on %s%s (meter every %ss)", url, prefix, settings.quota.sample_seconds)
     sources = sources_for(
-        settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]
+        settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], ledger
     )
     meter = Meter(ledger, sources, settings.quota.grace_seconds)
     await run_meter(meter, settings.quota.sample_seconds, metrics)

@@ -4,13 +4,15 @@
   `HubAPI`, whose one listing per tick also serves `AppServers`.
 - `AppServers`: published Voila apps' servers, the same way (source "app").
 - `SlurmJobs`: every running Slurm job of a workbench user, as squeue lists them: Lab
-  sessions on the `slurm` backend, and Dask workers however they were started.
+  sessions on the `slurm` backend, and Dask workers however they were started; once
+  they end, settled from Slurm's accounting (quota/accounting.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from datetime import datetime
 from urllib.parse import quote
@@ -18,9 +20,12 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from shangzhuang.apps import app_consumer, is_app_server
+from shangzhuang.quota.accounting import TIME_ENV, SlurmAccounting, tres_rates
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.meter import Running, UsageSource, job_consumer, lab_consumer
 from shangzhuang.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class HubAPI:
@@ -141,15 +146,23 @@ class AppServers(LabSessions):
 
 
 class SlurmJobs:
-    """Running Slurm jobs of workbench users (Unix accounts with the site's prefix)."""
+    """Running Slurm jobs of workbench users (Unix accounts with the site's prefix).
+
+    Sampled for enforcement; once a job ends, Slurm's accounting settles what it cost
+    (`settle`, quota/accounting.py)."""
 
     name = "job"
-    FORMAT = "%i|%u|%S|%C|%b|%j"
+    # No field a user controls (never %j, the job name: it can hold a newline and forge
+    # a line); times as epoch seconds; TRES of the whole job, so --gpus=N and GPUs on
+    # several nodes count (squeue's %b is per node and misses --gpus).
+    FIELDS = ("JobID", "UserName", "StartTime", "tres-alloc")
+    FORMAT = ",".join(f"{f}:|" for f in FIELDS)  # width 0 (never cut), "|" after each
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, ledger=None):
         self.prefix = settings.backend.slurm.user_prefix
         conf = settings.backend.slurm.conf
-        self.env = {**os.environ, **({"SLURM_CONF": str(conf)} if conf else {})}
+        self.env = {**os.environ, **({"SLURM_CONF": str(conf)} if conf else {}), **TIME_ENV}
+        self.accounting = SlurmAccounting(ledger, self.prefix, self.env) if ledger else None
 
     async def _run(self, *args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
@@ -158,47 +171,48 @@ class SlurmJobs:
         out, err = await proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"{args[0]}: {err.decode().strip()}")
-        return out.decode()
+        return out.decode(errors="replace")
 
     async def running(self) -> list[Running]:
-        out = await self._run("squeue", "-h", "-t", "RUNNING,COMPLETING", "-o", self.FORMAT)
+        out = await self._run("squeue", "-h", "-t", "RUNNING,COMPLETING", "-O", self.FORMAT)
+        return self.parse(out)
+
+    def parse(self, out: str) -> list[Running]:
         jobs = []
         for line in out.splitlines():
-            job_id, unix_user, start, cpus, gres, name = line.split("|", 5)
-            if not unix_user.startswith(self.prefix):
+            fields = line.split("|")
+            if len(fields) != len(self.FIELDS) + 1 or fields[-1]:
+                log.warning("squeue line skipped: %r", line[:300])
+                continue
+            job_id, unix_user, start, tres = fields[:-1]
+            if not unix_user.startswith(self.prefix) or unix_user == self.prefix:
                 continue  # not a workbench user's job
+            if not job_id.isdigit() or not start.isdigit():
+                log.warning("squeue line skipped: %r", line[:300])
+                continue
             jobs.append(
                 Running(
                     consumer=job_consumer(job_id),
                     user=unix_user[len(self.prefix) :],
                     source="job",
-                    # squeue prints the controller's local time
-                    started=datetime.fromisoformat(start).timestamp(),
-                    rates={"gpu_hours": float(gpu_count(gres)), "cpu_hours": float(cpus)},
-                    profile=name,
+                    started=float(start),
+                    rates=tres_rates(tres),
                 )
             )
         return jobs
+
+    async def settle(self, now: float) -> int:
+        """Charge the jobs that ended exactly, from Slurm's accounting."""
+        return await self.accounting.settle(now) if self.accounting else 0
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
         await self._run("scancel", consumer.removeprefix("job:"))
 
 
-def gpu_count(gres: str) -> int:
-    """GPUs in squeue's %b: 'gres/gpu:2', 'gres:gpu:2', 'gpu:a100:2', 'N/A'."""
-    total = 0
-    for item in gres.split(","):
-        parts = item.replace("gres/", "").replace("gres:", "").split(":")
-        if parts[0] == "gpu":
-            tail = parts[-1].split("(")[0]
-            total += int(tail) if tail.isdigit() else 1
-    return total
-
-
-def sources_for(settings: Settings, api_url: str, token: str) -> list[UsageSource]:
-    """What the meter polls on this site's backend."""
+def sources_for(settings: Settings, api_url: str, token: str, ledger=None) -> list[UsageSource]:
+    """What the meter polls on this site's backend (the ledger: to settle Slurm jobs)."""
     if settings.backend.kind == "slurm":
-        return [SlurmJobs(settings)]
+        return [SlurmJobs(settings, ledger)]
     hub = HubAPI(api_url, token)
     sources: list[UsageSource] = [LabSessions(settings, hub)]
     if settings.apps.enabled:

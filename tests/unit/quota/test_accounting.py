@@ -1,0 +1,116 @@
+"""Slurm jobs settled from Slurm's accounting (quota/accounting.py, Ledger.settle): parsing
+`sacct` and `squeue` output, and charges that end up exact and are made once.
+The real `sacct` is exercised by tests/integration/test_slurm.py."""
+
+import logging
+
+import pytest
+
+from shangzhuang.quota.accounting import FinishedJob, parse_sacct, tres_rates
+from shangzhuang.quota.sources import SlurmJobs
+from shangzhuang.settings import Settings
+
+from .conftest import at
+
+T0 = at(2026, 11, 10, 9, 0)
+
+
+def totals(ledger, user):
+    out = {}
+    for row in ledger.usage(user=user):
+        out[row.resource] = out.get(row.resource, 0.0) + row.amount
+    return out
+
+
+def test_tres_counts_gpus_of_the_whole_job():
+    assert tres_rates("billing=2,cpu=2,gres/gpu=2,mem=1000M,node=2") == {
+        "gpu_hours": 2.0,
+        "cpu_hours": 2.0,
+    }
+    assert tres_rates("cpu=1,mem=500M,node=1") == {"gpu_hours": 0.0, "cpu_hours": 1.0}
+
+
+def test_parse_sacct_keeps_finished_jobs_of_workbench_users_and_skips_a_bad_line_alone(caplog):
+    text = "\n".join(
+        [
+            f"11|sz-alice|{int(T0)}|{int(T0) + 2}|cpu=1,mem=500M,node=1|COMPLETED",
+            "12|sz-alice|garbage|line",  # wrong number of fields
+            f"13|sz-alice|{int(T0)}|Unknown|cpu=4,node=1|RUNNING",  # not finished
+            "14|sz-bob|None|None|cpu=1,node=1|CANCELLED by 0",  # never started
+            f"15|root|{int(T0)}|{int(T0) + 9}|cpu=1,node=1|COMPLETED",  # not ours
+            f"16|sz-bob|{int(T0)}|{int(T0) + 60}|cpu=2,gres/gpu=2,node=2|CANCELLED by 0",
+        ]
+    )
+    with caplog.at_level(logging.WARNING):
+        jobs = parse_sacct(text, "sz-")
+    assert jobs == [
+        FinishedJob("job:11", "alice", T0 // 1, T0 // 1 + 2, {"gpu_hours": 0.0, "cpu_hours": 1.0}),
+        FinishedJob("job:16", "bob", T0 // 1, T0 // 1 + 60, {"gpu_hours": 2.0, "cpu_hours": 2.0}),
+    ]
+    assert "12|sz-alice|garbage|line" in caplog.text
+
+
+def test_squeue_parse_takes_no_user_text_and_counts_all_gpus():
+    site = {"backend": {"kind": "slurm"}, "profiles": [{"name": "cpu", "cores": 1, "memory": "1G"}]}
+    source = SlurmJobs(Settings.model_validate(site))
+    prefix = source.prefix
+    out = (
+        f"7|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=2,billing=2,gres/gpu=2|\n"
+        # what a job name with a newline forged under the old format: now a bad line
+        f"999|{prefix}victim|{int(T0)}|4|gres/gpu:8\n"
+    )
+    (job,) = source.parse(out)
+    assert job.consumer == "job:7" and job.user == "eve"
+    assert job.rates == {"gpu_hours": 2.0, "cpu_hours": 2.0}
+
+
+def job(n, user, start, end, cpus=1.0, gpus=0.0):
+    return FinishedJob(f"job:{n}", user, start, end, {"gpu_hours": gpus, "cpu_hours": cpus})
+
+
+def test_a_job_the_meter_never_saw_is_charged_its_whole_run_once(ledger):
+    assert ledger.settle([job(1, "bob", T0, T0 + 2, cpus=1, gpus=2)]) == 1
+    assert totals(ledger, "bob") == pytest.approx({"cpu_hours": 2 / 3600, "gpu_hours": 4 / 3600})
+    assert ledger.settle([job(1, "bob", T0, T0 + 2, cpus=1, gpus=2)]) == 0  # again: nothing
+    assert totals(ledger, "bob") == pytest.approx({"cpu_hours": 2 / 3600, "gpu_hours": 4 / 3600})
+    used = ledger.balance("bob", now=T0 + 100).resources["gpu_hours"].account.used
+    assert used == pytest.approx(4 / 3600)
+
+
+def test_a_sampled_job_is_corrected_to_the_exact_run_and_never_charged_again(ledger):
+    # The meter saw it 5 s late, with the wrong GPU count (per node), and 3 s past its end.
+    ledger.open("job:2", user="bob", account="physics", source="job", started=T0 + 5,
+                rates={"cpu_hours": 2, "gpu_hours": 1})  # fmt: skip
+    ledger.charge({"job:2": T0 + 63})
+    assert ledger.settle([job(2, "bob", T0, T0 + 60, cpus=2, gpus=2)]) == 1
+    exact = {"cpu_hours": 120 / 3600, "gpu_hours": 120 / 3600}
+    assert totals(ledger, "bob") == pytest.approx(exact)
+    used = ledger.balance("bob", now=T0 + 100).resources
+    assert used["gpu_hours"].account.used == pytest.approx(120 / 3600)
+    # The meter still listing it (COMPLETING), the hub closing it: no more charges.
+    assert ledger.charge({"job:2": T0 + 90}) == 0
+    ledger.close("job:2", T0 + 95)
+    assert ledger.settle([job(2, "bob", T0, T0 + 60, cpus=2, gpus=2)]) == 0
+    assert totals(ledger, "bob") == pytest.approx(exact)
+    assert ledger.open_consumers("job") == []
+
+
+def test_a_job_across_a_period_end_is_charged_to_each_period(ledger):
+    end = at(2026, 12, 1, 0, 0)  # monthly periods in Asia/Shanghai
+    ledger.open("job:3", user="bob", account="physics", source="job", started=end - 100,
+                rates={"cpu_hours": 1, "gpu_hours": 0})  # fmt: skip
+    ledger.charge({"job:3": end - 40})
+    ledger.settle([job(3, "bob", end - 100, end + 50)])
+    assert ledger.balance("bob", now=end - 1).resources["cpu_hours"].account.used == (
+        pytest.approx(100 / 3600)
+    )
+    assert ledger.balance("bob", now=end + 1).resources["cpu_hours"].account.used == (
+        pytest.approx(50 / 3600)
+    )
+
+
+def test_watermark_is_kept(ledger):
+    assert ledger.watermark("slurm-sacct") is None
+    ledger.set_watermark("slurm-sacct", T0)
+    ledger.set_watermark("slurm-sacct", T0 + 5)
+    assert ledger.watermark("slurm-sacct") == T0 + 5
