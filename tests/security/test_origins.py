@@ -31,6 +31,9 @@ VECTORS = ["script", "img", "widget", "svg"]
 ATTACK = """
 (async () => {
   const HUB = %(hub)s, ADMIN = %(admin)s, HOW = %(how)s;
+  const started = document.createElement('span');
+  started.className = 'sz-attack-started';
+  document.body.appendChild(started);
   const report = {how: HOW, origin: location.origin, home: [], create: [], token: null, api: null};
   let xsrf = null, base = null;
   for (const b of ['', HUB]) {
@@ -139,9 +142,14 @@ def test_an_apps_script_cannot_act_as_the_admin_viewing_it(hub, browser):  # noq
     page.goto(f"{hub.url}/services/apps/open/mallory/innocent")
     page.wait_for_url(re.compile(r".*/user/mallory/app-innocent/.*"), timeout=120_000)
     page.get_by_text("a harmless looking app").wait_for(timeout=120_000)
-    # The attack ran (at least one vector), and every script that ran has reported.
-    page.locator(".sz-attack").first.wait_for(timeout=60_000)
-    page.wait_for_timeout(3000)  # let the other vectors (if they run) finish their fetches
+    page.locator(".widget-html").wait_for(timeout=60_000)  # the widget vector is on the page
+    # The attack ran (at least one vector), and every script that started has reported.
+    page.locator(".sz-attack-started").first.wait_for(state="attached", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelectorAll('.sz-attack').length"
+        " === document.querySelectorAll('.sz-attack-started').length",
+        timeout=60_000,
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "origins-attack-app.png"))
     reports = [json.loads(t) for t in page.locator(".sz-attack").all_inner_texts()]

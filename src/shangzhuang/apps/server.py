@@ -69,15 +69,16 @@ def log_request(handler) -> None:
 class Visits:
     """Page loads per address in the last minute (a public app's rate limit)."""
 
-    def __init__(self, per_minute: int):
+    def __init__(self, per_minute: int, clock=time.monotonic):
         self.per_minute = per_minute  # 0: no limit
+        self.clock = clock
         self.seen: dict[str, deque[float]] = {}
 
     def wait_seconds(self, address: str) -> int:
         """0 and the visit counted, or how long this address must wait."""
         if not self.per_minute:
             return 0
-        now = time.monotonic()
+        now = self.clock()
         if len(self.seen) > 10_000:  # forget addresses that have been quiet a minute
             self.seen = {a: q for a, q in self.seen.items() if q and q[-1] > now - 60}
         recent = self.seen.setdefault(address, deque())
