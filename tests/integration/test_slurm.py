@@ -46,6 +46,8 @@ cpu_hours = 1000
 gpu_hours = 1000
 [quota.users.petra]
 cpu_hours = 0.01
+[quota.users.zoe]
+cpu_hours = 0.0005
 """
 
 CLUSTER = """
@@ -394,6 +396,46 @@ def test_gpus_are_charged_per_job_with_gpus_flag_and_across_nodes(hub, slurm):
         hub.wait(lambda j=j, e=expect: settled_exactly(hub, slurm, "gina", [j], e), 90,
                  f"job {j} settled")  # fmt: skip
     assert single == {} or single[jobs[0]][1]["gpu"] == 2.0
+
+
+def test_at_zero_a_submitted_job_is_held_with_its_reason_and_runs_after_a_grant(hub, slurm):
+    hub.new_user("zoe")  # 0.0005 cpu_hours: 1.8 s of one core
+    (first,) = submit(hub, slurm, "zoe", "--wrap", "sleep 3")
+    balance_url = f"{hub.url}/services/quota/api/v1/users/zoe"
+    admin = {"Authorization": f"token {hub.admin_token()}"}
+    hub.wait(
+        lambda: requests.get(balance_url, headers=admin, timeout=30).json()["state"] == "exhausted",
+        90, "zoe at zero",
+    )  # fmt: skip
+    # Every core busy (another user's job), so the job zoe submits now waits in the queue.
+    (blocker,) = submit(hub, slurm, "bruno", "-N2", "--exclusive", "--wrap", "sleep 300")
+    hub.wait(lambda: slurm.cmd("squeue", "-h", "-j", blocker, "-o", "%T").strip() == "RUNNING",
+             60, "the blocker running")  # fmt: skip
+    (job,) = submit(hub, slurm, "zoe", "--wrap", "sleep 1")
+
+    def shown():  # what zoe reads in squeue
+        out = slurm.cmd("squeue", "-h", "-j", job, "-O", "State:|,Reason:|,Comment:|")
+        return out.strip().split("|")[:3]
+
+    state, reason, comment = hub.wait(
+        lambda: (lambda s: s if s[1] == "JobHeldAdmin" else None)(shown()), 60, "zoe's job held"
+    )
+    assert state == "PENDING" and "your quota is used up" in comment, comment
+    # She can't release it herself.
+    mine = subprocess.run(["runuser", "-u", f"{hub.prefix}zoe", "--", "scontrol", "release", job],
+                          env=slurm.env, capture_output=True, text=True)  # fmt: skip
+    assert mine.returncode != 0
+    # The nodes free up: the job stays held while she is at zero.
+    slurm.cmd("scancel", blocker)
+    time.sleep(4)
+    assert shown()[:2] == ["PENDING", "JobHeldAdmin"]
+    r = requests.post(
+        f"{hub.url}/services/quota/api/v1/grants", headers=admin, timeout=30,
+        json={"user": "zoe", "resource": "cpu_hours", "amount": 1, "reason": "course"},
+    )  # fmt: skip
+    assert r.status_code in (200, 201), r.text
+    hub.wait(lambda: job in sacct_runs(slurm, [job]), 90, "zoe's job ran after the grant")
+    assert f"job:{first}" in charges(hub, "zoe")
 
 
 def test_slurm_controller_down_fails_the_spawn_clearly_and_the_hub_keeps_serving(hub, slurm):

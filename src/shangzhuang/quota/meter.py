@@ -46,7 +46,8 @@ class Running:
 class UsageSource(Protocol):
     """What runs (`running`), how to stop it; a source with an outside record of what
     finished (Slurm's accounting) also has `settle(now) -> int`, run after each tick's
-    charges, which makes the ledger agree with that record."""
+    charges, which makes the ledger agree with that record, and one with a queue may have
+    `hold_pending(now) -> (held, released)`: at zero, queued work does not start."""
 
     name: str  # the ledger's `source`: lab | job | app
 
@@ -63,6 +64,8 @@ class TickReport:
     stopped: list[str] = field(default_factory=list)
     settled: int = 0  # finished consumers charged from an outside record (Slurm's sacct)
     settle_seconds: float = 0.0
+    held: int = 0  # queued work held at zero, and released once the balance pays again
+    released: int = 0
     posted: int = 0  # journal rows this tick posted to the history
     post_seconds: float = 0.0
     seconds: float = 0.0  # the whole tick, posting included
@@ -138,6 +141,14 @@ class Meter:
             except Exception as e:  # sacct down: the next tick reads the same window again
                 log.warning("usage source %s could not settle finished work: %s", source.name, e)
         report.settle_seconds = time.perf_counter() - t_settle
+        for source in sources:  # at zero, queued work waits (Slurm: pending jobs held)
+            hold = getattr(source, "hold_pending", None)
+            if hold is None:
+                continue
+            try:
+                report.held, report.released = await hold(now)
+            except Exception as e:
+                log.warning("usage source %s could not hold or release work: %s", source.name, e)
 
         t1 = time.perf_counter()
         size = max(1, math.ceil(len({r.user for r in seen.values()}) / self.post_slices))

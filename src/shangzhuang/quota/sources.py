@@ -145,6 +145,15 @@ class AppServers(LabSessions):
         return self.profile(app.profile if app else None)
 
 
+# A pending job held at zero: the marker (AdminComment: only Slurm admins can set it) and
+# what the user reads in squeue's comment column (`squeue -O JobID,Reason,Comment`).
+HOLD_MARK = "shangzhuang-quota-hold"
+HELD = (
+    "Held by Shangzhuang Workbench: your quota is used up. It starts once an admin grants "
+    "more or your quota resets."
+)
+
+
 class SlurmJobs:
     """Running Slurm jobs of workbench users (Unix accounts with the site's prefix).
 
@@ -207,6 +216,52 @@ class SlurmJobs:
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
         await self._run("scancel", consumer.removeprefix("job:"))
+
+    async def hold_pending(self, now: float) -> tuple[int, int]:
+        """At zero, new work does not start: a user's pending jobs that need a resource at
+        zero are held (an admin hold the user can't release, with a Comment squeue shows),
+        and the ones this held are released once the balance pays again (a grant, a new
+        period). Returns (held, released)."""
+        if self.accounting is None:
+            return 0, 0
+        out = await self._run(
+            "squeue", "-h", "-t", "PENDING", "-O", "JobID:|,UserName:|,Reason:|,tres-alloc:|"
+        )
+        pending: dict[str, list[tuple[str, str, dict]]] = {}
+        for line in out.splitlines():
+            fields = line.split("|")
+            if len(fields) != 5 or fields[-1] or not fields[0].isdigit():
+                continue
+            job_id, unix_user, reason, tres = fields[:4]
+            if unix_user.startswith(self.prefix) and unix_user != self.prefix:
+                pending.setdefault(unix_user[len(self.prefix) :], []).append(
+                    (job_id, reason, tres_rates(tres))
+                )
+        held = released = 0
+        balances = self.accounting.ledger.balances(list(pending), now) if pending else {}
+        for user, jobs in pending.items():
+            empty = {r for r, rb in balances[user].resources.items() if rb.remaining == 0}
+            for job_id, reason, rates in jobs:
+                at_zero = any(rates.get(r, 0) > 0 for r in empty)
+                if at_zero and reason != "JobHeldAdmin":
+                    await self._run("scontrol", "hold", job_id)
+                    await self._run("scontrol", "update", f"JobId={job_id}",
+                                    f"AdminComment={HOLD_MARK}", f"Comment={HELD}")  # fmt: skip
+                    log.info("held Slurm job %s of %s: quota at zero", job_id, user)
+                    held += 1
+                elif not at_zero and reason == "JobHeldAdmin" and await self._ours(job_id):
+                    await self._run("scontrol", "update", f"JobId={job_id}",
+                                    "AdminComment=", "Comment=")  # fmt: skip
+                    await self._run("scontrol", "release", job_id)
+                    log.info("released Slurm job %s of %s: quota paid again", job_id, user)
+                    released += 1
+        return held, released
+
+    async def _ours(self, job_id: str) -> bool:
+        """Held by this meter: AdminComment, which only Slurm's admins can set, says so (a
+        job an operator held stays held)."""
+        out = await self._run("scontrol", "show", "job", "-o", job_id)
+        return f"AdminComment={HOLD_MARK} " in out + " "
 
 
 def sources_for(settings: Settings, api_url: str, token: str, ledger=None) -> list[UsageSource]:
