@@ -7,7 +7,9 @@
   which batchspawner merges into the batch script: GPUs, wall time, partition, account
   and extra `#SBATCH` lines for the price of the cheapest profile;
 - a job name with a newline, which forged a line of the meter's `squeue` parse and so
-  charged someone else (or nobody) for the attacker's job.
+  charged someone else (or nobody) for the attacker's job;
+- a session using more than its profile: Slurm's cgroup plugins (the shipped
+  hub_config/examples/cgroup.conf) hold its cores, memory and devices inside the job.
 """
 
 import os
@@ -49,7 +51,7 @@ cpu_hours = 1000
 
 @pytest.fixture(scope="module")
 def slurm():
-    s = LocalSlurm(accounting=True)
+    s = LocalSlurm(accounting=True, cgroups=True)
     s.start()
     try:
         yield s
@@ -118,6 +120,34 @@ def test_the_profile_alone_still_spawns_and_the_script_has_only_site_values(hub,
     info = slurm.cmd("scontrol", "show", "job", job["id"])
     assert "TRES=cpu=1,mem=1G,node=1" in info.replace("billing=1,", ""), info
     hub.stop_server("plain")
+
+
+INSIDE = """
+import os
+cg = dict(line.split(":", 2)[1:] for line in open("/proc/self/cgroup").read().splitlines())
+path = "/sys/fs/cgroup/memory" + cg["memory"]
+while "/job_" in path and not os.path.basename(path).startswith("job_"):
+    path = os.path.dirname(path)
+limit = int(open(path + "/memory.limit_in_bytes").read())
+try:
+    open({device!r}, "rb")
+    device = "opened"
+except OSError as e:
+    device = type(e).__name__
+print(len(os.sched_getaffinity(0)), limit, device)
+"""
+
+
+def test_a_session_holds_its_profile_inside_the_job(hub, slurm):
+    hub.new_user("greedy")
+    hub.spawn("greedy", "cpu")  # 1 core, 1 GiB, no GPU
+    hub.wait_ready("greedy")
+    device = str(slurm.run / "dev" / "c1" / "nvidia0")  # a (fake) GPU it was not given
+    cores, limit, opened = hub.run_code("greedy", INSIDE.format(device=device)).split()
+    assert int(cores) == 1  # the node has 4
+    assert int(limit) == 1024**3  # the profile's memory, not the node's 4000 MB
+    assert opened == "PermissionError"  # the devices cgroup, not the file's 0666 mode
+    hub.stop_server("greedy")
 
 
 def test_a_symlinked_log_folder_does_not_hand_a_root_folder_to_the_user(hub, slurm):

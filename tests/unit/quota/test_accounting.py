@@ -2,6 +2,7 @@
 `sacct` and `squeue` output, and charges that end up exact and are made once.
 The real `sacct` is exercised by tests/integration/test_slurm.py."""
 
+import asyncio
 import logging
 
 import pytest
@@ -114,3 +115,47 @@ def test_watermark_is_kept(ledger):
     ledger.set_watermark("slurm-sacct", T0)
     ledger.set_watermark("slurm-sacct", T0 + 5)
     assert ledger.watermark("slurm-sacct") == T0 + 5
+
+
+class RecordedSlurm(SlurmJobs):
+    """The real source; its commands answered from `pending` and recorded."""
+
+    def __init__(self, ledger, pending: str):
+        site = {
+            "backend": {"kind": "slurm"},
+            "profiles": [{"name": "c", "cores": 1, "memory": "1G"}],
+        }
+        super().__init__(Settings.model_validate(site), ledger)
+        self.pending, self.ran, self.marked = pending, [], set()
+
+    async def _run(self, *args: str) -> str:
+        self.ran.append(args)
+        if args[0] == "squeue":
+            return self.pending
+        if args[:2] == ("scontrol", "update") and any(a.startswith("AdminComment=s") for a in args):
+            self.marked.add(args[2].removeprefix("JobId="))
+        if args[:2] == ("scontrol", "show"):
+            mark = "shangzhuang-quota-hold" if args[-1] in self.marked else ""
+            return f"JobId={args[-1]} AdminComment={mark} Comment=x\n"
+        return ""
+
+
+def test_at_zero_pending_jobs_needing_the_empty_resource_are_held_then_released(ledger):
+    ledger.settle([job(1, "carol", T0, T0 + 7200, gpus=1)])  # bio's 2 gpu_hours used up
+    now = T0 + 7300
+    queue = (
+        "21|sz-carol|Resources|cpu=1,mem=1G,node=1,billing=1,gres/gpu=1|\n"
+        "22|sz-carol|Priority|cpu=1,mem=1G,node=1,billing=1|\n"  # CPU only: not limited
+        "23|sz-carol|JobHeldAdmin|cpu=1,gres/gpu=1,node=1|\n"  # an operator's hold
+    )
+    slurm = RecordedSlurm(ledger, queue)
+    assert asyncio.run(slurm.hold_pending(now)) == (1, 0)
+    assert ("scontrol", "hold", "21") in slurm.ran
+    assert not [a for a in slurm.ran if "22" in a or ("23" in a and a[1] != "show")]
+    # A grant pays again: the job this held is released, the operator's stays held.
+    ledger.grant(by="admin", account="bio", resource="gpu_hours", amount=1, reason="t", now=now)
+    slurm.pending = queue.replace("21|sz-carol|Resources", "21|sz-carol|JobHeldAdmin")
+    slurm.ran = []
+    assert asyncio.run(slurm.hold_pending(now)) == (0, 1)
+    assert ("scontrol", "release", "21") in slurm.ran
+    assert ("scontrol", "release", "23") not in slurm.ran
