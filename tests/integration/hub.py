@@ -68,6 +68,7 @@ class RunningHub:
         admin_password: str | None = ADMIN_PASSWORD,
         admins: tuple[str, ...] = (ADMIN,),
         signups_per_hour: int = 1000,  # per address: the tests sign up many from one
+        debug: bool = False,  # the hub logs at DEBUG (tests that read the log for secrets)
         idle_timeout: int = 0,
         quota: str = "",
         apps: str = "",
@@ -144,6 +145,11 @@ signups_per_address_per_hour = {signups_per_hour}
         self.isolated = os.geteuid() == 0 and not run_as
         self.proc: subprocess.Popen | None = None
         self.log = base / "hub.log"
+        if debug:  # `shangzhuang up` takes a jupyterhub_config.py beside the site config
+            default = Path(__file__).parents[2] / "hub_config" / "jupyterhub_config.py"
+            (base / "jupyterhub_config.py").write_text(
+                default.read_text() + '\nc.Application.log_level = "DEBUG"\n'
+            )
         self.preexec = interruptible  # what runs in the hub's process before `shangzhuang up`
 
     # --- lifecycle -------------------------------------------------------------------

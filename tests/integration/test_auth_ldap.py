@@ -271,7 +271,7 @@ rules = [
   {{ pattern = "(.+\\\\.)?pku\\\\.edu\\\\.cn", account = "pku" }},
 ]
 """
-    with RunningHub(base, extra_toml=toml, quota=QUOTA) as h:
+    with RunningHub(base, extra_toml=toml, quota=QUOTA, debug=True) as h:  # no secret at DEBUG
         yield h
 
 
@@ -292,6 +292,7 @@ def test_dn_lookup_and_an_attribute_decide_the_account(lookup_hub, slapd):
     assert quota_me(hub, "alice")["account"] == "pku"
 
     log = hub.log.read_text(errors="replace")
+    assert "[D " in log  # the hub logs at DEBUG: the search password stays out of that too
     for secret in [slapd.root_password, *PASSWORDS.values(), WRONG]:
         assert secret not in log
 

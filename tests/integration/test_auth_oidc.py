@@ -77,7 +77,8 @@ def start_oidc_hub(base, logo: str = "") -> tuple[RunningHub, OidcProvider]:
     """A provider and a hub signing in with it (the admin's token already taken)."""
     provider = OidcProvider(base / "oidc", {k: dict(v) for k, v in ACCOUNTS.items()})
     (base / "oidc-client-secret").write_text(provider.client_secret + "\n")
-    hub = RunningHub(base, extra_toml=oidc_toml(provider.issuer), quota=QUOTA)
+    # at DEBUG: test_no_secret_in_the_hub_log reads the log
+    hub = RunningHub(base, extra_toml=oidc_toml(provider.issuer), quota=QUOTA, debug=True)
     if logo:  # [site] is RunningHub's first table: the logo goes into it
         text = hub.config.read_text()
         hub.config.write_text(text.replace("[site]\n", f"[site]\nlogo = {logo!r}\n", 1))
@@ -237,6 +238,7 @@ def test_no_secret_in_the_hub_log(oidc):
         codes += parse_qs(urlparse(callback).query)["code"]
         assert s.get(callback, allow_redirects=False, timeout=30).status_code == status
     log = hub.log.read_text(errors="replace")
+    assert "[D " in log  # the hub logs at DEBUG: secrets stay out of that too
     assert "alice signs in, charged to account tsinghua" in log
     assert "User 'carol' not allowed." in log
     assert provider.client_secret not in log
