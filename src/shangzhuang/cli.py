@@ -48,6 +48,11 @@ def cmd_check(args) -> int:
 
 def cmd_up(args) -> int:
     settings = _settings_or_exit(args.config)
+    try:  # database URLs kept in a file or the environment: missing ones named, not shown
+        settings.hub.db_url, settings.quota.url  # noqa: B018 (read for their errors)
+    except ValueError as e:
+        print(f"{settings.source}: {e}", file=sys.stderr)
+        sys.exit(2)
     state = settings.hub.state_dir
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)

@@ -79,3 +79,12 @@ def test_only_native_signin_has_a_default_admin(tmp_path, monkeypatch):
     assert load_settings(write(tmp_path, OIDC)).hub.admins == []
     named = LDAP.replace("[hub]\n", '[hub]\nadmins = ["ops"]\n')
     assert load_settings(write(tmp_path, named)).hub.admins == ["ops"]
+
+
+def test_up_names_a_missing_database_url_secret(tmp_path):
+    text = BASE.replace("[hub]\n", '[hub]\ndatabase_url_env = "SZ_NOT_SET"\n')
+    done = cli("up", "--config", str(write(tmp_path, text)), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(
+        "hub.database_url_env: the environment variable SZ_NOT_SET is not set"
+    )
