@@ -80,6 +80,11 @@ def test_viewer_sees_the_app_and_nothing_else(hub, published):
     assert r.status_code == 200, (r.status_code, r.url, r.text[-500:])
     assert r.url == app_url(hub, "olga", "demo")
     assert "y = 4" in r.text  # the notebook ran: a=3, x=1, b=1
+    # The app shares olga's host with her Lab: vic's cookies for that host are the app's
+    # (its login and its _xsrf), for the app's path; the hub's stay on the hub's host.
+    olgas = {(c.name, c.path) for c in vic.cookies if c.domain == "olga.hub.localhost"}
+    assert olgas == {("jupyterhub-user-olga-app-demo", "/user/olga/app-demo/"),
+                     ("_xsrf", "/user/olga/app-demo/")}, olgas  # fmt: skip
     assert "secret.txt" not in r.text and "params = json.load" not in r.text  # no sources
     # Nothing of the owner's beyond the app: no contents, files, terminals, Lab, tree,
     # other notebooks, the snapshot's own files.
