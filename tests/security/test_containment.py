@@ -18,12 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from shangzhuang.hub.containment import detect
 from tests.integration.hub import RunningHub, workdir
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and Unix accounts need root"),
 ]
+
+# These read the session's cgroup v1 files (this machine's layout) to check the figures.
+v1_files = pytest.mark.skipif(detect() != "v1", reason="reads cgroup v1 files")
 
 PROFILES = """
 [[profiles]]
@@ -131,6 +135,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@v1_files
 def test_a_session_burns_no_more_cores_than_its_profile(hub):
     start(hub, "alice")  # small: 1 core, on a machine with more
     code = (
@@ -147,6 +152,16 @@ def test_a_session_burns_no_more_cores_than_its_profile(hub):
     cpus, cpu_limit, cores_used = hub.run_code("alice", code).split()
     # What the session sees is what it gets: nproc and jupyter-resource-usage say 1.
     assert (int(cpus), float(cpu_limit)) == (1, 1.0)
+    shown = (
+        "import os\n"
+        "from jupyter_resource_usage.config import ResourceUseDisplay\n"
+        "r = ResourceUseDisplay()\n"
+        "print(os.getppid(), r.mem_limit, r.cpu_limit)\n"
+    )
+    lab, mem_limit, cpu_limit = hub.run_code("alice", shown).split()
+    enforced = Path("/sys/fs/cgroup/memory", cgroup_of(int(lab), "memory").lstrip("/"))
+    assert int(mem_limit) == int((enforced / "memory.limit_in_bytes").read_text()) == 400 * 2**20
+    assert float(cpu_limit) == 1.0
     # Four burners share one core's worth of CPU time (a little over for the measuring).
     assert float(cores_used) <= 1.15, cores_used
     hub.stop_server("alice")
@@ -247,6 +262,7 @@ def holds(pid: int, device: Path) -> bool:
     return False
 
 
+@v1_files
 def test_a_hub_restart_keeps_sessions_in_their_cgroups(hub):
     start(hub, "alice")
     lab = int(hub.run_code("alice", "import os; print(os.getppid())").strip())

@@ -76,8 +76,8 @@ def _prefixes(path: str) -> list[str]:
 def session_files(folder: Path, oom_kills: int = 0, usage_usec: int = 0) -> None:
     """What the kernel makes in a new cgroup2 folder once its parent enabled the controllers."""
     folder.mkdir(parents=True)
-    for name in ("cpu.max", "cpuset.cpus", "memory.max", "memory.swap.max", "pids.max",
-                 "cgroup.procs", "cgroup.kill"):  # fmt: skip
+    for name in ("cpu.max", "cpu.weight", "cpuset.cpus", "memory.max", "memory.swap.max",
+                 "pids.max", "cgroup.procs", "cgroup.kill"):  # fmt: skip
         (folder / name).write_text("")
     events = f"low 0\nhigh 0\nmax 3\noom {oom_kills}\noom_kill {oom_kills}\n"
     (folder / "memory.events").write_text(events)
@@ -95,6 +95,7 @@ def test_v2_writes_the_profile_into_cgroup2_files(tmp_path):
     left_out = alice.create(limits)
     folder = tmp_path / parent / "alice.lab"
     assert (folder / "cpu.max").read_text() == "150000 100000"
+    assert (folder / "cpu.weight").read_text() == "150"  # 100 = one core's weight
     assert (folder / "memory.max").read_text() == str(2**30)
     assert (folder / "memory.swap.max").read_text() == "0"
     assert (folder / "pids.max").read_text() == "100"
@@ -180,6 +181,7 @@ def test_v1_limits_and_a_kill_that_takes_detached_processes(tmp_path):
         assert cgroup.create(limits) == []
         mnt = Path("/sys/fs/cgroup")
         assert (mnt / "cpu" / cgroup.path / "cpu.cfs_quota_us").read_text().strip() == "100000"
+        assert (mnt / "cpu" / cgroup.path / "cpu.shares").read_text().strip() == "1024"
         assert (mnt / "memory" / cgroup.path / "memory.limit_in_bytes").read_text().strip() == str(
             256 * 2**20
         )

@@ -7,8 +7,10 @@ One small class per mechanism, the shared logic once in `SessionCgroup`:
 one machine never touch each other's sessions.
 
 What each limit is made of:
-- cores: a CFS quota of cores x period, and a cpuset of ceil(cores) CPUs, the least used
-  by this hub's other sessions, so `nproc` and `os.sched_getaffinity` show the figure;
+- cores: a CFS quota of cores x period, a CPU weight in proportion to the cores (so a
+  busy 1-core session yields to a 2-core one on a CPU they share), and a cpuset of
+  ceil(cores) CPUs, the least used by this hub's other sessions, so `nproc` and
+  `os.sched_getaffinity` show the figure;
 - memory: the memory limit (the kernel's OOM killer then picks inside the session only);
 - pids: a limit on the session's processes and threads;
 - devices (v1 only): the node's pool GPUs the session does not hold are denied, so a
@@ -236,6 +238,8 @@ class CgroupV1(SessionCgroup):
             and _write(cpu / "cpu.cfs_quota_us", quota)
         ):
             left_out.append("CPU quota")
+        elif not _write(cpu / "cpu.shares", str(max(2, int(limits.cores * 1024)))):
+            left_out.append("CPU weight")
         memory = self._at("memory")
         if not (memory and _write(memory / "memory.limit_in_bytes", str(limits.memory))):
             left_out.append("memory limit")
@@ -304,6 +308,8 @@ class CgroupV2(SessionCgroup):
             left_out.append("cpuset (nproc shows the machine's CPUs)")
         if not _write(folder / "cpu.max", f"{int(limits.cores * CFS_PERIOD_US)} {CFS_PERIOD_US}"):
             left_out.append("CPU quota")
+        elif not _write(folder / "cpu.weight", str(min(10000, max(1, int(limits.cores * 100))))):
+            left_out.append("CPU weight")
         if not _write(folder / "memory.max", str(limits.memory)):
             left_out.append("memory limit")
         else:
