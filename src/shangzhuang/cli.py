@@ -1,4 +1,4 @@
-"""`shangzhuang up | check | quota ... | apps ...`: the command line."""
+"""The command line: `shangzhuang up | check | quota | apps | upgrade-db | backup | restore`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ def admin_password(settings: Settings) -> tuple[str, bool]:
     return password, True
 
 
+def source_is_default(settings: Settings) -> bool:
+    return Path(settings.source).resolve() == DEFAULT_CONFIG.resolve()
+
+
 def cmd_check(args) -> int:
     settings = _settings_or_exit(args.config)
     print(f"ok: {settings.source}")
@@ -66,6 +70,21 @@ def cmd_up(args) -> int:
         else:
             kept = state / "admin-password"
             print(f"Admin {admin!r}: password from $SHANGZHUANG_ADMIN_PASSWORD or {kept}")
+    # The embedded default (`make up`, a first look from a checkout) upgrades its own
+    # databases after a `git pull`; a site's own config is upgraded by its operator.
+    from shangzhuang.operate import pending_upgrades, upgrade_db
+
+    if pending := pending_upgrades(settings):
+        if source_is_default(settings):
+            print(f"Upgrading {', '.join(pending)} to this version first (shangzhuang upgrade-db)")
+            upgrade_db(settings)
+        else:
+            print(
+                f"{', '.join(pending)}: made by an older version. Back up and upgrade with "
+                f"`shangzhuang upgrade-db --config {settings.source}`, then start again.",
+                file=sys.stderr,
+            )
+            return 2
     print(f"Shangzhuang Workbench on {settings.hub.url}  (Ctrl-C stops it)", flush=True)
 
     source = Path(settings.source).resolve()
@@ -82,6 +101,52 @@ def cmd_up(args) -> int:
         signal.signal(sig, signal.SIG_DFL)
     # exec: Ctrl-C goes straight to JupyterHub, which stops the proxy and services cleanly.
     os.execve(sys.executable, argv, env)
+
+
+# --- operating a site: shangzhuang/operate.py ---------------------------------------------
+def _operate(args, step) -> int:
+    from shangzhuang.operate import OperateError
+
+    settings = _settings_or_exit(args.config)
+    try:
+        step(settings)
+    except OperateError as e:
+        print(f"shangzhuang {args.command}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_upgrade_db(args) -> int:
+    from shangzhuang.operate import upgrade_db
+
+    return _operate(args, upgrade_db)
+
+
+def cmd_install(args) -> int:
+    from shangzhuang.operate import OperateError, install
+
+    try:
+        install(
+            Path(args.config), root=Path(args.root), account=args.account,
+            proxy=args.proxy_command, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            http_port=args.http_port,
+        )  # fmt: skip
+    except OperateError as e:
+        print(f"shangzhuang install: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from shangzhuang.operate import backup
+
+    return _operate(args, lambda settings: backup(settings, Path(args.dest)))
+
+
+def cmd_restore(args) -> int:
+    from shangzhuang.operate import restore
+
+    return _operate(args, lambda settings: restore(settings, Path(args.src)))
 
 
 # --- quota: straight on the ledger, so it works on the hub host even with the hub down ----
@@ -327,6 +392,30 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--hub-url", help="the site's address, e.g. https://hub.example.org")
         p.add_argument("--token", help="a JupyterHub token (default: $JUPYTERHUB_API_TOKEN)")
         p.add_argument("--config", help="the site config, for its address (default: embedded)")
+
+    upgrade = sub.add_parser("upgrade-db", help="upgrade the hub database and the quota ledger "
+                             "to this version's schema (backs SQLite up first)")  # fmt: skip
+    upgrade.set_defaults(func=cmd_upgrade_db)
+    backup = sub.add_parser("backup", help="copy the site's state (databases, secrets, apps) "
+                            "into a new folder, online")  # fmt: skip
+    backup.add_argument("dest", help="a new (or empty) folder")
+    backup.set_defaults(func=cmd_backup)
+    restore = sub.add_parser("restore", help="put a backup into a fresh state folder")
+    restore.add_argument("src", help="a folder made by `shangzhuang backup`")
+    restore.set_defaults(func=cmd_restore)
+    inst = sub.add_parser("install", help="lay down a server install: systemd units for the "
+                          "proxy and the hub, the proxy's token, the state folder")  # fmt: skip
+    inst.add_argument("--config", required=True, help="the site config, e.g. "
+                      "/etc/shangzhuang/site.toml (hub.separate_proxy = true)")  # fmt: skip
+    inst.add_argument("--root", default="/", help="write the units under this folder (tests)")
+    inst.add_argument("--account", default="shangzhuang", help="the proxy's system account")
+    inst.add_argument("--proxy-command", help="configurable-http-proxy (default: from PATH)")
+    inst.add_argument("--tls-cert", type=Path, help="the certificate chain (PEM): wildcard")
+    inst.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    inst.add_argument("--http-port", type=int, default=80, help="redirected to https (80)")
+    inst.set_defaults(func=cmd_install)
+    for p in (upgrade, backup, restore):
+        p.add_argument("--config", help="the site config (default: $SHANGZHUANG_CONFIG, embedded)")
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -87,6 +87,10 @@ class Hub(Section):
     admins: list[str] | None = None  # None: ["admin"] with native sign-in, else nobody
     idle_timeout_seconds: int = Field(3600, ge=0)  # 0 turns the idle culler off
     keep_sessions_on_restart: bool = True
+    # The proxy runs as its own service (shangzhuang install's shangzhuang-proxy.service), so
+    # a hub restart or upgrade drops no connection; the hub reads their shared token from
+    # $CONFIGPROXY_AUTH_TOKEN. False: the hub starts the proxy as its child (`make up`).
+    separate_proxy: bool = False
 
     # The address people open. User servers and apps get an origin of their own below it,
     # http://NAME.hub.localhost:8000 (JupyterHub's subdomain_host): a site needs wildcard DNS

@@ -78,11 +78,18 @@ def configure(c, settings: Settings) -> None:
     # Over https, the hub's cookies get the __Host- prefix: a user's server can't toss its
     # own cookies for the hub's host (the prefix needs Secure, so not on plain http).
     c.JupyterHub.cookie_host_prefix_enabled = hub.url.startswith("https://")
+    if hub.url.startswith("https://"):
+        # HSTS for the hub's host and, through includeSubDomains, every NAME.<host> below it.
+        c.JupyterHub.tornado_settings = {
+            "headers": {"Strict-Transport-Security": "max-age=31536000; includeSubDomains"}
+        }
     c.Authenticator.post_auth_hook = sign_in_on_the_hub_host(hub.url)
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub.api_port}"
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
     c.ConfigurableHTTPProxy.command = [proxy_command()]
     c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    # A proxy of its own (docs/operating.md) keeps users' connections across hub restarts.
+    c.ConfigurableHTTPProxy.should_start = not hub.separate_proxy
     c.JupyterHub.db_url = hub.db_url
     c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
     c.JupyterHub.pid_file = str(state / "hub.pid")

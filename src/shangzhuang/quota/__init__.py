@@ -15,10 +15,11 @@ from shangzhuang.quota.client import QuotaReport, my_quota
 
 @cache
 def _engine(url: str):
-    from shangzhuang.quota.db import make_engine, migrate
+    from shangzhuang.quota.db import make_engine
+    from shangzhuang.quota.schema import ensure_schema
 
     engine = make_engine(url)
-    migrate(engine)
+    ensure_schema(engine)
     return engine
 
 
@@ -27,13 +28,23 @@ def database_url(settings) -> str:
 
 
 def open_ledger(settings):
-    """The ledger of this site (schema migrated on first use; one engine per process)."""
+    """The ledger of this site (one engine per process).
+
+    An empty database gets the schema; one at an older revision is refused with the command
+    that upgrades it (quota.schema.OutdatedSchema)."""
     from shangzhuang.quota.ledger import Ledger
+    from shangzhuang.quota.schema import OutdatedSchema
 
     if not settings.quota.url:
         settings.hub.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-    return Ledger(_engine(database_url(settings)), settings.quota, settings.site.timezone)
+    try:
+        engine = _engine(database_url(settings))
+    except OutdatedSchema as e:
+        raise OutdatedSchema(
+            f"{e} Run `shangzhuang upgrade-db --config {settings.source}` (it backs SQLite "
+            "databases up first)."
+        ) from None
+    return Ledger(engine, settings.quota, settings.site.timezone)
 
 
 class _CallableModule(types.ModuleType):

@@ -1,0 +1,343 @@
+"""A server install, run the way its systemd units would run it: the workbench's wheel in a
+fresh venv outside the checkout, `shangzhuang install` into a temp /etc-like tree, then the
+proxy's and the hub's ExecStart lines run as given (no systemd here: this test plays it, and
+stops the hub as `KillMode=process` does, with SIGTERM to the hub alone).
+
+Through the TLS front end (configurable-http-proxy with a certificate of a test CA, verified
+by every client): login, spawn, the user's server on its own subdomain, a quota read; HTTP
+redirected to HTTPS; HSTS; Secure cookies. Then the hub restarts while a user's kernel
+websocket is open through the separate proxy, and the websocket carries on.
+
+The fresh venv gets the workbench from its wheel (`pip install --no-deps`); its dependencies
+(JupyterHub, JupyterLab, ...) come from the checkout's .venv through a .pth line, which is
+added after the venv's own site-packages, so `import shangzhuang` is the wheel's (asserted),
+and their console scripts are written into the venv as pip would.
+Building every dependency's wheel would cost minutes of CI for no more truth.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.ports import free_port
+
+from .conftest import root_only
+from .hub import RunningHub, execute_request, interruptible, workdir
+
+pytestmark = [pytest.mark.integration, root_only]
+
+ROOT = Path(__file__).resolve().parents[2]
+PROXY = ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_test_ca(folder: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate it signed for `hosts` (wildcards allowed)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(_name("Shangzhuang test CA"))
+        .issuer_name(_name("Shangzhuang test CA")).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+            key_encipherment=False, data_encipherment=False, key_agreement=False,
+            encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))  # fmt: skip
+    paths[2].chmod(0o600)
+    return paths
+
+
+def fresh_venv(base: Path) -> Path:
+    """The workbench's wheel, built from this checkout, in a new venv outside it."""
+    dist, venv = base / "dist", base / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
+        check=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = dist.glob("shangzhuang-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True, timeout=300,
+    )  # fmt: skip
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(site) / "_checkout_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # The dependencies' console scripts (jupyterhub-singleuser...), as pip would write them.
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points.select(group="console_scripts"):
+            script = venv / "bin" / ep.name
+            if script.exists() or dist.metadata["Name"] == "shangzhuang":
+                continue
+            module, _, attr = ep.value.partition(":")
+            script.write_text(
+                f"#!{python}\nimport sys\nfrom {module} import {attr.split('.')[0]}\n"
+                f"sys.exit({attr}())\n"
+            )
+            script.chmod(0o755)
+    where = subprocess.run(
+        [str(python), "-c", "import shangzhuang; print(shangzhuang.__file__)"],
+        capture_output=True, text=True, check=True, cwd=base,
+    ).stdout.strip()  # fmt: skip
+    assert where.startswith(str(venv)), f"shangzhuang imported from {where}, not the wheel"
+    return venv
+
+
+def unit(path: Path) -> dict[str, str]:
+    """The [Service] keys of a unit file (each given once in ours)."""
+    keys = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            k, v = line.split("=", 1)
+            keys[k] = v
+    return keys
+
+
+class InstalledHub(RunningHub):
+    """RunningHub's client side (forms, API, kernels) against an installed site over https."""
+
+    def __init__(self, base: Path):
+        super().__init__(base, gpus=0)
+        self.venv = fresh_venv(base)
+        etc = base / "etc" / "shangzhuang"
+        etc.mkdir(parents=True)
+        self.state = base / "var" / "lib" / "shangzhuang" / "state"
+        self.url = f"https://hub.localhost:{self.port}"
+        self.http_port = free_port()
+        text = self.config.read_text().replace(
+            'state_dir = "state"',
+            f'state_dir = "{self.state}"\nseparate_proxy = true\npublic_url = "{self.url}"',
+        )
+        self.config.unlink()
+        self.config = etc / "site.toml"
+        self.config.write_text(text)
+        self.ca, cert, key = make_test_ca(etc, ["hub.localhost", "*.hub.localhost"])
+        out = subprocess.run(
+            [str(self.venv / "bin" / "shangzhuang"), "install", "--config", str(self.config),
+             "--root", str(base), "--proxy-command", str(PROXY), "--tls-cert", str(cert),
+             "--tls-key", str(key), "--http-port", str(self.http_port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        units = base / "etc" / "systemd" / "system"
+        self.proxy_unit = unit(units / "shangzhuang-proxy.service")
+        self.hub_unit = unit(units / "shangzhuang-hub.service")
+        env_file = Path(self.hub_unit["EnvironmentFile"])
+        self.unit_env = dict(
+            line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line
+        )
+        self.proxy: subprocess.Popen | None = None
+
+    def user_url(self, name: str, server: str = "") -> str:
+        url = f"https://{name}.hub.localhost:{self.port}/user/{name}/"
+        return f"{url}{server}/" if server else url
+
+    def start_proxy(self) -> None:
+        with open(self.base / "proxy.log", "ab") as log:
+            self.proxy = subprocess.Popen(
+                shlex.split(self.proxy_unit["ExecStart"]), stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.unit_env}, start_new_session=True,
+            )  # fmt: skip
+
+        def listening():
+            try:
+                return requests.get(f"{self.url}/", timeout=2, verify=self.ca).status_code
+            except requests.ConnectionError:
+                return None
+
+        self.wait(listening, 30, "the proxy listening")
+
+    def start(self, timeout: float = 120) -> None:
+        if self.proxy is None:
+            self.start_proxy()
+        env = {
+            **os.environ, **self.unit_env, "SHANGZHUANG_ADMIN_PASSWORD": self.admin_password,
+            "SHANGZHUANG_CONFIG": str(self.config),
+        }  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                shlex.split(self.hub_unit["ExecStart"]), cwd=self.hub_unit["WorkingDirectory"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=interruptible,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                if requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"hub not up in {timeout}s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        """As systemd stops the hub unit (KillMode=process): SIGTERM to the hub alone."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        artifacts = ROOT / "test-artifacts"
+        for log in (self.log, self.base / "proxy.log", *self.state.glob("sessions/*")):
+            if log.exists():
+                (artifacts / f"install-{log.name}").write_bytes(log.read_bytes())
+        try:
+            super().cleanup()
+        finally:
+            if self.proxy and self.proxy.poll() is None:
+                os.killpg(self.proxy.pid, signal.SIGTERM)
+                self.proxy.wait(30)
+
+
+@pytest.fixture(scope="module")
+def site():
+    base = workdir()
+    hub = None
+    saved = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "WEBSOCKET_CLIENT_CA_BUNDLE")}
+    try:
+        hub = InstalledHub(base)
+        # Every client of these tests verifies the proxy's certificate against the test CA.
+        for k in saved:
+            os.environ[k] = str(hub.ca)
+        hub.start()
+        yield hub
+    finally:
+        if hub:
+            hub.cleanup()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_login_spawn_and_quota_through_the_tls_front_end(site):
+    # HTTP answers with a redirect to HTTPS, nothing else.
+    r = requests.get(
+        f"http://hub.localhost:{site.http_port}/hub/login?next=x", allow_redirects=False,
+        timeout=30,
+    )  # fmt: skip
+    assert r.status_code in (301, 302, 307, 308), r.status_code
+    assert r.headers["Location"] == f"{site.url}/hub/login?next=x"
+
+    page = requests.get(f"{site.url}/hub/login", timeout=30)  # verified against the test CA
+    assert page.status_code == 200
+    assert page.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+
+    site.signup("ann", "correct-horse-9")
+    site.approve("ann")
+    browser, r = site.try_login("ann", "correct-horse-9")
+    assert r.status_code == 302
+    cookies = {c.name: c for c in browser.cookies}
+    session_cookies = [c for c in cookies.values() if "hub-session-id" in c.name or
+                       c.name.endswith("jupyterhub-session-id")]  # fmt: skip
+    assert session_cookies and all(c.secure for c in session_cookies), cookies
+    assert all(c.secure for c in cookies.values() if c.name.startswith("__Host-"))
+
+    site.spawn("ann", "cpu")
+    site.wait_ready("ann")
+    token = site.token_for("ann")
+    status = requests.get(
+        f"{site.user_url('ann')}api/status", headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )  # fmt: skip
+    assert status.status_code == 200, status.text  # ann.hub.localhost: the wildcard name
+    quota = requests.get(
+        f"{site.url}/services/quota/api/v1/me", headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )  # fmt: skip
+    assert quota.status_code == 200, quota.text
+    assert quota.json()["user"] == "ann"
+
+
+def test_a_hub_restart_drops_no_open_websocket(site):
+    if "ann" not in [u["name"] for u in site.api("GET", "/users").json()]:
+        site.new_user("ann")
+    if not site.api("GET", "/users/ann").json()["servers"].get(""):
+        site.spawn("ann", "cpu")
+    site.wait_ready("ann")
+    token = site.token_for("ann")
+    kernel = site._new_kernel("ann", token)
+    ws = websocket.create_connection(
+        f"{site.user_url('ann').replace('https', 'wss', 1)}api/kernels/{kernel}/channels",
+        header=[f"Authorization: token {token}"], timeout=120,
+    )  # fmt: skip
+
+    def run(code: str) -> str:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps(execute_request(msg_id, code)))
+        out = []
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+
+    try:
+        assert run("x = 41; print('before')").strip() == "before"
+        proxy_pid = site.proxy.pid
+        site.stop()
+        assert run("x += 1; print('hub down', x)").strip() == "hub down 42"
+        site.start()
+        assert run("print('after', x)").strip() == "after 42"
+        assert site.proxy.pid == proxy_pid and site.proxy.poll() is None
+    finally:
+        ws.close()
