@@ -6,7 +6,7 @@ open. See ../shared/notes/slurm.md for the facts this relies on.
 
 `LocalSlurm(accounting=True)` also runs Slurm's accounting: slurmdbd 22.05 on a MariaDB
 10.11 of its own (a data folder in the run folder, TCP on 127.0.0.1 only), so `sacct`
-answers as on a site. It adds about 3 s to the start (measured on 2 busy cores).
+answers as on a site. It adds 3.5-7 s to the start and 2 s to the stop (2 busy cores).
 `LocalSlurm(cgroups=True)`: proctrack/cgroup and task/cgroup with the shipped
 hub_config/examples/cgroup.conf (cores, memory, devices held inside each job; this host's
 cgroup v1 controllers at /sys/fs/cgroup/* serve, without systemd).

@@ -667,6 +667,8 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
         1.3.0 merges `user_options` into these variables: only req_* and the command pass,
         and none may break a line of the script."""
         script_vars = {**self.get_req_subvars(), "cmd": subvars["cmd"]}
+        if not os.path.isabs(script_vars["homedir"]):  # --output and --chdir hang off it
+            raise SpawnException(f"The user's home {script_vars['homedir']!r} is not absolute.")
         for key, value in script_vars.items():
             if key != "cmd" and ("\n" in str(value) or "\r" in str(value)):
                 raise SpawnException(f"The batch script's {key} holds a line break.")
