@@ -324,7 +324,7 @@ def test_inline_secret_refused_by_the_cli_without_echoing_it(tmp_path):
     assert SECRET not in done.stderr
 
 
-@pytest.mark.parametrize("example", ["ldap.toml", "oidc.toml"])
+@pytest.mark.parametrize("example", ["ldap.toml", "oidc.toml", "slurm.toml"])
 def test_cli_passes_the_shipped_examples(tmp_path, example):
     done = cli("check", str(EXAMPLES / example), cwd=tmp_path)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
