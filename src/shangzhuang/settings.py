@@ -87,6 +87,12 @@ class Hub(Section):
     admins: list[str] | None = None  # None: ["admin"] with native sign-in, else nobody
     idle_timeout_seconds: int = Field(3600, ge=0)  # 0 turns the idle culler off
     keep_sessions_on_restart: bool = True
+    # Users' own Jupyter config files (~/.jupyter) can't change how their server runs.
+    disable_user_config: bool = True
+    # Lab named servers a user may have (apps don't count: apps.max_apps_per_user); 0 = no limit.
+    named_server_limit_per_user: int = Field(3, ge=0)
+    # Servers running on the whole site, apps included; a spawn past it waits. 0 = no limit.
+    active_server_limit: int = Field(0, ge=0)
     # The proxy runs as its own service (shangzhuang install's shangzhuang-proxy.service), so
     # a hub restart or upgrade drops no connection; the hub reads their shared token from
     # $CONFIGPROXY_AUTH_TOKEN. False: the hub starts the proxy as its child (`make up`).
@@ -453,6 +459,9 @@ class UnixAccounts(Section):
 
     user_prefix: str = "sz-"  # "": the Unix name is the hub name (central accounts)
     home_root: PathStr = Path("/home")
+    # A deleted hub user's Unix account and home: "archive" (home kept root-only under
+    # hub.state_dir/archived-homes, account deleted), "remove", or "keep" (central accounts).
+    on_delete: Literal["archive", "remove", "keep"] = "archive"
 
     @field_validator("user_prefix")
     @classmethod
@@ -534,6 +543,13 @@ class Cluster(Section):
     interface: str = ""  # network interface workers listen on; "" = Dask's choice
     log_dir: str = "~/.shangzhuang/dask-logs"  # in the user's home, on shared storage
     local_dir: str = "/tmp"  # node-local scratch for spilling
+
+    @field_validator("log_dir", "local_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not (v.startswith("~/") or v.startswith("/")):
+            raise ValueError("must be an absolute path, or ~/... for a folder in each user's home")
+        return v
 
 
 class Tutorials(Section):

@@ -260,6 +260,9 @@ def voila_config(args, token: str) -> Config:
     c.Voila.open_browser = False
     c.Voila.root_dir = args.root
     c.VoilaConfiguration.show_tracebacks = False
+    # Kernels on IPC sockets in Voila's private (mkdtemp, 0700) connection folder, never on
+    # TCP ports other users of the node could connect to (shangzhuang/session.py for Lab).
+    c.KernelManager.transport = "ipc"
     c.VoilaConfiguration.strip_sources = True
     if args.preheat:
         c.VoilaConfiguration.preheat_kernel = True

@@ -4,9 +4,12 @@
     c = cluster(workers=4, gpus_per_worker=1)   # SLURMCluster on Slurm, LocalCluster locally
     client = c.get_client()
 
-On the `slurm` backend the site's settings reach sessions as Dask config (DASK_JOBQUEUE__
-SLURM__* variables set by the hub), so a bare `dask_jobqueue.SLURMCluster()` works too;
-`cluster()` adds the GPUs and refuses a scale-up the quota can't pay for, saying why.
+Every cluster speaks TLS with the session's own certificates (`shangzhuang.session`),
+so only its owner's session can connect, and serves its dashboard on 127.0.0.1 only, for
+jupyter-server-proxy under the session's own URL. On the `slurm` backend the site's
+settings reach sessions as Dask config (DASK_JOBQUEUE__SLURM__* variables set by the hub);
+every way a `WorkbenchCluster` grows (scale by workers, jobs, cores or memory; adapt;
+dask-labextension's buttons, which call those) passes one quota rule, `check_growth`.
 """
 
 from __future__ import annotations
@@ -14,9 +17,15 @@ from __future__ import annotations
 import math
 import os
 
+import dask
+from dask.utils import parse_bytes
 from dask_jobqueue import SLURMCluster
+from distributed.security import Security
 
-__all__ = ["QuotaExceeded", "WorkbenchCluster", "cluster"]
+__all__ = ["QuotaExceeded", "WorkbenchCluster", "cluster", "session_security"]
+
+# Dashboards for jupyter-server-proxy only: never on an address other machines reach.
+DASHBOARD_ADDRESS = "127.0.0.1:0"
 
 
 class QuotaExceeded(RuntimeError):
@@ -27,57 +36,157 @@ def backend() -> str:
     return os.environ.get("SHANGZHUANG_BACKEND", "local")
 
 
+def session_security() -> Security:
+    """The session's Dask credentials (made when the session started); outside a workbench
+    session, new in-memory ones for this one cluster."""
+    security = Security()
+    return security if security.tls_ca_file else Security.temporary()
+
+
 def cluster(workers: int = 1, gpus_per_worker: int = 0, **kwargs):
     """A Dask cluster with `workers` workers, each with `gpus_per_worker` GPUs (Slurm).
 
     Other keywords go to SLURMCluster (cores, memory, walltime, queue...) on `slurm`, or to
     LocalCluster on `local`, where workers share this session's cores and GPUs.
+    dask-labextension's "New cluster" button calls this too (DASK_LABEXTENSION__FACTORY).
     """
-    limit = int(os.environ.get("SHANGZHUANG_MAX_WORKERS", "0") or 0)
-    if limit and workers > limit:
-        raise ValueError(f"workers={workers} is more than this site allows ({limit})")
     if backend() == "slurm":
         c = WorkbenchCluster(gpus_per_worker=gpus_per_worker, **kwargs)
-        c.scale(workers)
+        try:
+            c.scale(workers)
+        except QuotaExceeded:
+            c.close()
+            raise
         return c
     from dask.distributed import LocalCluster
 
+    check_site_limit(workers)
     kwargs.setdefault("threads_per_worker", 1)
     kwargs.setdefault("processes", True)
+    kwargs.setdefault("security", session_security())
+    kwargs.setdefault("dashboard_address", DASHBOARD_ADDRESS)
     return LocalCluster(n_workers=workers, **kwargs)
 
 
-class WorkbenchCluster(SLURMCluster):
-    """SLURMCluster with GPUs per worker and a quota check on every scale-up.
+def check_site_limit(workers: int) -> None:
+    limit = int(os.environ.get("SHANGZHUANG_MAX_WORKERS", "0") or 0)
+    if limit and workers > limit:
+        raise ValueError(
+            f"workers={workers} is more than this site allows (cluster.max_workers = {limit})"
+        )
 
-    dask-labextension's "New cluster" button builds this too (DASK_LABEXTENSION__FACTORY).
-    """
+
+class WorkbenchCluster(SLURMCluster):
+    """SLURMCluster with GPUs per worker, the session's TLS credentials, and one quota rule
+    for every way it grows."""
 
     def __init__(self, *args, gpus_per_worker: int = 0, **kwargs):
         self.gpus_per_worker = gpus_per_worker
         if gpus_per_worker:
             extra = list(kwargs.pop("job_extra_directives", None) or [])
             kwargs["job_extra_directives"] = [*extra, f"--gres=gpu:{gpus_per_worker}"]
+        kwargs.setdefault("security", session_security())
+        options = kwargs.pop("scheduler_options", None)
+        if options is None:
+            options = dask.config.get("jobqueue.slurm.scheduler-options", None) or {}
+        kwargs["scheduler_options"] = {"dashboard_address": DASHBOARD_ADDRESS, **options}
+        # dask-jobqueue 0.9.0 makes log_directory as given: a "~" in it (from a user's own
+        # jobqueue.yaml, say) became a folder named "~" beside the notebook.
+        logs = kwargs.get("log_directory") or dask.config.get("jobqueue.slurm.log-directory")
+        if logs:
+            kwargs["log_directory"] = os.path.expanduser(logs)
         super().__init__(*args, **kwargs)
 
+    # --- growth: every path ends in scale() or adapt() --------------------------------
+    # Per job, from the job itself: dask-jobqueue 0.9.0 with distributed 2026.8 reads them
+    # from the cluster's keywords only, so scale(cores=...) and scale(memory=...) on a
+    # cluster configured by the site failed ("RuntimeError: unreachable", a ValueError).
+    @property
+    def processes_per_job(self) -> int:
+        return self._dummy_job.worker_processes
+
+    @property
+    def cores_per_job(self) -> int:
+        return self._dummy_job.worker_cores
+
+    @property
+    def memory_per_job(self) -> int:
+        return self._dummy_job.worker_memory
+
+    def jobs_for(self, n=None, jobs=0, memory=None, cores=None) -> int:
+        """How many jobs `n` workers, `jobs` jobs, `memory` or `cores` come to (the most)."""
+        target = [jobs or 0]
+        if n is not None:
+            target.append(math.ceil(n / self.processes_per_job))
+        if memory is not None:
+            target.append(math.ceil(parse_bytes(memory) / self.memory_per_job))
+        if cores is not None:
+            target.append(math.ceil(cores / self.cores_per_job))
+        return max(target)
+
     def scale(self, n=None, jobs=0, memory=None, cores=None):
-        if jobs or n is not None:
-            procs = self._job_kwargs.get("processes") or 1
-            target = jobs or math.ceil(n / procs)
-            self.check_quota(target - len(self.worker_spec))
-        return super().scale(n=n, jobs=jobs, memory=memory, cores=cores)
+        target = self.jobs_for(n, jobs, memory, cores)
+        self.check_growth(target)
+        return super().scale(jobs=target)
+
+    def adapt(self, *args, minimum_jobs=None, maximum_jobs=None, **kwargs):
+        """Adaptive scaling within what the balance pays for: an explicit maximum beyond
+        it is refused; with none, adapt stops at what is affordable now. Each scale-up it
+        makes goes through scale() and so is checked again."""
+        minimum = self.jobs_for(
+            kwargs.pop("minimum", None), minimum_jobs or 0,
+            kwargs.pop("minimum_memory", None), kwargs.pop("minimum_cores", None),
+        )  # fmt: skip
+        caps = [maximum_jobs] if maximum_jobs is not None else []
+        if (workers := kwargs.pop("maximum", math.inf)) != math.inf:
+            caps.append(math.floor(workers / self.processes_per_job))
+        if (cores := kwargs.pop("maximum_cores", None)) is not None:
+            caps.append(math.floor(cores / self.cores_per_job))
+        if (memory := kwargs.pop("maximum_memory", None)) is not None:
+            caps.append(math.floor(parse_bytes(memory) / self.memory_per_job))
+        if caps:
+            maximum = min(caps)
+            self.check_growth(maximum)
+        else:
+            maximum = self.affordable_jobs()
+        self.check_growth(minimum)
+        return super().adapt(*args, minimum_jobs=minimum, maximum_jobs=maximum, **kwargs)
+
+    def check_growth(self, target_jobs: int) -> None:
+        """The one rule: `target_jobs` jobs in all must be within the site's worker limit,
+        and the new ones affordable for the site's minimum time (as a Lab spawn)."""
+        check_site_limit(target_jobs * self.processes_per_job)
+        self.check_quota(target_jobs - len(self.worker_spec))
+
+    def job_rates(self) -> dict[str, float]:
+        """What one worker job burns per hour."""
+        return {"gpu_hours": float(self.gpus_per_worker), "cpu_hours": float(self.cores_per_job)}
+
+    def min_hours(self) -> float:
+        return float(os.environ.get("SHANGZHUANG_MIN_MINUTES", "10")) / 60
+
+    def affordable_jobs(self) -> int | None:
+        """How many jobs in all the balance pays for now (None: not limited)."""
+        balance = self._balance()
+        if balance is None:
+            return None
+        counts = []
+        for resource, rate in self.job_rates().items():
+            left = balance["resources"][resource]["remaining"]
+            if rate and left is not None:
+                counts.append(math.floor(max(0.0, left) / (rate * self.min_hours())))
+        return len(self.worker_spec) + min(counts) if counts else None
 
     def check_quota(self, new_jobs: int) -> None:
         """Refuse `new_jobs` more jobs when the balance can't pay them for the site's
         minimum time (the same rule as starting a Lab session)."""
-        if new_jobs <= 0 or not os.environ.get("SHANGZHUANG_QUOTA_URL"):
+        if new_jobs <= 0:
             return
-        import shangzhuang
-
-        balance = shangzhuang.quota()
-        hours = float(os.environ.get("SHANGZHUANG_MIN_MINUTES", "10")) / 60
-        cores = float(self._job_kwargs.get("cores") or 1)
-        rates = {"gpu_hours": new_jobs * self.gpus_per_worker, "cpu_hours": new_jobs * cores}
+        balance = self._balance()
+        if balance is None:
+            return
+        hours = self.min_hours()
+        rates = {r: new_jobs * v for r, v in self.job_rates().items()}
         short = []
         for resource, rate in rates.items():
             left = balance["resources"][resource]["remaining"]
@@ -93,3 +202,10 @@ class WorkbenchCluster(SLURMCluster):
             f"{', '.join(short)} (account {balance['account']}). "
             + (f"Your quota resets at {resets}." if resets else "Ask an admin for a grant.")
         )
+
+    def _balance(self) -> dict | None:
+        if not os.environ.get("SHANGZHUANG_QUOTA_URL"):
+            return None
+        import shangzhuang
+
+        return shangzhuang.quota()

@@ -107,11 +107,23 @@ def configure(c, settings: Settings) -> None:
     c.WorkbenchSpawner.home_root = str(accounts.home_root)
     c.WorkbenchSpawner.tutorials = [str(p) for p in settings.tutorials.files]
     c.WorkbenchSpawner.tutorials_folder = settings.tutorials.folder
-    c.Spawner.cmd = [os.path.join(sys.prefix, "bin", "jupyterhub-singleuser")]
+    # A deleted hub user's traces (hub/accounts.py): a name signed up again starts afresh.
+    c.UserAccounts.on_delete = accounts.on_delete
+    c.UserAccounts.user_prefix = accounts.user_prefix
+    c.UserAccounts.home_root = str(accounts.home_root)
+    c.UserAccounts.archive_dir = str(state / "archived-homes")
+    c.UserAccounts.site_config = (
+        str(Path(settings.source).resolve()) if settings.quota.enabled else ""
+    )
+    # The session launcher (kernels on IPC sockets, Dask TLS credentials), which becomes
+    # jupyterhub-singleuser: see shangzhuang/session.py.
+    c.Spawner.cmd = [sys.executable, "-m", "shangzhuang.session"]
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 120
     c.Spawner.environment = dask_environment(settings)
+    c.Spawner.disable_user_config = hub.disable_user_config
+    c.JupyterHub.active_server_limit = hub.active_server_limit
     if settings.backend.kind == "slurm":
         configure_slurm(c, settings)
     else:
@@ -217,11 +229,15 @@ def configure_apps(c, settings: Settings) -> None:
     service (API, apps page, open-on-visit), idle stop, and what sessions may do."""
     from shangzhuang.apps.culling import culler_timeout
     from shangzhuang.apps.spawn import AppServers
+    from shangzhuang.hub.limits import named_server_limit
 
     apps = settings.apps
     config = str(Path(settings.source).resolve())
     app_servers = AppServers(settings)
     c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = named_server_limit(
+        settings.hub.named_server_limit_per_user, apps.server_prefix, app_servers.registry
+    )
     c.Spawner.pre_spawn_hook = app_servers  # app servers run our Voila launcher
     c.WorkbenchSpawner.app_server_prefix = apps.server_prefix  # no renames into or out of it
     c.JupyterHub.services.append(
@@ -303,6 +319,9 @@ def configure_slurm(c, settings: Settings) -> None:
 
     slurm = settings.backend.slurm
     c.JupyterHub.spawner_class = SlurmSpawner
+    # batchspawner-singleuser runs its first argument as a Python file (runpy), so the
+    # session launcher goes by its path here.
+    c.SlurmSpawner.cmd = [str(Path(__file__).parents[1] / "session.py")]
     if slurm.conf:
         os.environ["SLURM_CONF"] = str(slurm.conf)  # for the hub and what it starts
         c.SlurmSpawner.slurm_conf = str(slurm.conf)
@@ -313,9 +332,10 @@ def configure_slurm(c, settings: Settings) -> None:
     c.Spawner.start_timeout = 600
 
 
-def dask_environment(settings: Settings) -> dict[str, str]:
+def dask_environment(settings: Settings) -> dict:
     """What sessions get so that `shangzhuang.cluster.cluster()` and a bare
-    `dask_jobqueue.SLURMCluster()` follow the site config (Dask reads DASK_* variables)."""
+    `dask_jobqueue.SLURMCluster()` follow the site config (Dask reads DASK_* variables).
+    Values are strings, or functions of the spawner (JupyterHub calls them at each spawn)."""
     cl, slurm = settings.cluster, settings.backend.slurm
     env = {
         "SHANGZHUANG_BACKEND": settings.backend.kind,
@@ -324,15 +344,18 @@ def dask_environment(settings: Settings) -> dict[str, str]:
         # Dashboards through jupyter-server-proxy, under the session's own URL.
         "DASK_DISTRIBUTED__DASHBOARD__LINK": "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status",
         "DASK_LABEXTENSION__FACTORY__MODULE": "shangzhuang.cluster",
-        "DASK_LABEXTENSION__FACTORY__CLASS": "WorkbenchCluster",
+        "DASK_LABEXTENSION__FACTORY__CLASS": "cluster",  # either backend, TLS, quota-checked
+        "DASK_LABEXTENSION__FACTORY__KWARGS": "{'workers': 0}",  # the sidebar scales it
     }
     jq = {
         "CORES": str(cl.worker_cores),
         "PROCESSES": "1",
         "MEMORY": f"{cl.worker_memory // 1024**2}MiB",
         "WALLTIME": cl.worker_walltime,
-        "LOG_DIRECTORY": cl.log_dir,
-        "LOCAL_DIRECTORY": cl.local_dir,
+        "LOG_DIRECTORY": in_home(cl.log_dir),
+        # A bare SLURMCluster() speaks TLS with the session's credentials too.
+        "SCHEDULER_OPTIONS": "{'protocol': 'tls://', 'dashboard_address': '127.0.0.1:0'}",
+        "LOCAL_DIRECTORY": in_home(cl.local_dir),
     }
     if cl.interface:
         jq["INTERFACE"] = cl.interface
@@ -343,6 +366,18 @@ def dask_environment(settings: Settings) -> dict[str, str]:
         if slurm.conf:
             env["SLURM_CONF"] = str(slurm.conf)
     return env
+
+
+def in_home(path: str):
+    """A site path for each user: "~/x" becomes x in the spawning user's home (dask-jobqueue
+    does not expand "~": it made a folder named "~" beside the notebook)."""
+    if not path.startswith("~/"):
+        return path
+
+    def for_spawner(spawner) -> str:
+        return os.path.join(spawner.home, path[2:])
+
+    return for_spawner
 
 
 def home_quota(settings: Settings):

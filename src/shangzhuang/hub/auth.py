@@ -50,6 +50,8 @@ from nativeauthenticator.orm import UserInfo
 from tornado import web
 from traitlets import Integer, List, Unicode
 
+from shangzhuang.hub.accounts import UserAccounts  # a deleted user's account, home, quota
+
 WRONG = "Invalid username or password."
 # A failed try of a name waits at most this long before its password is checked: slowed,
 # never locked out (the owner may be trying from another address).
@@ -318,7 +320,7 @@ HANDLERS = {
 }
 
 
-class WorkbenchAuthenticator(NativeAuthenticator):
+class WorkbenchAuthenticator(UserAccounts, NativeAuthenticator):
     """Sign-up with admin approval; every admin has an account from the hub's start."""
 
     bootstrap_admin_password = Unicode(

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ldap3
-from jupyterhub.auth import Authenticator
 from jupyterhub.handlers.login import LoginHandler
 from ldap3.core.exceptions import (
     LDAPBindError,
@@ -47,6 +46,7 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import Dict, Float, List, Unicode
 
+from shangzhuang.hub.accounts import UserAccounts  # a deleted user's account, home, quota
 from shangzhuang.settings import AccountRule, Institution, SettingsError, read_secret
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def _casefold_dn(dn: str) -> str:
     return ",".join(part.strip() for part in dn.split(",")).casefold()
 
 
-class SiteSignIn(Authenticator):
+class SiteSignIn(UserAccounts):
     """The base of our LDAP and OIDC authenticators (before the upstream class in their
     bases): the site's name for messages, and institution -> quota account at login."""
 

@@ -1,0 +1,38 @@
+"""How many servers a user, and the whole site, may have: [hub] named_server_limit_per_user
+and active_server_limit, applied through JupyterHub's own limits.
+
+Apps (`app-NAME` named servers) do not count against a user's named-server limit: they have
+their own (`apps.max_apps_per_user`), and the apps service starts them for their viewers.
+They do count against the site's active-server limit, since they run like any session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shangzhuang.apps import is_app_server
+from shangzhuang.apps.registry import Registry
+
+
+def named_server_limit(limit: int, app_prefix: str, registry: Registry | None) -> int | Callable:
+    """JupyterHub's `named_server_limit_per_user` for `limit` Lab named servers per user.
+
+    JupyterHub counts every named server record the user has, apps included, against the
+    number this returns; so a user's number is the limit plus their published apps (only
+    published ones: a server merely named `app-x`, refused at spawn, still counts)."""
+    if not limit or registry is None:
+        return limit
+
+    def for_request(handler) -> int:
+        user = handler.current_user
+        if user is None or getattr(user, "kind", "user") != "user":
+            return 0  # a service (the apps service starting an app for a viewer): no limit
+        apps = [
+            name
+            for name in user.orm_spawners
+            if is_app_server(name, app_prefix)
+            and registry.get(user.name, name[len(app_prefix) :]) is not None
+        ]
+        return limit + len(apps)
+
+    return for_request

@@ -1,0 +1,126 @@
+"""Attack: sign up under the name of a user an admin deleted, and inherit what was theirs.
+
+The hub deletes its own records of a user, but the Unix account `{prefix}NAME`, its home
+and the quota ledger's rows under NAME stayed: whoever signed up as NAME next got the
+earlier person's account, files and usage. Now deleting a hub user archives their home
+(root-only, under the hub state), deletes the Unix account, and sets their ledger rows
+apart under `NAME~deleted-STAMP` (hub/accounts.py). Seen red before the fix: the new
+dana read the earlier dana's file and saw her usage.
+
+Not as root every session runs as the hub's account (nothing per user to delete but the
+home folder): the same attack on the per-user folder, and the home page says plainly what
+is not isolated; the server limits, being the hub's own, hold there too.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import uuid
+
+import pytest
+import requests
+
+from shangzhuang.quota import open_ledger
+from shangzhuang.settings import load_settings
+from tests.integration.hub import RunningHub, workdir
+
+pytestmark = pytest.mark.integration
+
+QUOTA = """
+sample_seconds = 1
+[quota.accounts.default]
+cpu_hours = 100
+"""
+
+PLANT = (
+    "import os; open(os.path.expanduser('~/diary.txt'), 'w').write('mine alone');"
+    " print(os.getuid(), os.path.expanduser('~'))"
+)
+LOOK = (
+    "import os; print(os.path.exists(os.path.expanduser('~/diary.txt')), os.getuid(),"
+    " sorted(os.listdir(os.path.expanduser('~'))))"
+)
+
+
+def charged_consumers(hub, name: str) -> set[str]:
+    """What NAME was charged for (sessions), as the quota service's usage API reports."""
+    r = requests.get(
+        f"{hub.url}/services/quota/api/v1/usage", params={"user": name},
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    )  # fmt: skip
+    r.raise_for_status()
+    return {c["consumer"] for c in r.json()["records"]}
+
+
+def delete_and_sign_up_again(hub, name: str) -> tuple[str, str, set[str]]:
+    """Plant a file as NAME, burn some quota, get deleted by the admin, sign up again;
+    return what the first and the second NAME's kernels printed, and the first's sessions
+    in the ledger."""
+    hub.new_user(name)
+    hub.spawn(name, "cpu")
+    hub.wait_ready(name)
+    first = hub.run_code(name, PLANT)
+    hub.wait(lambda: charged_consumers(hub, name), 60, f"{name}'s usage charged")
+    hub.stop_server(name)
+    before = charged_consumers(hub, name)
+    hub.api("DELETE", f"/users/{name}")
+    hub.new_user(name, password="another-person-42")
+    hub.spawn(name, "cpu")
+    hub.wait_ready(name)
+    second = hub.run_code(name, LOOK)
+    return first, second, before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="users get their own Unix accounts only as root")
+def test_a_deleted_users_name_signed_up_again_inherits_nothing():
+    with RunningHub(workdir(), gpus=0, quota=QUOTA) as hub:
+        first, second, old_sessions = delete_and_sign_up_again(hub, "dana")
+        old_uid, old_home = first.split()
+        exists, new_uid, listing = second.split(maxsplit=2)
+        assert exists == "False", second
+        assert "diary.txt" not in listing, second
+        # The home is new (the archive holds the old one, root-only); the uid may be reused.
+        archived = list((hub.state / "archived-homes").iterdir())
+        assert [p.name.split("-2")[0] for p in archived] == [f"{hub.prefix}dana"], archived
+        assert (archived[0] / "diary.txt").read_text() == "mine alone"
+        assert (hub.state / "archived-homes").stat().st_mode & 0o777 == 0o700
+        assert pwd.getpwnam(f"{hub.prefix}dana").pw_dir == old_home
+        # The quota record: the new dana has used nothing; the old one is kept apart.
+        assert old_sessions and not old_sessions & charged_consumers(hub, "dana")
+        ledger = open_ledger(load_settings(hub.config))
+        tombs = [u for u in ledger.users() if u.startswith("dana~deleted-")]
+        assert len(tombs) == 1, ledger.users()
+        assert {c.consumer for c in ledger.usage(user=tombs[0])} == old_sessions
+        hub.stop_server("dana")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make the hub's own account")
+def test_not_root_a_reused_name_gets_a_fresh_folder_and_the_home_page_says_what_is_shared():
+    account = f"szh{uuid.uuid4().hex[:5]}"
+    subprocess.run(["useradd", "--create-home", "--user-group", account], check=True)
+    try:
+        base = workdir()
+        ids = pwd.getpwnam(account)
+        os.chown(base, ids.pw_uid, ids.pw_gid)
+        hub = RunningHub(base, run_as=account, gpus=0, quota=QUOTA)
+        limits = "named_server_limit_per_user = 1\n"
+        hub.config.write_text(hub.config.read_text().replace("[hub]\n", "[hub]\n" + limits, 1))
+        with hub:
+            browser = hub.new_user("nina")
+            home = browser.get(f"{hub.url}/hub/home").text
+            assert "users are not isolated" in home
+            assert "connect to their kernels and Dask clusters" in home
+            # The hub's own limit holds without root too.
+            hub.api("POST", "/users/nina/servers/one", json={"profile": "cpu"})
+            r = hub.api("POST", "/users/nina/servers/two", json={"profile": "cpu"}, ok=None)
+            assert r.status_code == 400, r.text
+            hub.api("DELETE", "/users/nina/servers/one", json={"remove": True})
+            _, second, old_sessions = delete_and_sign_up_again(hub, "omar")
+            assert second.split()[0] == "False", second
+            assert not old_sessions & charged_consumers(hub, "omar")
+            hub.stop_server("omar")
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", account], check=False)
+        subprocess.run(["userdel", "--remove", account], check=False, capture_output=True)
