@@ -5,8 +5,9 @@ stops the hub as `KillMode=process` does, with SIGTERM to the hub alone).
 
 Through the TLS front end (configurable-http-proxy with a certificate of a test CA, verified
 by every client): login, spawn, the user's server on its own subdomain, a quota read; HTTP
-redirected to HTTPS; HSTS; Secure cookies. Then the hub restarts while a user's kernel
-websocket is open through the separate proxy, and the websocket carries on.
+redirected to HTTPS; HSTS; Secure cookies. Then the hub stops and starts again while a
+user's kernel websocket is open through the separate proxy: the websocket carries on, and
+while the hub is down new requests and websockets to the user's server still get through.
 
 The fresh venv gets the workbench from its wheel (`pip install --no-deps`); its dependencies
 (JupyterHub, JupyterLab, ...) come from the checkout's .venv through a .pth line, which is
@@ -305,7 +306,7 @@ def test_login_spawn_and_quota_through_the_tls_front_end(site):
     assert quota.json()["user"] == "ann"
 
 
-def test_a_hub_restart_drops_no_open_websocket(site):
+def test_a_hub_restart_drops_no_open_websocket_and_refuses_no_request(site):
     if "ann" not in [u["name"] for u in site.api("GET", "/users").json()]:
         site.new_user("ann")
     if not site.api("GET", "/users/ann").json()["servers"].get(""):
@@ -336,6 +337,17 @@ def test_a_hub_restart_drops_no_open_websocket(site):
         proxy_pid = site.proxy.pid
         site.stop()
         assert run("x += 1; print('hub down', x)").strip() == "hub down 42"
+        # With the hub down, the proxy still serves new requests and new websockets to
+        # running servers (a proxy started by the hub stops with it: connections refused).
+        status = requests.get(
+            f"{site.user_url('ann')}api/status", headers={"Authorization": f"token {token}"},
+            timeout=30,
+        )  # fmt: skip
+        assert status.status_code == 200, status.text
+        websocket.create_connection(
+            f"{site.user_url('ann').replace('https', 'wss', 1)}api/kernels/{kernel}/channels",
+            header=[f"Authorization: token {token}"], timeout=60,
+        ).close()  # fmt: skip
         site.start()
         assert run("print('after', x)").strip() == "after 42"
         assert site.proxy.pid == proxy_pid and site.proxy.poll() is None
