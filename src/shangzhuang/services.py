@@ -21,6 +21,13 @@ from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 from tornado.httputil import url_concat
 
+# Admin in our services = the request holds `admin:users`. API tokens carry it when made
+# with the admin's full rights; browsers through the services' OAuth tokens, since both
+# services list it in their oauth_client_allowed_scopes (hub/__init__.py): JupyterHub 6.1.1
+# grants a client's scope only to a user who holds it (the admin role does), so a
+# non-admin's cookie token simply lacks it. Not a custom scope: JupyterHub won't add
+# scopes to its admin role ("Cannot override admin role"), and a role of our own would not
+# follow admins made or unmade on the admin page.
 ADMIN_SCOPE = "admin:users"
 
 

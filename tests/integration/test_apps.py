@@ -23,7 +23,7 @@ from .apps_kit import (
     replies_to,
     write_app,
 )
-from .hub import RunningHub, workdir
+from .hub import ADMIN, RunningHub, workdir
 
 pytestmark = pytest.mark.integration
 
@@ -260,6 +260,25 @@ def test_apps_list_page_and_charges(hub, published):
     sources = {(r.consumer.split("@")[0], r.source) for r in rows}
     assert ("app:olga/app-demo", "app") in sources, sources
     assert not any(c.startswith("lab:olga/app-") for c, _ in sources)
+
+
+def browser(hub: RunningHub, name: str) -> requests.Session:
+    """NAME signed in with the login form, after opening the apps page once (the
+    service's OAuth cookie set)."""
+    s = hub.login(name, hub.password_of_admin() if name == ADMIN else PASSWORD)
+    r = s.get(f"{hub.url}/services/apps/", headers={"Accept": "text/html"}, timeout=60)
+    assert r.status_code == 200, r.text[-500:]
+    return s
+
+
+def test_admin_browser_lists_every_app(hub, published):
+    """Admin is a scope of the request: the admin's browser (its cookie's OAuth token) may
+    list every app; a user's browser may not."""
+    r = browser(hub, ADMIN).get(f"{hub.url}/services/apps/api/apps?all=1", timeout=60)
+    assert r.status_code == 200, r.text
+    assert "olga/demo" in {f"{a['owner']}/{a['name']}" for a in r.json()["owned"]}, r.json()
+    r = browser(hub, "sam").get(f"{hub.url}/services/apps/api/apps?all=1", timeout=60)
+    assert r.status_code == 403, r.text
 
 
 def test_unpublish_and_refusals(hub, published):

@@ -85,3 +85,30 @@ def test_bogus_authorization_header_does_not_skip_xsrf_on_apps(hub):
         headers={"Authorization": "token not-a-token"}, allow_redirects=False, timeout=30,
     )  # fmt: skip
     assert r.status_code in (401, 403), r.text
+
+
+def browser_grant(hub, browser: requests.Session, reason: str) -> requests.Response:
+    """A grant posted as the quota page's script would: the browser's cookies and the
+    service's `_xsrf` (set for /services/quota/ when its OAuth login completed)."""
+    xsrf = browser.cookies.get("_xsrf", path="/services/quota/")
+    assert xsrf, browser.cookies
+    return browser.post(
+        f"{hub.url}/services/quota/api/v1/grants", json=grant(hub, reason),
+        headers={"X-XSRFToken": xsrf}, timeout=30,
+    )  # fmt: skip
+
+
+def test_admin_browser_is_an_admin_of_the_quota_service(hub):
+    """A signed-in admin's browser (login form, then the service's OAuth cookie) grants
+    quota: the OAuth token behind the cookie carries the admin scope. A user's doesn't."""
+    admin = service_session(hub, hub.login(ADMIN, hub.password_of_admin()), "quota", "api/v1/me")
+    r = browser_grant(hub, admin, "browser-admin")
+    assert r.status_code in (200, 201), r.text
+    assert r.json()["by"] == ADMIN
+    assert len(grants_for(hub, "browser-admin")) == 1
+
+    hub.new_user("nadia")
+    nadia = service_session(hub, hub.login("nadia", "correct-horse-9"), "quota", "api/v1/me")
+    r = browser_grant(hub, nadia, "browser-user")
+    assert r.status_code == 403, r.text
+    assert grants_for(hub, "browser-user") == []

@@ -191,6 +191,7 @@ def configure_containment(c, settings: Settings) -> None:
 def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
     """The quota service, its hub permissions, and what the hub pages show of it."""
     from shangzhuang.quota import open_ledger
+    from shangzhuang.services import ADMIN_SCOPE
 
     q = settings.quota
     url = f"http://127.0.0.1:{q.port}"
@@ -206,6 +207,8 @@ def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
                 **({q.database_url_env: q.url} if q.database_url_env else {}),
             },
             "oauth_no_confirm": True,
+            # The admin's browser is an admin here too (services.ADMIN_SCOPE says why).
+            "oauth_client_allowed_scopes": [ADMIN_SCOPE],
         }
     )
     roles.append(
@@ -230,6 +233,7 @@ def configure_apps(c, settings: Settings) -> None:
     from shangzhuang.apps.culling import culler_timeout
     from shangzhuang.apps.spawn import AppServers
     from shangzhuang.hub.limits import named_server_limit
+    from shangzhuang.services import ADMIN_SCOPE
 
     apps = settings.apps
     config = str(Path(settings.source).resolve())
@@ -247,8 +251,9 @@ def configure_apps(c, settings: Settings) -> None:
             "command": [sys.executable, "-m", "shangzhuang.apps.service"],
             "environment": {"SHANGZHUANG_CONFIG": config},
             "oauth_no_confirm": True,
-            # The apps page's unpublish button acts on the signed-in user's own servers.
-            "oauth_client_allowed_scopes": ["servers!user"],
+            # The apps page's unpublish button acts on the signed-in user's own servers;
+            # an admin's browser is an admin here too (services.ADMIN_SCOPE says why).
+            "oauth_client_allowed_scopes": ["servers!user", ADMIN_SCOPE],
         }
     )
     c.JupyterHub.load_roles.append(
