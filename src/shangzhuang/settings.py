@@ -613,6 +613,18 @@ class QuotaAccount(Amounts):
     """An institution or project: a pool shared by its members."""
 
     description: str = ""
+    # Hub users who see the members' usage on the usage page and set their personal caps.
+    managers: list[str] = []
+
+    @field_validator("managers")
+    @classmethod
+    def _manager_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip() or name != name.strip():
+                raise ValueError(f"{name!r} is not a hub user name")
+        if len(set(v)) != len(v):
+            raise ValueError("a manager is listed twice")
+        return v
 
 
 class QuotaUser(Amounts):

@@ -151,6 +151,18 @@ class Stop(Base):
     reason: Mapped[str] = mapped_column(String(500))
 
 
+class Cap(Base):
+    """A member's personal cap on one resource, set by a manager of their account (or an
+    admin) on the usage page; it replaces the config's cap for that resource."""
+
+    __tablename__ = "caps"
+    user: Mapped[str] = mapped_column(String(100), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(20), primary_key=True)
+    hours: Mapped[float] = mapped_column(Float)
+    set_by: Mapped[str] = mapped_column(String(100))
+    at: Mapped[float] = mapped_column(Float)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
     service both write)."""

@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, event, func, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
 from shangzhuang.quota.db import (
+    Cap,
     Charge,
     Consumer,
     Exhaustion,
@@ -548,7 +549,8 @@ class Ledger:
             raise QuotaError(f"unknown account {account!r}")
         if user is not None:
             cap = self.policy.users.get(user)
-            if cap is None or getattr(cap, resource) is None:
+            has_cap = resource in self.caps(user) or (cap and getattr(cap, resource) is not None)
+            if not has_cap:
                 raise QuotaError(
                     f"{user} has no personal cap on {resource}: grant to their account "
                     f"({self.account_of(user)}) instead"
@@ -576,6 +578,30 @@ class Ledger:
             "amount": amount, "reason": reason,
         }  # fmt: skip
 
+    # --- personal caps set by managers -------------------------------------------------
+    def caps(self, user: str) -> dict[str, float]:
+        """The caps managers set for `user` (resource -> hours); the config's are apart."""
+        with self._read() as conn:
+            return {c.resource: c.hours for c in conn.execute(_CAPS, {"users": [user]})}
+
+    def set_cap(
+        self, user: str, resource: str, hours: float | None, by: str, now: float | None = None
+    ) -> None:
+        """Set `user`'s personal cap on `resource` (None: remove it). Who may, and up to
+        how much, is the caller's rule (the usage page: within the account's pool)."""
+        if resource not in RESOURCES:
+            raise QuotaError(f"resource must be one of {', '.join(RESOURCES)}, not {resource!r}")
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            t = Cap.__table__
+            conn.execute(t.delete().where(t.c.user == user, t.c.resource == resource))
+            if hours is not None:
+                conn.execute(
+                    t.insert().values(user=user, resource=resource, hours=hours, set_by=by, at=now)
+                )
+            # A raised cap may lift the user above zero: the meter re-marks anyone still there.
+            conn.execute(Exhaustion.__table__.delete().where(Exhaustion.user == user))
+
     # --- balances ------------------------------------------------------------------------
     def balance(self, user: str, now: float | None = None) -> Balance:
         return self.balances([user], now)[user]
@@ -593,6 +619,9 @@ class Ledger:
                 for r in conn.execute(_TOTALS, {"period": period.start, "names": names})
             }
             since = dict(conn.execute(_EXHAUSTED, {"users": users}).all())
+            set_caps: dict[str, dict[str, float]] = defaultdict(dict)
+            for c in conn.execute(_CAPS, {"users": users}):
+                set_caps[c.user][c.resource] = c.hours
             running: dict[str, list] = {u: [] for u in users}
             for c in conn.execute(_RUNNING, {"users": users}):
                 running[c.user].append(
@@ -604,7 +633,8 @@ class Ledger:
             account = accounts[user]
             acct_policy = self.policy.accounts[account].limits()
             cap = self.policy.users.get(user)
-            user_policy = cap.limits() if cap else {}
+            # a cap a manager set replaces the config's for that resource
+            user_policy = {**(cap.limits() if cap else {}), **set_caps[user]}
 
             def limit(kind, name, r, policy):
                 if r not in policy:
@@ -743,7 +773,7 @@ class Ledger:
         who signs up as NAME starts with none of them. Returns the tombstone name."""
         tomb = f"{user}~deleted-{int(time.time() if now is None else now)}"
         with self._write() as conn:
-            for table in (JournalEntry, Charge, Consumer, Member, Exhaustion, Stop):
+            for table in (JournalEntry, Charge, Consumer, Member, Exhaustion, Stop, Cap):
                 conn.execute(update(table).where(table.user == user).values(user=tomb))
             for table in (Total, Grant):
                 conn.execute(
@@ -764,6 +794,7 @@ _TOTALS = select(Total.kind, Total.name, Total.resource, Total.granted, Total.us
     Total.kind.in_(("user", "account")),  # kind too, so the whole key is a seek
     _any_of(Total.name, "names"),
 )
+_CAPS = select(Cap.user, Cap.resource, Cap.hours).where(_any_of(Cap.user, "users"))
 _EXHAUSTED = select(Exhaustion.user, Exhaustion.since).where(_any_of(Exhaustion.user, "users"))
 _RUNNING = select(
     Consumer.id, Consumer.user, Consumer.source, Consumer.profile, Consumer.cpu_rate,

@@ -263,9 +263,12 @@ def _grant_dict(g, tz: str) -> dict:
 
 
 def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) -> web.Application:
+    from shangzhuang.quota import pages  # the usage page (it builds on APIHandler)
+
     api = url_path_join(prefix, "api/v1")
     return web.Application(
         [
+            *pages.handlers(prefix),
             (url_path_join(api, "me"), MeHandler),
             (url_path_join(api, "users"), UsersHandler),
             (url_path_join(api, "users/([^/]+)"), UserHandler),

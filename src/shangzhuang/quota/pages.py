@@ -1,0 +1,205 @@
+"""The usage page at /services/quota/ and the JSON its charts draw (figures.py).
+
+Who sees what: a user their own usage; an account's managers (`[quota.accounts.X]
+managers`) their members'; admins (the `admin:users` scope) everything. The charts are
+uPlot (static/uplot, MIT), served by this service: no CDN at run time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import jinja2
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from shangzhuang.quota import figures
+from shangzhuang.quota.service import APIHandler
+from shangzhuang.settings import RESOURCES
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+_jinja = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True
+)
+
+# How sources and resources are named on the page (plain words, one place to translate).
+SOURCE_NAMES = {"lab": "Lab", "job": "Slurm job", "dask": "Dask worker", "app": "App"}
+RESOURCE_NAMES = {"gpu_hours": "GPU-hours", "cpu_hours": "CPU-hours"}
+
+
+class UsageAccess(APIHandler):
+    """Access rules of the usage page and its figures."""
+
+    def manages(self, me: dict, account: str) -> bool:
+        return me.get("name") in self.ledger.policy.accounts[account].managers
+
+    def may_read_user(self, name: str) -> dict:
+        me = self.caller()
+        if me.get("name") == name or self.is_admin(me):
+            return me
+        if self.manages(me, self.ledger.account_of(name)):
+            return me
+        raise web.HTTPError(403, f"you may read your own usage, not {name}'s")
+
+    def may_manage(self, account: str) -> dict:
+        me = self.caller()
+        if account not in self.ledger.policy.accounts:
+            raise web.HTTPError(404, f"no account {account!r}")
+        if not (self.is_admin(me) or self.manages(me, account)):
+            raise web.HTTPError(403, f"only managers of {account} and admins may do this")
+        return me
+
+    def window(self):
+        back = self.int_arg("back", 0, 0, 120)
+        since, until = self.time_arg("since"), self.time_arg("until")
+        if since is None and until is None:
+            w = figures.window(self.ledger, back)
+            return w.start, min(w.end, time.time()) if back == 0 else w.end
+        if since is None or until is None or until <= since:
+            raise web.HTTPError(400, "give both since and until, since before until")
+        if until - since > 400 * figures.DAY:
+            raise web.HTTPError(400, "since and until may be at most 400 days apart")
+        return since, until
+
+
+class UsagePage(UsageAccess):
+    """GET /services/quota/: the page; its script fetches the figures below."""
+
+    def get(self):
+        me = self.caller()
+        balance = self.ledger.balance(me["name"])
+        tz = ZoneInfo(self.ledger.tz)
+        resets = (
+            datetime.fromtimestamp(balance.period.end, tz).strftime("%A %-d %B %Y, %H:%M")
+            if balance.period.resets
+            else None
+        )
+        remaining = [
+            {"name": RESOURCE_NAMES[r], "hours": rb.remaining, "limit": rb.binding}
+            for r, rb in balance.resources.items()
+        ]
+        prefix = self.settings["prefix"]
+        html = _jinja.get_template("usage.html").render(
+            prefix=prefix,
+            static=url_path_join(prefix, "static/"),
+            me=me["name"],
+            account=balance.account,
+            remaining=remaining,
+            resets=resets,
+            managed=figures.managed_by(self.ledger, me["name"])
+            if not self.is_admin(me)
+            else sorted(self.ledger.policy.accounts),
+            admin=self.is_admin(me),
+            xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes)
+            else self.xsrf_token,
+            source_names=SOURCE_NAMES,
+            resource_names=RESOURCE_NAMES,
+        )  # fmt: skip
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(html)
+
+
+class DailyHandler(UsageAccess):
+    """GET api/v1/usage/daily?user=NAME|account=NAME&back=N (or since/until): hours per
+    day by resource and source. No user or account: your own."""
+
+    def get(self):
+        user, account = self.get_argument("user", None), self.get_argument("account", None)
+        if user is not None and account is not None:
+            raise web.HTTPError(400, "give user or account, not both")
+        if account is not None:
+            self.may_manage(account)
+        else:
+            user = user or self.caller()["name"]
+            self.may_read_user(user)
+        since, until = self.window()
+        data = figures.daily(self.ledger, since, until, user=user, account=account)
+        self.write_json({"user": user, "account": account, **data})
+
+
+class BurnHandler(UsageAccess):
+    """GET api/v1/accounts/NAME/burn: members' use, caps, and when the pool runs dry."""
+
+    def get(self, account):
+        self.may_manage(account)
+        self.write_json(figures.burn(self.ledger, account))
+
+
+class CapsHandler(UsageAccess):
+    """POST api/v1/accounts/NAME/caps {"user", "resource", "hours"}: a member's personal cap
+    within the pool (hours null removes it). Managers of NAME and admins; a browser needs
+    the page's XSRF token (ServiceHandler)."""
+
+    def post(self, account):
+        me = self.may_manage(account)
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON") from None
+        if not isinstance(body, dict) or set(body) != {"user", "resource", "hours"}:
+            raise web.HTTPError(400, "the body must be a JSON object with user, resource, hours")
+        user, resource, hours = body["user"], body["resource"], body["hours"]
+        if not isinstance(user, str) or resource not in RESOURCES:
+            raise web.HTTPError(
+                400, f"user must be a name and resource one of {', '.join(RESOURCES)}"
+            )
+        if hours is not None and (
+            isinstance(hours, bool) or not isinstance(hours, int | float) or hours < 0
+        ):
+            raise web.HTTPError(400, "hours must be a number of hours, 0 or more, or null")
+        if self.ledger.account_of(user) != account:
+            raise web.HTTPError(403, f"{user} is not a member of the account {account}")
+        pool = self.ledger.accounts_pool()[account].get(resource)
+        if hours is not None and pool is not None:
+            total = pool["allocated"] + pool["granted"]
+            if hours > total:
+                raise web.HTTPError(
+                    400,
+                    f"A cap of {hours:g} {resource} is more than the pool of the account "
+                    f"{account}, {total:g} {resource} this period.",
+                )
+        self.ledger.set_cap(user, resource, None if hours is None else float(hours), me["name"])
+        self.write_json(self.ledger.balance(user).as_dict())
+
+
+class EstateHandler(UsageAccess):
+    """GET api/v1/estate?back=N (or since/until)&format=json|csv: admins only."""
+
+    def get(self):
+        self.admin()
+        fmt = self.get_argument("format", "json")
+        if fmt not in ("json", "csv"):
+            raise web.HTTPError(400, f"format must be json or csv, not {fmt!r}")
+        since, until = self.window()
+        data = figures.estate(self.ledger, since, until)
+        if fmt == "json":
+            return self.write_json(data)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["kind", "name", *RESOURCES])
+        for name, hours in data["accounts"].items():
+            w.writerow(["account", name, *(hours[r] for r in RESOURCES)])
+        for row in data["top_users"]:
+            w.writerow(["user", row["user"], *(row[r] for r in RESOURCES)])
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", 'attachment; filename="estate.csv"')
+        self.finish(buf.getvalue())
+
+
+def handlers(prefix: str) -> list:
+    api = url_path_join(prefix, "api/v1")
+    return [
+        (prefix, UsagePage),
+        (url_path_join(api, "usage/daily"), DailyHandler),
+        (url_path_join(api, "accounts/([^/]+)/burn"), BurnHandler),
+        (url_path_join(api, "accounts/([^/]+)/caps"), CapsHandler),
+        (url_path_join(api, "estate"), EstateHandler),
+        (url_path_join(prefix, "static/(.*)"), web.StaticFileHandler, {"path": str(STATIC)}),
+    ]

@@ -1,0 +1,133 @@
+"""Attacks on the usage page's API (quota/pages.py) by signed-in strangers, on a real hub:
+
+- a user reading another user's usage, another account's burn, or the estate;
+- a manager reaching past their account: another account's members, or a member's cap
+  above the pool;
+- a cross-site POST of a cap: the manager's cookie, no `_xsrf`.
+"""
+
+import re
+
+import pytest
+import requests
+
+from tests.integration.hub import RunningHub, workdir
+
+pytestmark = pytest.mark.integration
+
+QUOTA = """
+[quota.accounts.default]
+cpu_hours = 1000
+[quota.accounts.physics]
+cpu_hours = 100
+managers = ["mara"]
+[quota.accounts.chem]
+cpu_hours = 50
+managers = ["cole"]
+[quota.users.uma]
+account = "physics"
+[quota.users.mara]
+account = "physics"
+[quota.users.vic]
+account = "chem"
+[quota.users.cole]
+account = "chem"
+"""
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with RunningHub(workdir(), quota=QUOTA) as h:
+        for name in ("uma", "mara", "vic", "cole"):
+            h.new_user(name)
+        yield h
+
+
+def get(hub, path: str, token: str) -> requests.Response:
+    return requests.get(
+        f"{hub.url}/services/quota/api/v1/{path}",
+        headers={"Authorization": f"token {token}"}, timeout=30,
+    )  # fmt: skip
+
+
+def set_cap(hub, token: str, account: str, user: str, hours) -> requests.Response:
+    return requests.post(
+        f"{hub.url}/services/quota/api/v1/accounts/{account}/caps",
+        json={"user": user, "resource": "cpu_hours", "hours": hours},
+        headers={"Authorization": f"token {token}"}, timeout=30,
+    )  # fmt: skip
+
+
+def cap_of(hub, user: str):
+    """The user's personal cpu_hours cap as the ledger has it (read as an admin)."""
+    personal = get(hub, f"users/{user}", hub.admin_token()).json()["resources"]["cpu_hours"]
+    return personal["personal"]["allocated"] if personal["personal"] else None
+
+
+def test_a_user_reads_only_their_own_usage(hub):
+    vic = hub.token_for("vic")
+    assert get(hub, "usage/daily", vic).status_code == 200
+    for path in (
+        "usage/daily?user=uma",
+        "usage/daily?account=physics",
+        "usage/daily?account=chem",  # his own account, but he doesn't manage it
+        "accounts/physics/burn",
+        "accounts/chem/burn",
+        "estate",
+        "estate?format=csv",
+    ):
+        r = get(hub, path, vic)
+        assert r.status_code == 403, (path, r.status_code, r.text)
+    r = set_cap(hub, vic, "chem", "vic", 50)  # lifting his own cap
+    assert r.status_code == 403, r.text
+    assert cap_of(hub, "vic") is None
+
+
+def test_a_manager_cannot_reach_past_their_account(hub):
+    mara = hub.token_for("mara")
+    assert get(hub, "usage/daily?user=uma", mara).status_code == 200  # her member
+    assert get(hub, "accounts/physics/burn", mara).status_code == 200
+    for path in ("usage/daily?user=vic", "usage/daily?account=chem", "accounts/chem/burn"):
+        r = get(hub, path, mara)
+        assert r.status_code == 403, (path, r.status_code, r.text)
+    # a cap in another account, through that account or through her own
+    for account in ("chem", "physics"):
+        r = set_cap(hub, mara, account, "vic", 0)
+        assert r.status_code == 403, (account, r.text)
+    assert cap_of(hub, "vic") is None
+    # a cap above the pool (100 cpu_hours): refused, naming the pool
+    r = set_cap(hub, mara, "physics", "uma", 101)
+    assert r.status_code == 400, r.text
+    assert "more than the pool of the account physics, 100 cpu_hours" in r.json()["message"]
+    assert cap_of(hub, "uma") is None
+    # within the pool: set, and it binds her balance
+    r = set_cap(hub, mara, "physics", "uma", 10)
+    assert r.status_code == 200, r.text
+    assert cap_of(hub, "uma") == 10
+    assert r.json()["resources"]["cpu_hours"]["remaining"] <= 10
+
+
+def manager_browser(hub, name: str) -> tuple[requests.Session, str]:
+    """The manager's browser after opening the usage page: its cookies and the page's token."""
+    s = hub.login(name, "correct-horse-9")
+    r = s.get(f"{hub.url}/services/quota/", headers={"Accept": "text/html"}, timeout=60)
+    assert r.status_code == 200, r.text
+    xsrf = re.search(r'data-xsrf="([^"]+)"', r.text)
+    assert xsrf, r.text[:2000]
+    return s, xsrf.group(1)
+
+
+def test_cross_site_cap_post_without_xsrf_is_refused(hub):
+    browser, xsrf = manager_browser(hub, "cole")
+    url = f"{hub.url}/services/quota/api/v1/accounts/chem/caps"
+    body = {"user": "vic", "resource": "cpu_hours", "hours": 1}
+    # what a page on another site can make the manager's browser send: cookies, no token
+    r = browser.post(url, json=body, timeout=30)
+    assert r.status_code in (401, 403), r.text
+    r = browser.post(url, json=body, headers={"Authorization": "token bogus"}, timeout=30)
+    assert r.status_code in (401, 403), r.text
+    assert cap_of(hub, "vic") is None
+    # the page itself sends its token: the same post is accepted
+    r = browser.post(url, json=body, headers={"X-XSRFToken": xsrf}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert cap_of(hub, "vic") == 1
