@@ -47,7 +47,7 @@ def site_ledger(path: str):
 
 # What the home page says when a session hit its memory limit (plain sentences to translate).
 MEMORY_HIT = (
-    "Your session {session} used more than its memory ({memory}): the system stopped "
+    "Your {session} session used more than its memory ({memory}): the system stopped "
     "a process in it, which a notebook shows as a kernel that died."
 )
 MEMORY_STOPPED = (
@@ -391,7 +391,11 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         if self.cgroup is not None:
             self._note_oom_kills(stopped=True)
             self.cgroup.kill()
-            self._removals.add(asyncio.ensure_future(self._remove_cgroup(self.cgroup)))
+            try:  # the hub calls this on its loop; the folder goes once it is empty
+                loop = asyncio.get_running_loop()
+                self._removals.add(loop.create_task(self._remove_cgroup(self.cgroup)))
+            except RuntimeError:
+                pass  # no loop (a script): killed; stop() or the next start removes it
             self.cgroup = None
         for gpu in self.gpu_pool.release(self.owner):
             revoke_device(gpu)
