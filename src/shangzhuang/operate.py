@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -239,6 +240,10 @@ def upgrade_db(settings: Settings, say: Callable[[str], None] = print) -> Path |
     if "jupyterhub.sqlite" in pending:
         # What `jupyterhub upgrade-db` does, without loading our config (and backing up twice).
         log = logging.getLogger("shangzhuang.upgrade-db")
+        # jupyterhub 6.1.1's dbutil.upgrade runs the `alembic` command from PATH, and a
+        # service manager's or cron's PATH lacks our venv: FileNotFoundError. Put it first.
+        bin_dir = str(Path(sys.executable).parent)
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         dbutil.upgrade_if_needed(urls["jupyterhub.sqlite"], backup=False, log=log)
         say("upgraded the hub database")
     if "quota.sqlite" in pending:
@@ -306,7 +311,6 @@ def install(
     import pwd
     import secrets
     import subprocess
-    import sys
 
     from shangzhuang.settings import SettingsError, load_settings
 

@@ -22,6 +22,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+import pwd
 import shlex
 import signal
 import subprocess
@@ -31,6 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import websocket
@@ -145,8 +147,9 @@ def unit(path: Path) -> dict[str, str]:
 class InstalledHub(RunningHub):
     """RunningHub's client side (forms, API, kernels) against an installed site over https."""
 
-    def __init__(self, base: Path):
-        super().__init__(base, gpus=0)
+    def __init__(self, base: Path, account: str):
+        super().__init__(base, gpus=0, idle_timeout=3600)  # 3600: the culler runs
+        self.account = account  # the platform's system account: the proxy's
         self.venv = fresh_venv(base)
         etc = base / "etc" / "shangzhuang"
         etc.mkdir(parents=True)
@@ -161,10 +164,12 @@ class InstalledHub(RunningHub):
         self.config = etc / "site.toml"
         self.config.write_text(text)
         self.ca, cert, key = make_test_ca(etc, ["hub.localhost", "*.hub.localhost"])
+        os.chown(key, 0, pwd.getpwnam(account).pw_gid)  # as docs/operating.md says
+        key.chmod(0o640)
         out = subprocess.run(
             [str(self.venv / "bin" / "shangzhuang"), "install", "--config", str(self.config),
              "--root", str(base), "--proxy-command", str(PROXY), "--tls-cert", str(cert),
-             "--tls-key", str(key), "--http-port", str(self.http_port)],
+             "--tls-key", str(key), "--http-port", str(self.http_port), "--account", account],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
@@ -183,9 +188,12 @@ class InstalledHub(RunningHub):
 
     def start_proxy(self) -> None:
         with open(self.base / "proxy.log", "ab") as log:
+            # User= of the unit: the platform's account, no root.
+            assert self.proxy_unit["User"] == self.account
             self.proxy = subprocess.Popen(
-                shlex.split(self.proxy_unit["ExecStart"]), stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.unit_env}, start_new_session=True,
+                ["runuser", "-u", self.account, "--", *shlex.split(self.proxy_unit["ExecStart"])],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.unit_env},
+                start_new_session=True,
             )  # fmt: skip
 
         def listening():
@@ -248,10 +256,16 @@ class InstalledHub(RunningHub):
 @pytest.fixture(scope="module")
 def site():
     base = workdir()
+    account = f"szs{uuid.uuid4().hex[:5]}"
+    subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+         "--shell", "/usr/sbin/nologin", account],
+        check=True,
+    )  # fmt: skip
     hub = None
     saved = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "WEBSOCKET_CLIENT_CA_BUNDLE")}
     try:
-        hub = InstalledHub(base)
+        hub = InstalledHub(base, account)
         # Every client of these tests verifies the proxy's certificate against the test CA.
         for k in saved:
             os.environ[k] = str(hub.ca)
@@ -260,6 +274,8 @@ def site():
     finally:
         if hub:
             hub.cleanup()
+        subprocess.run(["pkill", "-KILL", "-u", account], check=False)
+        subprocess.run(["userdel", account], check=False, capture_output=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -304,6 +320,24 @@ def test_login_spawn_and_quota_through_the_tls_front_end(site):
     )  # fmt: skip
     assert quota.status_code == 200, quota.text
     assert quota.json()["user"] == "ann"
+
+
+def test_the_proxy_runs_as_the_platform_account_the_hub_and_its_services_as_root(site):
+    uid = pwd.getpwnam(site.account).pw_uid
+    proxy = [p for p in psutil.Process(site.proxy.pid).children(recursive=True)
+             if "configurable-http-proxy" in " ".join(p.cmdline())]  # fmt: skip
+    assert proxy and all(p.uids().effective == uid for p in proxy)
+    hub = psutil.Process(site.proc.pid)
+    assert hub.uids().effective == 0
+    # The services stay root with the hub (docs/operating.md says why: the quota service
+    # shares its 0700 state folder, the apps service and the culler's arbiter read owners'
+    # group-only app folders).
+    services = [
+        p for p in hub.children()
+        if any(name in " ".join(p.cmdline()) for name in (
+            "jupyterhub_idle_culler", "shangzhuang.quota.service", "shangzhuang.apps.service"))
+    ]  # fmt: skip
+    assert len(services) == 3 and all(p.uids().effective == 0 for p in services)
 
 
 def test_a_hub_restart_drops_no_open_websocket_and_refuses_no_request(site):

@@ -70,17 +70,11 @@ def last_release_migrations(dest: Path) -> Path:
     return dest / "src/shangzhuang/quota/migrations"
 
 
-def test_upgrade_db_from_the_last_release_backs_up_first_and_services_refuse_until_then(
-    tmp_path,
-):
-    config = site(tmp_path / "etc")
-    state = tmp_path / "etc" / "state"
-    state.mkdir(mode=0o700)
-    ledger_file = state / "quota.sqlite"
-    # The previous release's schema, with a grant in it.
+def last_release_ledger(path: Path, scratch: Path) -> str:
+    """A ledger at the last release's schema, with a grant in it; returns its revision."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(last_release_migrations(tmp_path / "old")))
-    engine = make_engine(f"sqlite:///{ledger_file}")
+    cfg.set_main_option("script_location", str(last_release_migrations(scratch)))
+    engine = make_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
@@ -92,6 +86,17 @@ def test_upgrade_db_from_the_last_release_backs_up_first_and_services_refuse_unt
     engine.dispose()
     if old == head_revision():
         pytest.skip(f"no quota migration since {LAST_RELEASE}: nothing to upgrade")
+    return old
+
+
+def test_upgrade_db_from_the_last_release_backs_up_first_and_services_refuse_until_then(
+    tmp_path,
+):
+    config = site(tmp_path / "etc")
+    state = tmp_path / "etc" / "state"
+    state.mkdir(mode=0o700)
+    ledger_file = state / "quota.sqlite"
+    old = last_release_ledger(ledger_file, tmp_path / "old")
 
     # Whoever opens the ledger now is refused, told the command to run; nothing migrates.
     with pytest.raises(OutdatedSchema, match=r"Run `shangzhuang upgrade-db --config .*site\.toml`"):
@@ -130,6 +135,78 @@ def test_upgrade_db_from_the_last_release_backs_up_first_and_services_refuse_unt
     assert again.returncode == 0, again.stderr
     assert "nothing to upgrade" in again.stdout
     assert len(list((state / "backups").iterdir())) == 1
+
+
+def test_upgrade_db_upgrades_an_older_hub_database_with_a_service_managers_path(tmp_path):
+    """The hub database one JupyterHub revision back (JupyterHub's own Alembic downgrade);
+    `shangzhuang upgrade-db` run with the PATH systemd or cron gives (no venv on it)."""
+    from jupyterhub import dbutil, orm
+    from sqlalchemy import create_engine
+
+    config = site(tmp_path / "etc")
+    state = tmp_path / "etc" / "state"
+    state.mkdir(mode=0o700)
+    url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    orm.new_session_factory(url)
+    venv_path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    with dbutil._temp_alembic_ini(url) as ini:
+        subprocess.run(
+            ["alembic", "-c", ini, "downgrade", "-1"], check=True, capture_output=True,
+            env={**os.environ, "PATH": venv_path},
+        )  # fmt: skip
+
+    def hub_revision(path):
+        engine = create_engine(f"sqlite:///{path}")
+        try:
+            orm.check_db_revision(engine)
+            return "current"
+        except orm.DatabaseSchemaMismatch:
+            return "older"
+        finally:
+            engine.dispose()
+
+    assert hub_revision(state / "jupyterhub.sqlite") == "older"
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "shangzhuang"), "upgrade-db", "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "upgraded the hub database" in out.stdout
+    (backup,) = (state / "backups").glob("pre-upgrade-*/jupyterhub.sqlite")
+    assert hub_revision(backup) == "older"
+    assert hub_revision(state / "jupyterhub.sqlite") == "current"
+
+
+class Exec(Exception):
+    """Raised instead of exec'ing JupyterHub."""
+
+
+def test_up_on_the_embedded_default_upgrades_by_itself_and_says_so(tmp_path, monkeypatch):
+    """`make up` after a `git pull`: the checkout's own state is upgraded, not refused.
+    (The embedded default is this test's config; JupyterHub's exec is stopped short.)"""
+    from shangzhuang import cli
+
+    config = site(tmp_path / "etc")
+    state = tmp_path / "etc" / "state"
+    state.mkdir(mode=0o700)
+    old = last_release_ledger(state / "quota.sqlite", tmp_path / "old")
+    monkeypatch.setattr(cli, "DEFAULT_CONFIG", config)
+    monkeypatch.setattr(cli.os, "execve", lambda *a: (_ for _ in ()).throw(Exec()))
+    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)
+    monkeypatch.setenv("SHANGZHUANG_ADMIN_PASSWORD", "embedded-test-password")
+    monkeypatch.chdir(tmp_path)  # `up` changes into the state folder; put back after
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(Exec):
+        cli.main(["up", "--config", str(config)])
+    text_out = out.getvalue()
+    assert "Upgrading quota.sqlite to this version first (shangzhuang upgrade-db)" in text_out
+    assert f"upgraded the quota database from revision {old} to {head_revision()}" in text_out
+    engine = make_engine(f"sqlite:///{state / 'quota.sqlite'}")
+    assert schema_revision(engine) == head_revision()
+    engine.dispose()
+    assert list((state / "backups").glob("pre-upgrade-*/quota.sqlite"))
 
 
 WRITER = """
