@@ -181,7 +181,8 @@ def test_notebook_cluster_runs_on_both_nodes_survives_a_killed_worker_and_is_cha
     # The dashboard, through jupyter-server-proxy under the session's URL.
     dash = lines["DASHBOARD"]
     assert dash.startswith("/user/dora/proxy/")
-    r = requests.get(f"{hub.url}{dash}", headers={"Authorization": f"token {token}"})
+    origin = hub.user_url("dora").split("/user/")[0]  # the session's own origin
+    r = requests.get(f"{origin}{dash}", headers={"Authorization": f"token {token}"})
     assert r.status_code == 200 and "Dask" in r.text
 
     # Kill one worker's job while the map runs: its tasks are computed again elsewhere.

@@ -56,7 +56,7 @@ def test_03_dask_on_slurm_workers_with_gpus_and_their_charges(slurm_hub):
     assert "backend slurm · 2 workers with 1 GPU(s) each" in text
     assert "dashboard: /user/sid/proxy/" in text
     # Each worker is a Slurm job on a test node, holding one of that node's GPUs.
-    lines = [ln for ln in text.splitlines() if ln.startswith("tcp://")]
+    lines = [ln for ln in text.splitlines() if ln.startswith("tls://")]  # TLS-only clusters
     assert len(lines) == 2 and all("'gpus': '0'" in ln or "'gpus': '1'" in ln for ln in lines)
     assert all("'node': 'c1'" in ln or "'node': 'c2'" in ln for ln in lines), lines
     assert "2048 images in 4 partitions" in text and "4 trials in" in text

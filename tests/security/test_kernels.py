@@ -7,14 +7,19 @@ listening ports in /proc/net/tcp (which shows each socket's uid), subscribes to 
 reads what A's kernel prints. Kernels on IPC sockets in A's private runtime folder leave
 nothing to find on TCP, and the socket files (whose paths /proc/net/unix shows to all) sit
 in a 0700 folder B can't enter. Seen red before the fix: B read A's secret from iopub.
+
+The same for an app's kernel (Voila, in A's `app-NAME` server): seen red with Voila's
+kernels on TCP, B read what the app printed.
 """
 
 from __future__ import annotations
 
 import os
 
+import nbformat
 import pytest
 
+from tests.integration.apps_kit import cli, open_app
 from tests.integration.hub import RunningHub, workdir
 
 pytestmark = pytest.mark.integration
@@ -88,6 +93,13 @@ def hub():
         yield h
 
 
+def attack(hub, attacker: str, victim: str, secret: str) -> dict[str, str]:
+    uid = int(hub.run_code(victim, "import os; print(os.getuid())"))
+    home = hub.homes / f"{hub.prefix}{victim}"
+    out = hub.run_code(attacker, ATTACKER.format(uid=uid, secret=secret, home=home)).split()
+    return dict(zip(out[::2], out[1::2], strict=False))
+
+
 def kernel_uid(hub, name: str, token: str) -> int:
     return int(hub.run_code_keep(name, "import os; print(os.getuid())", token))
 
@@ -107,3 +119,25 @@ def test_another_user_cannot_read_a_kernels_output_over_the_network(hub):
     assert int(report["TCP"]) <= 2, out
     assert int(report["IPC"]) >= 5, out  # A's kernel is there, on IPC sockets B can't open
     assert report["FILES"] == "[]", out
+
+
+APP_SECRET = "sz-app-secret-91c2"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="users get their own Unix accounts only as root")
+def test_another_user_cannot_read_an_app_kernels_output_over_the_network(hub):
+    folder = hub.base / "alice-app"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(VICTIM.replace(SECRET, APP_SECRET))]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(nb, folder / "leak.ipynb")
+    token = hub.token_for("alice")
+    r = cli(hub, token, "publish", str(folder / "leak.ipynb"), "--name", "leak")
+    assert r.returncode == 0, r.stderr
+    owner = hub.login("alice", "correct-horse-9")  # the owner views her own app
+    page = open_app(owner, f"{hub.url}/services/apps/open/alice/leak")
+    assert page.status_code == 200 and "leaking" in page.text, page.text[-500:]
+    report = attack(hub, "mallory", "alice", APP_SECRET)
+    assert report["READ"] == "False", report
+    assert report["FILES"] == "[]", report
