@@ -1,0 +1,119 @@
+"""The usage page in Chromium: a user's and a manager's charts draw the ledger's figures
+(read back from the chart elements' data), the period changes, a manager sets a member's
+cap through the page's form. Screenshots in test-artifacts/."""
+
+import json
+
+import pytest
+import requests
+
+from tests.integration.hub import RunningHub, workdir
+
+pytestmark = pytest.mark.integration
+
+QUOTA = """
+sample_seconds = 1
+min_minutes_to_spawn = 0.05
+[quota.accounts.default]
+cpu_hours = 1000
+[quota.accounts.physics]
+cpu_hours = 100
+managers = ["mara"]
+[quota.users.uma]
+account = "physics"
+[quota.users.mara]
+account = "physics"
+"""
+
+
+def admin_get(hub, path: str) -> dict:
+    r = requests.get(
+        f"{hub.url}/services/quota/api/v1/{path}",
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    )  # fmt: skip
+    r.raise_for_status()
+    return r.json()
+
+
+def ledger_cpu_hours(hub, user: str) -> float:
+    records = admin_get(hub, f"usage?user={user}")["records"]
+    return sum(x["amount"] for x in records if x["resource"] == "cpu_hours")
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with RunningHub(workdir(), quota=QUOTA) as h:
+        h.new_user("uma")
+        h.new_user("mara")
+        h.spawn("uma", "cpu")
+        h.wait_ready("uma")
+        h.wait(lambda: ledger_cpu_hours(h, "uma") > 0, 60, "uma's first charges")
+        h.stop_server("uma")
+        h.wait(lambda: not admin_get(h, "users/uma")["running"], 60, "uma's session closed")
+        yield h
+
+
+def open_usage(browser, hub: RunningHub, name: str):
+    context = browser.new_context(viewport={"width": 1200, "height": 1400})
+    page = context.new_page()
+    errors = []  # the page's script errors, for the message if it never loads
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{hub.url}/hub/login?next=/services/quota/")
+    page.fill("#username_input", name)
+    page.fill("#password_input", "correct-horse-9")
+    page.click("#login_submit")
+    page.wait_for_url("**/services/quota/", timeout=60_000)
+    try:
+        page.wait_for_selector('main[data-loaded="0"]', state="attached", timeout=60_000)
+    except Exception as e:
+        raise AssertionError(f"the page did not load its figures: {errors}") from e
+    return context, page
+
+
+def chart(page, element_id: str) -> dict:
+    el = page.locator(f"#{element_id}")
+    assert el.get_attribute("data-ready") == "1"
+    assert el.locator("canvas").count() >= 1  # uPlot drew it
+    return json.loads(el.get_attribute("data-series"))
+
+
+def test_a_user_sees_her_chart(hub, browser, artifacts):
+    context, page = open_usage(browser, hub, "uma")
+    try:
+        series = chart(page, "chart-me-cpu_hours")
+        assert sum(series["by_source"]["lab"]) == pytest.approx(
+            ledger_cpu_hours(hub, "uma"), abs=1e-5
+        )
+        assert "Your quota resets on" in page.locator("#sz-resets").inner_text()
+        page.screenshot(path=str(artifacts / "usage-page-user.png"), full_page=True)
+        page.select_option("#sz-period", "1")  # the period before: nothing used then
+        page.wait_for_selector('main[data-loaded="1"]', state="attached", timeout=30_000)
+        assert chart(page, "chart-me-cpu_hours")["by_source"] == {}
+    finally:
+        context.close()
+
+
+def test_a_manager_sees_the_account_and_sets_a_cap(hub, browser, artifacts):
+    context, page = open_usage(browser, hub, "mara")
+    try:
+        series = chart(page, "chart-physics-cpu_hours")
+        used = ledger_cpu_hours(hub, "uma") + ledger_cpu_hours(hub, "mara")
+        assert sum(sum(v) for v in series["by_source"].values()) == pytest.approx(used, 1e-4)
+        assert "lasts until it resets" in page.locator("#dry-physics").inner_text()
+        form = page.locator("section[data-account=physics] form.sz-cap")
+        form.locator("select[name=user]").select_option("uma")
+        form.locator("select[name=resource]").select_option("cpu_hours")
+        form.locator("input[name=hours]").fill("10")
+        form.locator("button[type=submit]").click()
+        result = form.locator(".sz-cap-result")
+        result.filter(has_text="The cap is set.").wait_for(timeout=30_000)
+        assert admin_get(hub, "users/uma")["resources"]["cpu_hours"]["personal"]["allocated"] == 10
+        # above the pool: the page shows the service's reason
+        form.locator("input[name=hours]").fill("500")
+        form.locator("button[type=submit]").click()
+        result.filter(has_text="more than the pool").wait_for(timeout=30_000)
+        assert result.get_attribute("data-status") == "400"
+        page.screenshot(path=str(artifacts / "usage-page-manager.png"), full_page=True)
+    finally:
+        context.close()

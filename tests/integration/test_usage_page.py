@@ -1,0 +1,120 @@
+"""The usage page on a real hub: a user, a manager and an admin open /services/quota/ in
+their browsers, and the figures behind its charts are the ledger's (its usage records)."""
+
+import csv
+import io
+
+import pytest
+import requests
+
+from .hub import ADMIN, RunningHub, workdir
+
+pytestmark = pytest.mark.integration
+
+QUOTA = """
+sample_seconds = 1
+min_minutes_to_spawn = 0.05
+[quota.accounts.default]
+cpu_hours = 1000
+[quota.accounts.physics]
+cpu_hours = 100
+gpu_hours = 5
+managers = ["mara"]
+[quota.users.uma]
+account = "physics"
+[quota.users.mara]
+account = "physics"
+"""
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with RunningHub(workdir(), quota=QUOTA) as h:
+        h.new_user("uma")
+        h.new_user("mara")
+        # uma runs a Lab (2 cores) for a few meter ticks: the ledger has her charges
+        h.spawn("uma", "cpu")
+        h.wait_ready("uma")
+        h.wait(lambda: ledger_hours(h, "uma") > 0, 60, "uma's first charges")
+        h.stop_server("uma")
+        h.wait(lambda: not balance(h, "uma")["running"], 60, "uma's session closed")
+        yield h
+
+
+def balance(hub, user: str) -> dict:
+    return requests.get(
+        f"{hub.url}/services/quota/api/v1/users/{user}",
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    ).json()  # fmt: skip
+
+
+def ledger_hours(hub, user: str | None = None, resource: str = "cpu_hours") -> float:
+    """What the ledger's own records (the usage API, as its CSV export reads) add up to."""
+    params = {"user": user} if user else {}
+    r = requests.get(
+        f"{hub.url}/services/quota/api/v1/usage", params=params,
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    )  # fmt: skip
+    r.raise_for_status()
+    return sum(x["amount"] for x in r.json()["records"] if x["resource"] == resource)
+
+
+def open_page(hub, name: str, password: str) -> tuple[requests.Session, str]:
+    browser = hub.login(name, password)
+    r = browser.get(f"{hub.url}/services/quota/", headers={"Accept": "text/html"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/html")
+    return browser, r.text
+
+
+def page_json(hub, browser: requests.Session, path: str):
+    r = browser.get(f"{hub.url}/services/quota/api/v1/{path}", timeout=30)
+    assert r.status_code == 200, (path, r.text)
+    return r.json() if "json" in r.headers["Content-Type"] else r.text
+
+
+def test_a_user_sees_her_usage_per_day_as_the_ledger_has_it(hub):
+    browser, html = open_page(hub, "uma", "correct-horse-9")
+    assert "Your usage" in html and "You are charged to the account physics." in html
+    assert "Your quota resets on" in html and "not recorded yet" in html
+    assert "static/uplot/uPlot.iife.min.js" in html
+    # the charting library comes from the service itself
+    js = browser.get(f"{hub.url}/services/quota/static/uplot/uPlot.iife.min.js", timeout=30)
+    assert js.status_code == 200 and "uPlot" in js.text
+    daily = page_json(hub, browser, "usage/daily")
+    used = ledger_hours(hub, "uma")
+    assert used > 0
+    assert sum(daily["by_source"]["cpu_hours"]["lab"]) == pytest.approx(used, abs=1e-5)
+    assert daily["total"]["cpu_hours"] == pytest.approx(used, abs=1e-5)
+    assert "Account physics" not in html and "The estate" not in html  # not hers to see
+
+
+def test_a_manager_sees_her_members_burn(hub):
+    browser, html = open_page(hub, "mara", "correct-horse-9")
+    assert "Account physics" in html and "Set the cap" in html
+    burn = page_json(hub, browser, "accounts/physics/burn")
+    members = {m["user"]: m for m in burn["members"]}
+    assert members["uma"]["used"]["cpu_hours"] == pytest.approx(ledger_hours(hub, "uma"), abs=1e-5)
+    assert burn["pool"]["cpu_hours"]["used"] == pytest.approx(
+        ledger_hours(hub, "uma") + ledger_hours(hub, "mara"), abs=1e-5
+    )
+    assert burn["projection"]["cpu_hours"]["lasts_to_reset"] is True  # minutes of 100 hours
+    account = page_json(hub, browser, "usage/daily?account=physics")
+    assert account["total"]["cpu_hours"] == pytest.approx(burn["pool"]["cpu_hours"]["used"], 1e-4)
+
+
+def test_an_admin_sees_the_estate_and_its_csv(hub):
+    browser, html = open_page(hub, ADMIN, hub.password_of_admin())
+    assert "The estate" in html
+    estate = page_json(hub, browser, "estate")
+    assert estate["total"]["cpu_hours"] == pytest.approx(ledger_hours(hub), abs=1e-5)
+    assert estate["accounts"]["physics"]["cpu_hours"] == pytest.approx(
+        ledger_hours(hub, "uma"), abs=1e-5
+    )
+    assert estate["top_users"][0]["user"] == "uma"
+    rows = list(csv.DictReader(io.StringIO(page_json(hub, browser, "estate?format=csv"))))
+    physics = next(r for r in rows if r["kind"] == "account" and r["name"] == "physics")
+    assert float(physics["cpu_hours"]) == pytest.approx(ledger_hours(hub, "uma"), abs=1e-5)
+    # and any user's days
+    uma = page_json(hub, browser, "usage/daily?user=uma")
+    assert uma["total"]["cpu_hours"] == pytest.approx(ledger_hours(hub, "uma"), abs=1e-5)
