@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import machine, write_section  # noqa: E402
 from tests.integration.hub import RunningHub, execute_request, workdir  # noqa: E402
-from tests.integration.test_install import PROXY, InstalledHub  # noqa: E402
+from tests.integration.test_install import PROXY, InstalledHub, platform_account  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 HEADING = "## TLS front end and hub restarts (bench/tls.py)"
@@ -175,7 +175,21 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench/tls.py runs as root (the hub makes Unix accounts)")
 
-    site = InstalledHub(workdir())
+    with platform_account() as account:
+        rows, gaps = measure(args, InstalledHub(workdir(), account))
+    # The same restarts with `make up`'s arrangement: the proxy is the hub's child.
+    with RunningHub(workdir(), gpus=0) as hub:
+        hub.new_user("ann")
+        hub.spawn("ann", "cpu")
+        hub.wait_ready("ann")
+        gaps["`shangzhuang up`: the hub's child"] = restart_gap(
+            hub, hub.token_for("ann"), args.restarts
+        )
+    report(args, rows, gaps)
+
+
+def measure(args, site: InstalledHub) -> tuple[dict, dict]:
+    """Request timings (https vs http) and restart gaps on the installed site."""
     os.environ["REQUESTS_CA_BUNDLE"] = os.environ["WEBSOCKET_CLIENT_CA_BUNDLE"] = str(site.ca)
     plain = None
     try:
@@ -199,15 +213,10 @@ def main() -> None:
         if plain:
             os.killpg(plain.pid, signal.SIGTERM)
         site.cleanup()
-    # The same restarts with `make up`'s arrangement: the proxy is the hub's child.
-    with RunningHub(workdir(), gpus=0) as hub:
-        hub.new_user("ann")
-        hub.spawn("ann", "cpu")
-        hub.wait_ready("ann")
-        gaps["`shangzhuang up`: the hub's child"] = restart_gap(
-            hub, hub.token_for("ann"), args.restarts
-        )
+    return rows, gaps
 
+
+def report(args, rows: dict, gaps: dict) -> None:
     def p(xs, q):
         return statistics.quantiles(xs, n=100)[q - 1] if q != 50 else statistics.median(xs)
 

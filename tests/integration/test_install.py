@@ -18,6 +18,7 @@ Building every dependency's wheel would cost minutes of CI for no more truth.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -253,15 +254,30 @@ class InstalledHub(RunningHub):
                 self.proxy.wait(30)
 
 
-@pytest.fixture(scope="module")
-def site():
-    base = workdir()
+@contextlib.contextmanager
+def platform_account():
+    """A throwaway system account like the one `shangzhuang install` makes."""
     account = f"szs{uuid.uuid4().hex[:5]}"
     subprocess.run(
         ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
          "--shell", "/usr/sbin/nologin", account],
         check=True,
     )  # fmt: skip
+    try:
+        yield account
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", account], check=False)
+        subprocess.run(["userdel", account], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def site():
+    with platform_account() as account:
+        yield from _site(account)
+
+
+def _site(account):
+    base = workdir()
     hub = None
     saved = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "WEBSOCKET_CLIENT_CA_BUNDLE")}
     try:
@@ -274,8 +290,6 @@ def site():
     finally:
         if hub:
             hub.cleanup()
-        subprocess.run(["pkill", "-KILL", "-u", account], check=False)
-        subprocess.run(["userdel", account], check=False, capture_output=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
