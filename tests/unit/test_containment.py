@@ -20,6 +20,7 @@ from shangzhuang.hub.containment import (
     CgroupV2,
     SessionLimits,
     detect,
+    gpu_denials,
     gpu_device_rule,
     hub_parent,
     parse_cpus,
@@ -57,6 +58,15 @@ def test_only_char_devices_get_a_device_rule(tmp_path):
         node = tmp_path / "nvidia1"
         os.mknod(node, 0o600 | 0o020000, os.makedev(195, 1))
         assert gpu_device_rule(node) == "c 195:1"
+
+
+def test_every_nvidia_gpu_and_pool_gpu_but_the_held_ones_is_denied():
+    denied = gpu_denials(["c 195:0", "c 195:1", "c 1:7", None], held=["c 195:1"])
+    assert "c 195:1" not in denied
+    assert {"c 195:0", "c 195:2", "c 195:253", "c 1:7"} <= set(denied)
+    # The driver's control nodes stay: CUDA in a GPU session needs them.
+    assert "c 195:255" not in denied and "c 195:254" not in denied
+    assert len(denied) == len(set(denied)) == 253 + 1
 
 
 def cgroup2_tree(root: Path, parent: str, cpus: str = "0-3") -> None:
@@ -176,7 +186,8 @@ def test_v1_limits_and_a_kill_that_takes_detached_processes(tmp_path):
     node = tmp_path / "gpu"
     os.mknod(node, 0o666 | 0o020000, os.makedev(1, 7))  # /dev/full's numbers: opens
     node.chmod(0o666)
-    limits = SessionLimits(cores=1, memory=256 * 2**20, pids=64, denied_devices=("c 1:7",))
+    denied = gpu_denials(["c 1:7"], held=[])  # every NVIDIA GPU minor, and the fake one
+    limits = SessionLimits(cores=1, memory=256 * 2**20, pids=64, denied_devices=denied)
     try:
         assert cgroup.create(limits) == []
         mnt = Path("/sys/fs/cgroup")

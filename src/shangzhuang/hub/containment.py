@@ -13,9 +13,11 @@ What each limit is made of:
   `os.sched_getaffinity` show the figure;
 - memory: the memory limit (the kernel's OOM killer then picks inside the session only);
 - pids: a limit on the session's processes and threads;
-- devices (v1 only): the node's pool GPUs the session does not hold are denied, so a
-  device node re-created with an open mode still does not open. cgroup v2 has no devices
-  files (it needs an eBPF program): there GPUs rest on the device files' owner and mode.
+- devices (v1 only): every NVIDIA GPU (char 195:0-253, in the pool or not) and every
+  pool GPU the session does not hold is denied, so a device node re-created with an open
+  mode still does not open; the driver's control nodes (nvidiactl 195:255, modeset
+  195:254, nvidia-uvm) stay open for CUDA. cgroup v2 has no devices files (it needs an
+  eBPF program): there GPUs rest on the device files' owner and mode.
 
 A limit whose file the kernel does not offer (a controller that is not mounted or not
 enabled) is not enforced; `create` returns what was left out, and the hub logs it.
@@ -77,6 +79,17 @@ def gpu_device_rule(device: Path | None) -> str | None:
     if not stat.S_ISCHR(st.st_mode):
         return None  # a plain file (tests' fake GPUs): no device rule can name it
     return f"c {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+
+NVIDIA_MAJOR = 195
+NVIDIA_GPU_MINORS = range(254)  # 254 and 255 are the driver's control nodes, not GPUs
+
+
+def gpu_denials(pool: list[str | None], held: list[str | None]) -> tuple[str, ...]:
+    """Device rules a session's cgroup denies: every NVIDIA GPU minor and every pool GPU's
+    rule (`gpu_device_rule`), except those of the GPUs it holds."""
+    every = [f"c {NVIDIA_MAJOR}:{m}" for m in NVIDIA_GPU_MINORS] + [r for r in pool if r]
+    return tuple(r for r in dict.fromkeys(every) if r not in held)
 
 
 def parse_cpus(text: str) -> list[int]:

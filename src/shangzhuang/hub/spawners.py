@@ -27,6 +27,7 @@ from shangzhuang.hub import form, unix
 from shangzhuang.hub.containment import (
     SessionCgroup,
     SessionLimits,
+    gpu_denials,
     gpu_device_rule,
     session_cgroup,
     session_name,
@@ -409,11 +410,11 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
 
     # --- containment ------------------------------------------------------------------
     def session_limits(self, profile: Profile) -> SessionLimits:
-        held = self.gpu_pool.held_by(self.owner)
-        others = [gpu_device_rule(g.device) for g in self.gpu_pool.gpus if g not in held]
+        held = [gpu_device_rule(g.device) for g in self.gpu_pool.held_by(self.owner)]
+        pool = [gpu_device_rule(g.device) for g in self.gpu_pool.gpus]
         return SessionLimits(
             cores=profile.cores, memory=profile.memory, pids=self.pids_limit,
-            denied_devices=tuple(r for r in others if r),
+            denied_devices=gpu_denials(pool, held),
         )  # fmt: skip
 
     async def _contain(self, profile: Profile) -> None:
