@@ -67,7 +67,7 @@ class FakeSlurm:
         self.finished.append(f"{job_id}|{PREFIX}{user}|{start}|{end}|{tres}|COMPLETED")
 
     def squeue(self) -> str:
-        return "".join(f"{i}|{PREFIX}{u}|{s}|{t}|\n" for i, u, s, t in self.running)
+        return "".join(f"{i}|{PREFIX}{u}|{s}|{t}|1|1|N/A|N/A|N/A|\n" for i, u, s, t in self.running)
 
     def sacct(self, since: float, until: float) -> str:
         first = bisect.bisect_left(self.ends, int(since))
@@ -103,8 +103,10 @@ class BenchJobs(SlurmJobs):
     async def _run(self, *args: str) -> str:
         assert args[0] == "squeue", args
         if "PENDING" in args:  # 100 queued jobs of users with quota left: nothing to hold
-            return "".join(f"{9_000_000 + k}|{PREFIX}u{k:04d}|Priority|cpu=1,node=1|\n"
-                           for k in range(100))  # fmt: skip
+            return "".join(
+                f"{9_000_000 + k}|{PREFIX}u{k:04d}|Priority|cpu=1,node=1|1|1|N/A|N/A|N/A|\n"
+                for k in range(100)
+            )
         return self.slurm.squeue()
 
 

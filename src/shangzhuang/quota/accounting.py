@@ -48,12 +48,27 @@ class FinishedJob:
 
 
 def tres_rates(tres: str) -> dict[str, float]:
-    """Cores and GPUs of a whole job from a TRES list ('cpu=2,gres/gpu=2,mem=1G,node=2')."""
+    """Cores and GPUs of a whole job from a TRES list ('cpu=2,gres/gpu=2,mem=1G,node=2').
+
+    GPUs are there only where slurm.conf tracks them (AccountingStorageTRES=gres/gpu):
+    without, 'gpu_hours' is left out rather than read as 0."""
     items = dict(item.split("=", 1) for item in tres.split(",") if "=" in item)
-    return {
-        "gpu_hours": float(items.get("gres/gpu", 0)),
-        "cpu_hours": float(items.get("cpu", 0)),
-    }
+    rates = {"cpu_hours": float(items.get("cpu", 0))}
+    if "gres/gpu" in items:
+        rates["gpu_hours"] = float(items["gres/gpu"])
+    return rates
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs in a gres request as squeue prints it: 'gres:gpu:2', 'gres/gpu:a100:2',
+    'gpu:1', 'N/A' (several comma-separated)."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.removeprefix("gres:").removeprefix("gres/").split(":")
+        if parts[0] == "gpu":
+            count = parts[-1].split("(")[0]
+            total += int(count) if count.isdigit() else 1
+    return total
 
 
 def parse_sacct(text: str, prefix: str) -> list[FinishedJob]:

@@ -425,15 +425,18 @@ class Ledger:
                 if (c is not None and c.reconciled) or j.consumer in done:
                     continue
                 done.add(j.consumer)
-                exact = self._pieces(j.start, j.end, j.rates)
+                rates = dict(j.rates)
+                if "gpu_hours" not in rates:  # a Slurm that does not account gres/gpu:
+                    rates["gpu_hours"] = c.gpu_rate if c is not None else 0.0  # as sampled
+                exact = self._pieces(j.start, j.end, rates)
                 if c is None:  # never sampled: its whole run, as the meter would charge it
                     user, account = j.user, members.get(j.user) or self.account_for(j.user)
                     rows = [(s, e, p, r, a) for (p, r), (s, e, a) in exact.items()]
                     opened.append(
                         dict(id=j.consumer, user=user, account=account, source="job",
                              profile="", started=j.start, charged_until=j.end, closed=True,
-                             reconciled=True, cpu_rate=j.rates.get("cpu_hours", 0.0),
-                             gpu_rate=j.rates.get("gpu_hours", 0.0))
+                             reconciled=True, cpu_rate=rates["cpu_hours"],
+                             gpu_rate=rates["gpu_hours"])
                     )  # fmt: skip
                 else:
                     user, account = c.user, c.account
@@ -449,7 +452,7 @@ class Ledger:
                             rows.append((at + k * 1e-3, at + k * 1e-3, key[0], key[1], delta))
                     settled.append(
                         {"cid": j.consumer, "s": j.start, "e": j.end,
-                         "cpu": j.rates.get("cpu_hours", 0.0), "gpu": j.rates.get("gpu_hours", 0.0)}
+                         "cpu": rates["cpu_hours"], "gpu": rates["gpu_hours"]}
                     )  # fmt: skip
                 for start, end, period_start, resource, amount in rows:
                     charges.append(

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from shangzhuang.apps import app_consumer, is_app_server
-from shangzhuang.quota.accounting import TIME_ENV, SlurmAccounting, tres_rates
+from shangzhuang.quota.accounting import TIME_ENV, SlurmAccounting, gres_gpus, tres_rates
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.meter import Running, UsageSource, job_consumer, lab_consumer
 from shangzhuang.settings import Settings
@@ -164,7 +164,10 @@ class SlurmJobs:
     # No field a user controls (never %j, the job name: it can hold a newline and forge
     # a line); times as epoch seconds; TRES of the whole job, so --gpus=N and GPUs on
     # several nodes count (squeue's %b is per node and misses --gpus).
-    FIELDS = ("JobID", "UserName", "StartTime", "tres-alloc")
+    # The GPUs asked for (per job, node or task), for a Slurm that does not track gres/gpu
+    # in its TRES (no AccountingStorageTRES=gres/gpu): then tres-alloc has no GPUs.
+    FIELDS = ("JobID", "UserName", "StartTime", "tres-alloc", "NumNodes", "NumTasks",
+              "tres-per-job", "tres-per-node", "tres-per-task")  # fmt: skip
     FORMAT = ",".join(f"{f}:|" for f in FIELDS)  # width 0 (never cut), "|" after each
 
     def __init__(self, settings: Settings, ledger=None):
@@ -193,7 +196,7 @@ class SlurmJobs:
             if len(fields) != len(self.FIELDS) + 1 or fields[-1]:
                 log.warning("squeue line skipped: %r", line[:300])
                 continue
-            job_id, unix_user, start, tres = fields[:-1]
+            job_id, unix_user, start, *tres = fields[:-1]
             if not unix_user.startswith(self.prefix) or unix_user == self.prefix:
                 continue  # not a workbench user's job
             if not job_id.isdigit() or not start.isdigit():
@@ -205,7 +208,7 @@ class SlurmJobs:
                     user=unix_user[len(self.prefix) :],
                     source="job",
                     started=float(start),
-                    rates=tres_rates(tres),
+                    rates=job_rates(*tres),
                 )
             )
         return jobs
@@ -224,18 +227,17 @@ class SlurmJobs:
         period). Returns (held, released)."""
         if self.accounting is None:
             return 0, 0
-        out = await self._run(
-            "squeue", "-h", "-t", "PENDING", "-O", "JobID:|,UserName:|,Reason:|,tres-alloc:|"
-        )
+        columns = ",".join(f"{f}:|" for f in ("JobID", "UserName", "Reason", *self.FIELDS[3:]))
+        out = await self._run("squeue", "-h", "-t", "PENDING", "-O", columns)
         pending: dict[str, list[tuple[str, str, dict]]] = {}
         for line in out.splitlines():
             fields = line.split("|")
-            if len(fields) != 5 or fields[-1] or not fields[0].isdigit():
+            if len(fields) != len(self.FIELDS) + 1 or fields[-1] or not fields[0].isdigit():
                 continue
-            job_id, unix_user, reason, tres = fields[:4]
+            job_id, unix_user, reason, *tres = fields[:-1]
             if unix_user.startswith(self.prefix) and unix_user != self.prefix:
                 pending.setdefault(unix_user[len(self.prefix) :], []).append(
-                    (job_id, reason, tres_rates(tres))
+                    (job_id, reason, job_rates(*tres))
                 )
         held = released = 0
         balances = self.accounting.ledger.balances(list(pending), now) if pending else {}
@@ -262,6 +264,21 @@ class SlurmJobs:
         job an operator held stays held)."""
         out = await self._run("scontrol", "show", "job", "-o", job_id)
         return f"AdminComment={HOLD_MARK} " in out + " "
+
+
+def job_rates(alloc: str, nodes: str, tasks: str, per_job: str, per_node: str,
+              per_task: str) -> dict[str, float]:  # fmt: skip
+    """A running job's cores and GPUs per hour: its TRES, and where that has no GPUs (not
+    tracked by this Slurm), the GPUs it asked for per job, per node x nodes, per task x
+    tasks."""
+    rates = tres_rates(alloc)
+    if "gpu_hours" not in rates:
+        n = int(nodes) if nodes.isdigit() else 1
+        t = int(tasks) if tasks.isdigit() else 1
+        rates["gpu_hours"] = float(
+            gres_gpus(per_job) + n * gres_gpus(per_node) + t * gres_gpus(per_task)
+        )
+    return rates
 
 
 def sources_for(settings: Settings, api_url: str, token: str, ledger=None) -> list[UsageSource]:

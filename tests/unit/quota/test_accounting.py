@@ -28,7 +28,9 @@ def test_tres_counts_gpus_of_the_whole_job():
         "gpu_hours": 2.0,
         "cpu_hours": 2.0,
     }
-    assert tres_rates("cpu=1,mem=500M,node=1") == {"gpu_hours": 0.0, "cpu_hours": 1.0}
+    assert tres_rates("cpu=1,gres/gpu=0,node=1") == {"gpu_hours": 0.0, "cpu_hours": 1.0}
+    # A Slurm that does not account gres/gpu: GPUs unknown, not 0
+    assert tres_rates("cpu=1,mem=500M,node=1") == {"cpu_hours": 1.0}
 
 
 def test_parse_sacct_keeps_finished_jobs_of_workbench_users_and_skips_a_bad_line_alone(caplog):
@@ -45,7 +47,7 @@ def test_parse_sacct_keeps_finished_jobs_of_workbench_users_and_skips_a_bad_line
     with caplog.at_level(logging.WARNING):
         jobs = parse_sacct(text, "sz-")
     assert jobs == [
-        FinishedJob("job:11", "alice", T0 // 1, T0 // 1 + 2, {"gpu_hours": 0.0, "cpu_hours": 1.0}),
+        FinishedJob("job:11", "alice", T0 // 1, T0 // 1 + 2, {"cpu_hours": 1.0}),
         FinishedJob("job:16", "bob", T0 // 1, T0 // 1 + 60, {"gpu_hours": 2.0, "cpu_hours": 2.0}),
     ]
     assert "12|sz-alice|garbage|line" in caplog.text
@@ -56,13 +58,32 @@ def test_squeue_parse_takes_no_user_text_and_counts_all_gpus():
     source = SlurmJobs(Settings.model_validate(site))
     prefix = source.prefix
     out = (
-        f"7|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=2,billing=2,gres/gpu=2|\n"
+        f"7|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=2,billing=2,gres/gpu=2|2|2|N/A|gres:gpu:1|N/A|\n"
         # what a job name with a newline forged under the old format: now a bad line
         f"999|{prefix}victim|{int(T0)}|4|gres/gpu:8\n"
+        # a Slurm without AccountingStorageTRES=gres/gpu: the GPUs asked for count
+        f"8|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=2|2|2|N/A|gres:gpu:1|N/A|\n"
+        f"9|{prefix}eve|{int(T0)}|cpu=1,mem=1G,node=1|1|1|gres:gpu:2|N/A|N/A|\n"
+        f"10|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=1|1|2|N/A|N/A|gres:gpu:1|\n"
     )
-    (job,) = source.parse(out)
-    assert job.consumer == "job:7" and job.user == "eve"
-    assert job.rates == {"gpu_hours": 2.0, "cpu_hours": 2.0}
+    jobs = source.parse(out)
+    assert [(j.consumer, j.user) for j in jobs] == [
+        ("job:7", "eve"),
+        ("job:8", "eve"),
+        ("job:9", "eve"),
+        ("job:10", "eve"),
+    ]
+    for j in jobs:
+        assert j.rates["gpu_hours"] == 2.0, j
+    assert [j.rates["cpu_hours"] for j in jobs] == [2.0, 2.0, 1.0, 2.0]
+
+
+def test_settling_without_accounted_gpus_keeps_the_sampled_gpus(ledger):
+    ledger.open("job:5", user="bob", account="physics", source="job", started=T0,
+                rates={"cpu_hours": 1, "gpu_hours": 2})  # fmt: skip
+    ledger.charge({"job:5": T0 + 30})
+    ledger.settle([FinishedJob("job:5", "bob", T0, T0 + 36, {"cpu_hours": 1.0})])
+    assert totals(ledger, "bob") == pytest.approx({"cpu_hours": 36 / 3600, "gpu_hours": 72 / 3600})
 
 
 def job(n, user, start, end, cpus=1.0, gpus=0.0):
@@ -144,9 +165,9 @@ def test_at_zero_pending_jobs_needing_the_empty_resource_are_held_then_released(
     ledger.settle([job(1, "carol", T0, T0 + 7200, gpus=1)])  # bio's 2 gpu_hours used up
     now = T0 + 7300
     queue = (
-        "21|sz-carol|Resources|cpu=1,mem=1G,node=1,billing=1,gres/gpu=1|\n"
-        "22|sz-carol|Priority|cpu=1,mem=1G,node=1,billing=1|\n"  # CPU only: not limited
-        "23|sz-carol|JobHeldAdmin|cpu=1,gres/gpu=1,node=1|\n"  # an operator's hold
+        "21|sz-carol|Resources|cpu=1,mem=1G,node=1,billing=1,gres/gpu=1|1|1|N/A|N/A|N/A|\n"
+        "22|sz-carol|Priority|cpu=1,mem=1G,node=1,billing=1|1|1|N/A|N/A|N/A|\n"  # CPU only
+        "23|sz-carol|JobHeldAdmin|cpu=1,node=1|1|1|N/A|gres:gpu:1|N/A|\n"  # an operator's hold
     )
     slurm = RecordedSlurm(ledger, queue)
     assert asyncio.run(slurm.hold_pending(now)) == (1, 0)
