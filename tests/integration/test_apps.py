@@ -281,6 +281,24 @@ def test_admin_browser_lists_every_app(hub, published):
     assert r.status_code == 403, r.text
 
 
+def test_admin_is_judged_by_scope_not_flag(hub, published):
+    """The apps page and an app's details: the admin's browser sees olga's demo (shared
+    only with vic); sam's doesn't; the admin's token made for metrics only is no admin."""
+    page = browser(hub, ADMIN).get(f"{hub.url}/services/apps/", timeout=60)
+    assert 'data-app="olga/demo"' in page.text
+    r = browser(hub, ADMIN).get(f"{hub.url}/services/apps/api/apps/olga/demo", timeout=60)
+    assert r.status_code == 200, r.text
+    page = browser(hub, "sam").get(f"{hub.url}/services/apps/", timeout=60)
+    assert page.status_code == 200 and 'data-app="olga/demo"' not in page.text
+    scopes = ["read:metrics", "access:services!service=apps"]
+    narrow = hub.api(
+        "POST", f"/users/{ADMIN}/tokens", json={"note": "metrics", "scopes": scopes}
+    ).json()["token"]
+    r = requests.get(f"{hub.url}/services/apps/api/apps/olga/demo", timeout=60,
+                     headers={"Authorization": f"token {narrow}"})  # fmt: skip
+    assert r.status_code == 404, r.text
+
+
 def test_unpublish_and_refusals(hub, published):
     token = published["token"]
     nb = published["folder"] / "app.ipynb"

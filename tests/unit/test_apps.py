@@ -99,7 +99,10 @@ def test_who_may_view():
               viewers=Viewers(users=["vic"], groups=["physics"]))  # fmt: skip
     assert app.may_view({"name": "olga"}) and app.may_view({"name": "vic"})
     assert app.may_view({"name": "pat", "groups": ["physics"]})
-    assert app.may_view({"name": "root", "admin": True})
+    # An admin is one whose request holds admin:users; the flag alone (a narrow token's
+    # owner) is not enough.
+    assert app.may_view({"name": "root", "scopes": ["admin:users", "read:users"]})
+    assert not app.may_view({"name": "root", "admin": True, "scopes": ["read:metrics"]})
     assert not app.may_view({"name": "sam", "groups": ["chemistry"]})
     assert not app.may_view(None)
     app.viewers = Viewers(signed_in=True)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
+from shangzhuang.services import is_admin
 from shangzhuang.settings import APP_NAME
 
 MAX_FILES = 2000
@@ -102,7 +103,7 @@ class App:
             return True
         if user is None:
             return False
-        if user.get("name") == self.owner or user.get("admin"):
+        if user.get("name") == self.owner or is_admin(user):  # the request's scope, not the flag
             return True
         if self.viewers.signed_in or user.get("name") in self.viewers.users:
             return True

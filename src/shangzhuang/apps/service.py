@@ -230,7 +230,8 @@ class Apps:
 
     # --- viewing ------------------------------------------------------------------------
     def visible_to(self, user: dict) -> tuple[list[App], list[App]]:
-        """(apps the user owns, apps shared with them or open to every signed-in user)."""
+        """(apps the user owns, apps they may view: shared with them, open to every
+        signed-in user, or every app for an admin)."""
         owned, shared = [], []
         for app in self.registry.all():
             if app.owner == user["name"]:
@@ -240,6 +241,7 @@ class Apps:
                 or set(user.get("groups") or ()) & set(app.viewers.groups)
                 or app.viewers.signed_in
                 or self.public(app)
+                or is_admin(user)
             ):
                 shared.append(app)
         return owned, shared
@@ -257,7 +259,7 @@ class Apps:
         named = user["name"] in app.viewers.users or set(user.get("groups") or ()) & set(
             app.viewers.groups
         )
-        if user["name"] == app.owner or user.get("admin") or named:
+        if user["name"] == app.owner or is_admin(user) or named:
             return
         await self.hub.grant(app.owner, self.server(app), "user", user["name"])
 
@@ -463,7 +465,7 @@ class OpenHandler(BaseHandler):
 
     def start_problem(self, app: App, problem: str) -> str:
         me = self.current_user or {}
-        if me.get("name") == app.owner or me.get("admin"):
+        if me.get("name") == app.owner or is_admin(me):
             return problem  # the owner sees the hub's full reason (quota, GPUs...)
         if "quota" in problem.lower():
             return f"{app.owner} has no compute quota left to run this app right now."
