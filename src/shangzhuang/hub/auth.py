@@ -3,7 +3,9 @@
 Upstream breakage worked around here (nativeauthenticator 1.3.0, jupyterhub 6.1.1):
 its LoginHandler.post calls `self.statsd.timer(...)`, and JupyterHub 6 removed statsd,
 so every POST /hub/login answered 500; its `_render` also lacks the `**kwargs` that
-JupyterHub 6's LoginHandler.get passes.
+JupyterHub 6's LoginHandler.get passes, among them the `sync=True` with which JupyterHub's
+write_error renders a refused login form as the login page (an expired `_xsrf` answered an
+empty 403 and logged "Uncaught exception in write_error").
 
 What upstream does that a public site can't have, and what replaces it here (audit of
 its handlers, nativeauthenticator 1.3.0):
@@ -35,7 +37,10 @@ import time
 from collections import deque
 
 import bcrypt
+from jinja2 import ChoiceLoader, FileSystemLoader
+from jupyterhub.handlers import BaseHandler
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import TEMPLATE_DIR as NATIVE_TEMPLATES
 from nativeauthenticator.handlers import (
     ChangePasswordAdminHandler,
     ChangePasswordHandler,
@@ -48,11 +53,14 @@ from nativeauthenticator.handlers import (
 from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from nativeauthenticator.orm import UserInfo
 from tornado import web
+from tornado.escape import url_escape
+from tornado.httputil import url_concat
 from traitlets import Integer, List, Unicode
 
 from shangzhuang.hub.accounts import UserAccounts  # a deleted user's account, home, quota
 
 WRONG = "Invalid username or password."
+EXPIRED = "This form has expired: please try again."
 # A failed try of a name waits at most this long before its password is checked: slowed,
 # never locked out (the owner may be trying from another address).
 NAME_DELAY_MAX = 3.0
@@ -120,18 +128,58 @@ def _minutes(seconds: float) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
-class LoginHandler(NativeLoginHandler):
+class Refusals:
+    """What our pages refuse (a stale form, a GET that must be a POST, an unknown name) is
+    routine: JupyterHub's error page says why, and the hub logs it at INFO, beside the
+    request's own access line. (Tornado logs every HTTPError's message at WARNING, and
+    JupyterHub 6.1.1's login page every stale form at ERROR, "XSRF error on login form".)"""
+
+    def check_xsrf_cookie(self):
+        try:
+            return BaseHandler.check_xsrf_cookie(self)
+        except web.HTTPError:
+            raise web.HTTPError(403, EXPIRED) from None
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, web.HTTPError):
+            self.log.info("%d %s: %s", value.status_code, self._request_summary(), value)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class LoginHandler(Refusals, NativeLoginHandler):
     """The login page: backoff per address, one message for unknown name and wrong
     password, and NativeAuthenticator's page without statsd."""
 
-    def _render(self, login_error=None, username=None, **kwargs):
-        return super()._render(login_error=login_error, username=username)
+    _sync_templates = False
 
-    def render_template(self, name, **ns):
-        # the same page with the site's name and logo above the form
-        if name == "native-login.html":
-            name = "sz-native-login.html"
-        return super().render_template(name, **ns)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # nativeauthenticator 1.3.0 adds its templates to JupyterHub's async templates only;
+        # write_error renders a refused login form with the sync ones (TemplateNotFound).
+        if not LoginHandler._sync_templates:
+            env = self.settings["jinja2_env_sync"]
+            env.loader = ChoiceLoader([env.loader, FileSystemLoader([NATIVE_TEMPLATES])])
+            LoginHandler._sync_templates = True
+
+    def _render(self, login_error=None, username=None, sync=False, **ns):
+        # NativeAuthenticator's login page with the site's name and logo above the form.
+        # Rendered here rather than by its _render, which drops `sync` (see the top).
+        auth = self.authenticator
+        return self.render_template(
+            "sz-native-login.html",
+            sync=sync,
+            next=url_escape(self.get_argument("next", default="")),
+            username=username,
+            login_error=login_error,
+            custom_html=auth.custom_html,
+            login_url=self.settings["login_url"],
+            enable_signup=auth.enable_signup,
+            two_factor_auth=auth.allow_2fa,
+            authenticator_login_url=url_concat(
+                auth.login_url(self.hub.base_url), {"next": self.get_argument("next", "")}
+            ),
+        )
 
     async def refuse(self, status: int, message: str, username: str) -> None:
         self.set_status(status)
@@ -170,7 +218,7 @@ class LoginHandler(NativeLoginHandler):
         await self.refuse(403, message, username)
 
 
-class WorkbenchSignUpHandler(SignUpHandler):
+class WorkbenchSignUpHandler(Refusals, SignUpHandler):
     """Sign-up: admin and reserved names refused, per-address limit, a cap on waiting
     sign-ups, bcrypt on a worker thread; never an approved admin."""
 
@@ -230,7 +278,7 @@ class WorkbenchSignUpHandler(SignUpHandler):
             )
 
 
-class ApprovalHandler(ToggleAuthorizationHandler):
+class ApprovalHandler(Refusals, ToggleAuthorizationHandler):
     """POST /hub/authorize/NAME approves or un-approves NAME (GET: 405, nothing changes)."""
 
     async def get(self, name):
@@ -244,7 +292,7 @@ class ApprovalHandler(ToggleAuthorizationHandler):
         self.redirect(self.hub.base_url + "authorize#" + name)
 
 
-class DiscardSignUpHandler(DiscardHandler):
+class DiscardSignUpHandler(Refusals, DiscardHandler):
     """POST /hub/discard/NAME removes a sign-up that is not approved (GET: 405)."""
 
     async def get(self, name):
@@ -260,7 +308,7 @@ class DiscardSignUpHandler(DiscardHandler):
         self.redirect(self.hub.base_url + "authorize")
 
 
-class OwnPasswordHandler(ChangePasswordHandler):
+class OwnPasswordHandler(Refusals, ChangePasswordHandler):
     """/hub/change-password: the signed-in user's own password, bcrypt on a thread."""
 
     @web.authenticated
@@ -286,7 +334,7 @@ class OwnPasswordHandler(ChangePasswordHandler):
         self.finish(html)
 
 
-class AdminPasswordHandler(ChangePasswordAdminHandler):
+class AdminPasswordHandler(Refusals, ChangePasswordAdminHandler):
     """/hub/change-password/NAME: an admin sets NAME's password, bcrypt on a thread."""
 
     @admin_users_scope
@@ -294,7 +342,7 @@ class AdminPasswordHandler(ChangePasswordAdminHandler):
         auth: WorkbenchAuthenticator = self.authenticator
         info = auth.get_user(user_name)
         if info is None:
-            raise web.HTTPError(404)
+            raise web.HTTPError(404, f"no account named {user_name}")
         new = self.get_body_argument("new_password", strip=False)
         confirmation = self.get_body_argument("new_password_confirmation", strip=False)
         if new != confirmation:
