@@ -1,5 +1,5 @@
 """What runs first in every Lab session, as its user, before JupyterLab: the hub's
-`Spawner.cmd` is `python -m shangzhuang.session`, which then becomes jupyterhub-singleuser.
+`Spawner.cmd` runs this file (by its path), which then becomes jupyterhub-singleuser.
 
 - Kernels talk over IPC (Unix) sockets in a private runtime folder (0700, made by mkdtemp),
   never over TCP on 127.0.0.1 where any user of the node could connect to a kernel's

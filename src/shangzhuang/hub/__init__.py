@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # keep `shangzhuang.hub.gpus` importable without pydantic (GP
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 ADMIN_PASSWORD_FILE = "admin-password"
+SESSION_LAUNCHER = Path(__file__).resolve().parents[1] / "session.py"
 NOT_ISOLATED = (
     "This hub does not run as root, so every session runs as the same Unix account: "
     "users are not isolated from each other: each can read the others' files and connect "
@@ -116,8 +117,9 @@ def configure(c, settings: Settings) -> None:
         str(Path(settings.source).resolve()) if settings.quota.enabled else ""
     )
     # The session launcher (kernels on IPC sockets, Dask TLS credentials), which becomes
-    # jupyterhub-singleuser: see shangzhuang/session.py.
-    c.Spawner.cmd = [sys.executable, "-m", "shangzhuang.session"]
+    # jupyterhub-singleuser: see shangzhuang/session.py. By its path: `-m` would import the
+    # shangzhuang package first (SQLAlchemy and more, ~0.1 s of every spawn).
+    c.Spawner.cmd = [sys.executable, str(SESSION_LAUNCHER)]
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 120
@@ -324,9 +326,8 @@ def configure_slurm(c, settings: Settings) -> None:
 
     slurm = settings.backend.slurm
     c.JupyterHub.spawner_class = SlurmSpawner
-    # batchspawner-singleuser runs its first argument as a Python file (runpy), so the
-    # session launcher goes by its path here.
-    c.SlurmSpawner.cmd = [str(Path(__file__).parents[1] / "session.py")]
+    # batchspawner-singleuser runs its first argument as a Python file (runpy).
+    c.SlurmSpawner.cmd = [str(SESSION_LAUNCHER)]
     if slurm.conf:
         os.environ["SLURM_CONF"] = str(slurm.conf)  # for the hub and what it starts
         c.SlurmSpawner.slurm_conf = str(slurm.conf)
