@@ -235,8 +235,9 @@ def upgrade_db(settings: Settings, say: Callable[[str], None] = print) -> Path |
             copy_sqlite(path, folder / name)
             say(f"backed up {path} to {folder / name}")
         else:
-            say(f"{_hide_password(urls[name])} is PostgreSQL: pg_dump it before upgrading "
-                "(docs/operating.md, Upgrades)")  # fmt: skip
+            say(f"{_hide_password(urls[name])} is on PostgreSQL: not backed up by this command; "
+                "your pg_dump from before the upgrade is the way back (docs/operating.md, "
+                "Upgrades)")  # fmt: skip
     if "jupyterhub.sqlite" in pending:
         # What `jupyterhub upgrade-db` does, without loading our config (and backing up twice).
         log = logging.getLogger("shangzhuang.upgrade-db")

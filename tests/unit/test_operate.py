@@ -72,9 +72,13 @@ def last_release_migrations(dest: Path) -> Path:
 
 def last_release_ledger(path: Path, scratch: Path) -> str:
     """A ledger at the last release's schema, with a grant in it; returns its revision."""
+    return last_release_ledger_at(f"sqlite:///{path}", scratch)
+
+
+def last_release_ledger_at(url: str, scratch: Path) -> str:
     cfg = Config()
     cfg.set_main_option("script_location", str(last_release_migrations(scratch)))
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_engine(url)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
