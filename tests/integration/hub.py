@@ -230,7 +230,26 @@ signups_per_address_per_hour = {signups_per_hour}
             if name.startswith(self.prefix):
                 subprocess.run(["pkill", "-KILL", "-u", name], check=False)
                 subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        self._remove_cgroups()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def _remove_cgroups(self, timeout: float = 10) -> None:
+        """The cgroups of sessions a hub left running when it died (their processes were
+        just killed above): remove them, and the hub's folder, once they are empty."""
+        from shangzhuang.hub.containment import hub_parent
+
+        parent = hub_parent("shangzhuang", self.state)
+        folders = [f for f in Path("/sys/fs/cgroup").glob(f"*/{parent}") if f.is_dir()]
+        deadline = time.monotonic() + timeout
+        while folders and time.monotonic() < deadline:
+            for folder in list(folders):
+                try:
+                    for session in [d for d in folder.iterdir() if d.is_dir()]:
+                        session.rmdir()
+                    folder.rmdir()
+                    folders.remove(folder)
+                except OSError:  # a process still exiting
+                    time.sleep(0.1)
 
     # --- hub REST API ----------------------------------------------------------------
     def admin_token(self) -> str:
