@@ -3,9 +3,13 @@ their browsers, and the figures behind its charts are the ledger's (its usage re
 
 import csv
 import io
+import json
+import re
+from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from .hub import ADMIN, RunningHub, workdir
 
@@ -118,3 +122,30 @@ def test_an_admin_sees_the_estate_and_its_csv(hub):
     # and any user's days
     uma = page_json(hub, browser, "usage/daily?user=uma")
     assert uma["total"]["cpu_hours"] == pytest.approx(ledger_hours(hub, "uma"), abs=1e-5)
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "hub_config" / "examples" / "grafana-quota.json"
+
+
+def test_metrics_count_used_hours_and_the_dashboard_reads_them(hub):
+    r = requests.get(
+        f"{hub.url}/services/quota/metrics",
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    samples = {
+        (s.name, s.labels.get("account"), s.labels.get("resource")): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+    used = ledger_hours(hub, "uma") + ledger_hours(hub, "mara")
+    key = ("physics", "cpu_hours")
+    assert samples[("shangzhuang_quota_used_hours_total", *key)] == pytest.approx(used, abs=1e-5)
+    assert samples[("shangzhuang_quota_account_used_hours", *key)] == pytest.approx(used, 1e-5)
+    # an account nobody used yet is exported at 0, so rates start from the first scrape
+    assert samples[("shangzhuang_quota_used_hours_total", "default", "gpu_hours")] == 0
+    # every series the shipped Grafana dashboard queries is one the service exports
+    exported = {name for name, _, _ in samples}
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    wanted = {m for e in exprs for m in re.findall(r"shangzhuang_[a-z_]+", e)}
+    assert wanted and wanted <= exported, wanted - exported

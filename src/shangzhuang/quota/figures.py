@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from shangzhuang.quota.db import Charge, JournalEntry, Member, Stop
+from shangzhuang.quota.db import Charge, JournalEntry, Member, Stop, Total
 from shangzhuang.quota.ledger import Ledger
 from shangzhuang.quota.periods import FOREVER, Period, iso
 from shangzhuang.settings import RESOURCES
@@ -219,4 +219,49 @@ def estate(ledger: Ledger, since: float, until: float, top: int = 10) -> dict:
     }
 
 
-__all__ = ["burn", "daily", "estate", "managed_by", "members", "window"]
+class UsedHoursCollector:
+    """Prometheus: hours charged per account and resource since the ledger began (a counter
+    read from the ledger's totals at each scrape, so it survives restarts and never drops
+    at a period's reset), and this period's hours (a gauge)."""
+
+    def __init__(self, ledger: Ledger, clock=time.time):
+        self.ledger = ledger
+        self.clock = clock
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        total = CounterMetricFamily(
+            "shangzhuang_quota_used_hours",
+            "Hours charged to each account since the ledger began",
+            labels=["account", "resource"],
+        )
+        period = GaugeMetricFamily(
+            "shangzhuang_quota_account_used_hours",
+            "Hours charged to each account this period",
+            labels=["account", "resource"],
+        )
+        start = self.ledger.period(self.clock()).start
+        sums: dict[tuple[str, str], float] = defaultdict(float)
+        this: dict[tuple[str, str], float] = defaultdict(float)
+        with self.ledger._read() as conn:
+            rows = conn.execute(
+                select(Total.name, Total.resource, Total.period_start, Total.used).where(
+                    Total.kind == "account"
+                )
+            ).all()
+        for name, resource, p, used in rows:
+            sums[(name, resource)] += used
+            if p == start:
+                this[(name, resource)] += used
+        for account in self.ledger.policy.accounts:
+            for resource in RESOURCES:
+                sums.setdefault((account, resource), 0.0)
+        for (account, resource), v in sorted(sums.items()):
+            total.add_metric([account, resource], v)
+            period.add_metric([account, resource], this.get((account, resource), 0.0))
+        yield total
+        yield period
+
+
+__all__ = ["UsedHoursCollector", "burn", "daily", "estate", "managed_by", "members", "window"]

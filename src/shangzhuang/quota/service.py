@@ -264,7 +264,9 @@ def _grant_dict(g, tz: str) -> dict:
 
 def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) -> web.Application:
     from shangzhuang.quota import pages  # the usage page (it builds on APIHandler)
+    from shangzhuang.quota.figures import UsedHoursCollector
 
+    metrics.registry.register(UsedHoursCollector(ledger))  # used hours, read at each scrape
     api = url_path_join(prefix, "api/v1")
     return web.Application(
         [

@@ -137,3 +137,21 @@ def test_a_cap_set_by_a_manager_binds_the_member_and_replaces_the_config_cap(led
     assert ledger.balance("bob", T0 + 2 * H).resources["gpu_hours"].personal is None
     with pytest.raises(QuotaError, match="resource must be one of"):
         ledger.set_cap("bob", "tpu_hours", 1, by="pat")
+
+
+def test_used_hours_counter_keeps_counting_across_a_reset(ledger):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    run(ledger, "alice", "lab", at(2026, 10, 31, 22), 4)  # 2 h in October, 2 in November
+    registry = CollectorRegistry()
+    registry.register(figures.UsedHoursCollector(ledger, clock=lambda: at(2026, 11, 15)))
+    labels = {"account": "physics", "resource": "gpu_hours"}
+    total = registry.get_sample_value("shangzhuang_quota_used_hours_total", labels)
+    assert total == pytest.approx(4.0)
+    assert registry.get_sample_value(
+        "shangzhuang_quota_used_hours_total", {"account": "bio", "resource": "cpu_hours"}
+    ) == 0  # fmt: skip
+    # this period's gauge (November): only November's 2 h
+    gauge = registry.get_sample_value("shangzhuang_quota_account_used_hours", labels)
+    assert gauge == pytest.approx(2.0)
+    assert b"shangzhuang_quota_used_hours_total" in generate_latest(registry)
