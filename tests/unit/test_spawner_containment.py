@@ -8,6 +8,8 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from shangzhuang.hub.containment import CgroupV2
 from shangzhuang.hub.gpus import GpuPool
 
@@ -59,3 +61,28 @@ def test_a_session_that_hit_its_memory_limit_says_so(tmp_path):
     assert spawner.memory_notices() == [
         "Your last Lab session was stopped because it used more than its memory (512 MB)."
     ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="containment is configured only for a root hub")
+@pytest.mark.parametrize("cgroups", ["auto", "off"])
+def test_the_hub_config_names_what_is_not_contained(tmp_path, cgroups):
+    from traitlets.config import Config
+
+    from shangzhuang.hub import NOT_CONTAINED, configure
+    from shangzhuang.hub.containment import detect, hub_parent
+    from shangzhuang.settings import load_settings
+
+    config = tmp_path / "site.toml"
+    config.write_text(
+        f'[hub]\nstate_dir = "{tmp_path / "state"}"\n[quota]\nenabled = false\n'
+        f'[backend.local.containment]\ncgroups = "{cgroups}"\npids_limit = 512\n'
+        '[[profiles]]\nname = "cpu"\ncores = 1\nmemory = "1G"\n'
+    )
+    c = Config()
+    configure(c, load_settings(config))
+    expected = detect() if cgroups == "auto" else ""
+    assert c.LocalSpawner.cgroups == expected
+    assert c.LocalSpawner.cgroup_parent == hub_parent("shangzhuang", tmp_path / "state")
+    assert c.LocalSpawner.pids_limit == 512
+    said = c.JupyterHub.template_vars.get("announcement_home")
+    assert (said == NOT_CONTAINED) == (not expected)

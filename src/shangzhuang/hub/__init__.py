@@ -171,6 +171,14 @@ def configure(c, settings: Settings) -> None:
         configure_apps(c, settings)
 
 
+NOT_CONTAINED = (
+    "Sessions on this hub are not contained (backend.local.containment.cgroups is off, or "
+    "this machine has no cgroup file system): the profiles' cores, memory and process "
+    "limits are not enforced, and processes a session leaves behind keep running after "
+    "it stops."
+)
+
+
 def configure_containment(c, settings: Settings) -> None:
     """Local sessions in cgroups (as root), and every pool GPU root-only until handed out."""
     from shangzhuang.hub import containment
@@ -188,6 +196,8 @@ def configure_containment(c, settings: Settings) -> None:
     )
     c.LocalSpawner.pids_limit = wanted.pids_limit
     c.JupyterHub.template_vars["memory_notices"] = memory_notices
+    if not c.LocalSpawner.cgroups:
+        c.JupyterHub.template_vars["announcement_home"] = NOT_CONTAINED
 
 
 def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
