@@ -354,6 +354,44 @@ def test_the_proxy_runs_as_the_platform_account_the_hub_and_its_services_as_root
     assert len(services) == 3 and all(p.uids().effective == 0 for p in services)
 
 
+ATTACK = """
+import json, os, urllib.request
+found = {"env": os.environ.get("CONFIGPROXY_AUTH_TOKEN")}
+for path in [ENV_FILE] + [f"/proc/{p}/environ" for p in os.listdir("/proc") if p.isdigit()]:
+    try:
+        with open(path, "rb") as f:
+            if b"CONFIGPROXY_AUTH_TOKEN" in f.read():
+                found[path] = "read"
+    except OSError:
+        pass
+req = urllib.request.Request(
+    "http://127.0.0.1:API/api/routes/evil", method="POST",
+    data=json.dumps({"target": "http://127.0.0.1:1"}).encode(),
+)
+try:
+    found["route"] = urllib.request.urlopen(req, timeout=10).status
+except urllib.error.HTTPError as e:
+    found["route_refused"] = e.code
+print(json.dumps(found))
+"""
+
+
+def test_a_user_session_gets_no_proxy_token_and_changes_no_route(site):
+    """The attacker: a user's own code in their session on the hub's host, after the proxy's
+    token (environment, proxy.env, any process's /proc/PID/environ) to rewrite routes."""
+    if "ann" not in [u["name"] for u in site.api("GET", "/users").json()]:
+        site.new_user("ann")
+    if not site.api("GET", "/users/ann").json()["servers"].get(""):
+        site.spawn("ann", "cpu")
+    site.wait_ready("ann")
+    argv = shlex.split(site.proxy_unit["ExecStart"])
+    code = ATTACK.replace("ENV_FILE", repr(site.proxy_unit["EnvironmentFile"])).replace(
+        "API", argv[argv.index("--api-port") + 1]
+    )
+    found = json.loads(site.run_code("ann", code).strip().splitlines()[-1])
+    assert found == {"env": None, "route_refused": 403}, found
+
+
 def test_a_hub_restart_drops_no_open_websocket_and_refuses_no_request(site):
     if "ann" not in [u["name"] for u in site.api("GET", "/users").json()]:
         site.new_user("ann")
