@@ -633,6 +633,32 @@ class QuotaUser(Amounts):
     account: str | None = None
 
 
+class QuotaAlerts(Section):
+    """Messages when a pool or a personal cap crosses a share used: once per threshold per
+    period, to the account's managers (a pool) or the user (a cap), by e-mail and webhook."""
+
+    thresholds: list[float] = [0.5, 0.8, 1.0]  # shares of a limit used
+    webhook_url: str = ""  # "": no webhook. A JSON POST per alert (WeCom, DingTalk, Feishu...)
+    smtp_host: str = ""  # "": no e-mail
+    smtp_port: int = Field(25, ge=1, le=65535)
+    mail_from: str = ""
+    # Where a hub user's mail goes: their name at this domain ("" with smtp_host: refused).
+    mail_domain: str = ""
+
+    @field_validator("thresholds")
+    @classmethod
+    def _shares(cls, v: list[float]) -> list[float]:
+        if any(not 0 < t <= 1 for t in v) or len(set(v)) != len(v):
+            raise ValueError("each threshold is a share of a limit, above 0 and at most 1, once")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _mail_needs_addresses(self) -> QuotaAlerts:
+        if self.smtp_host and not (self.mail_from and self.mail_domain):
+            raise ValueError("quota.alerts.smtp_host needs mail_from and mail_domain too")
+        return self
+
+
 class Quota(Section):
     enabled: bool = True
     period: Literal["monthly", "weekly", "none"] = "monthly"
@@ -647,6 +673,7 @@ class Quota(Section):
     default_account: str = "default"
     accounts: dict[str, QuotaAccount] = {"default": QuotaAccount()}
     users: dict[str, QuotaUser] = {}
+    alerts: QuotaAlerts = QuotaAlerts()
 
     @model_validator(mode="before")
     @classmethod

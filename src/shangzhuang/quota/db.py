@@ -163,6 +163,29 @@ class Cap(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
+class Alert(Base):
+    """A pool (kind "account") or a personal cap (kind "user") that crossed a threshold in
+    a period; `sent` once every channel took it (until then it is retried)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint(
+            "period_start", "kind", "name", "resource", "threshold", name="uq_alert_once"
+        ),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    period_start: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(10))
+    name: Mapped[str] = mapped_column(String(100))
+    resource: Mapped[str] = mapped_column(String(20))
+    threshold: Mapped[float] = mapped_column(Float)
+    used: Mapped[float] = mapped_column(Float)
+    total: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Float)
+    sent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
     service both write)."""

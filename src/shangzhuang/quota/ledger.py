@@ -587,6 +587,10 @@ class Ledger:
         with self._read() as conn:
             return {c.resource: c.hours for c in conn.execute(_CAPS, {"users": [user]})}
 
+    def users_with_caps(self) -> list[str]:
+        with self._read() as conn:
+            return sorted(set(conn.scalars(select(Cap.user))))
+
     def set_cap(
         self, user: str, resource: str, hours: float | None, by: str, now: float | None = None
     ) -> None:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from tornado import web
 
 from shangzhuang.quota import open_ledger
+from shangzhuang.quota.alerts import Alerts, run_alerts
 from shangzhuang.quota.ledger import Ledger, QuotaError
 from shangzhuang.quota.meter import Meter
 from shangzhuang.quota.openapi import document
@@ -320,6 +321,10 @@ async def main() -> None:
         settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], ledger
     )
     meter = Meter(ledger, sources, settings.quota.grace_seconds)
+    alerts = Alerts(ledger, settings.quota.alerts)
+    if alerts.enabled:  # beside the meter: a slow SMTP server never delays a tick
+        # (the task is held by this frame, which lives as long as the service)
+        _alerting = asyncio.ensure_future(run_alerts(alerts, settings.quota.sample_seconds))
     await run_meter(meter, settings.quota.sample_seconds, metrics)
 
 
