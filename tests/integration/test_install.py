@@ -96,6 +96,12 @@ def make_test_ca(folder: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
     return paths
 
 
+def outside_env() -> dict[str, str]:
+    """This process's environment without what would point the installed venv back at a
+    checkout (a unit's environment has no PYTHONPATH)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def fresh_venv(base: Path) -> Path:
     """The workbench's wheel, built from this checkout, in a new venv outside it."""
     dist, venv = base / "dist", base / "venv"
@@ -108,11 +114,11 @@ def fresh_venv(base: Path) -> Path:
     python = venv / "bin" / "python"
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        check=True, timeout=300,
+        check=True, timeout=300, env=outside_env(),
     )  # fmt: skip
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=outside_env(),
     ).stdout.strip()  # fmt: skip
     (Path(site) / "_checkout_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # The dependencies' console scripts (jupyterhub-singleuser...), as pip would write them.
@@ -129,7 +135,7 @@ def fresh_venv(base: Path) -> Path:
             script.chmod(0o755)
     where = subprocess.run(
         [str(python), "-c", "import shangzhuang; print(shangzhuang.__file__)"],
-        capture_output=True, text=True, check=True, cwd=base,
+        capture_output=True, text=True, check=True, cwd=base, env=outside_env(),
     ).stdout.strip()  # fmt: skip
     assert where.startswith(str(venv)), f"shangzhuang imported from {where}, not the wheel"
     return venv
@@ -171,7 +177,7 @@ class InstalledHub(RunningHub):
             [str(self.venv / "bin" / "shangzhuang"), "install", "--config", str(self.config),
              "--root", str(base), "--proxy-command", str(PROXY), "--tls-cert", str(cert),
              "--tls-key", str(key), "--http-port", str(self.http_port), "--account", account],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=120, env=outside_env(),
         )  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
         units = base / "etc" / "systemd" / "system"
@@ -193,7 +199,7 @@ class InstalledHub(RunningHub):
             assert self.proxy_unit["User"] == self.account
             self.proxy = subprocess.Popen(
                 ["runuser", "-u", self.account, "--", *shlex.split(self.proxy_unit["ExecStart"])],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.unit_env},
+                stdout=log, stderr=subprocess.STDOUT, env={**outside_env(), **self.unit_env},
                 start_new_session=True,
             )  # fmt: skip
 
@@ -209,7 +215,7 @@ class InstalledHub(RunningHub):
         if self.proxy is None:
             self.start_proxy()
         env = {
-            **os.environ, **self.unit_env, "SHANGZHUANG_ADMIN_PASSWORD": self.admin_password,
+            **outside_env(), **self.unit_env, "SHANGZHUANG_ADMIN_PASSWORD": self.admin_password,
             "SHANGZHUANG_CONFIG": str(self.config),
         }  # fmt: skip
         with open(self.log, "ab") as log:
@@ -243,6 +249,7 @@ class InstalledHub(RunningHub):
 
     def cleanup(self) -> None:
         artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
         for log in (self.log, self.base / "proxy.log", *self.state.glob("sessions/*")):
             if log.exists():
                 (artifacts / f"install-{log.name}").write_bytes(log.read_bytes())
