@@ -207,7 +207,9 @@ def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
 
     q = settings.quota
     url = f"http://127.0.0.1:{q.port}"
-    open_ledger(settings)  # create or migrate the schema before the service starts
+    # The schema before the service starts; an older one stops the hub here, naming
+    # `shangzhuang upgrade-db` (quota.schema.OutdatedSchema).
+    open_ledger(settings)
     services.append(
         {
             "name": "quota",
