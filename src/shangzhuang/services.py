@@ -13,13 +13,18 @@ One rule for both services:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
+from pydantic import BaseModel, ConfigDict, ValidationError
 from tornado import web
 from tornado.httputil import url_concat
+
+Model = TypeVar("Model", bound=BaseModel)
 
 # Admin in our services = the request holds `admin:users`. API tokens carry it when made
 # with the admin's full rights; browsers through the services' OAuth tokens, since both
@@ -71,6 +76,61 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
             raise web.Finish()
         self.set_header("WWW-Authenticate", "token")
         raise web.HTTPError(401, "a JupyterHub token or login is required")
+
+
+class Error(BaseModel):
+    """Every error either service's API answers (the OpenAPI documents' Error schema)."""
+
+    status: int
+    message: str
+
+
+class Input(BaseModel):
+    """A request's query or JSON body, as an API operation declares it: unknown fields are
+    refused, and nothing is coerced but the query's strings to numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class APIHandler(ServiceHandler):
+    """JSON in, JSON out; errors as `Error`."""
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(Error(status=status_code, message=message).model_dump_json())
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data))
+
+    def json_body(self, model: type[Model]) -> Model:
+        """The request's JSON body as MODEL; 400 naming the field at fault."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        return _validated(model, body, strict=True)
+
+    def query(self, model: type[Model]) -> Model:
+        """The query's arguments as MODEL (each given once); 400 naming the one at fault."""
+        args = {k: self.get_argument(k) for k in self.request.query_arguments}
+        return _validated(model, args, strict=False)
+
+
+def _validated(model: type[Model], data: dict, strict: bool) -> Model:
+    try:
+        return model.model_validate(data, strict=strict)
+    except ValidationError as e:
+        problems = [
+            f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()
+        ]
+        raise web.HTTPError(400, "; ".join(problems)) from None
 
 
 def run_service(main: Callable[[], Awaitable[None]], name: str) -> None:

@@ -169,7 +169,9 @@ def test_access_rules(hub):
         allow_redirects=False,
     )  # fmt: skip
     assert r.status_code == 302
-    assert r.headers["Location"].startswith("/hub/api/oauth2/authorize?client_id=service-quota")
+    # (on the hub's origin: absolute since user content has origins of its own)
+    login = r.headers["Location"].removeprefix(hub.url)
+    assert login.startswith("/hub/api/oauth2/authorize?client_id=service-quota"), login
     # Grants, the user list and other users' usage are for admins.
     body = {"user": "tara", "resource": "cpu_hours", "amount": 5, "reason": "please"}
     assert quota_api(hub, "POST", "/grants", tara, json=body).status_code == 403
@@ -188,6 +190,14 @@ def test_access_rules(hub):
     assert r.status_code == 400 and "since must be an ISO 8601" in r.json()["message"]
     r = quota_api(hub, "POST", "/grants", admin, json={**body})
     assert r.status_code == 400 and "tara has no personal cap" in r.json()["message"]
+    # ... as the handlers' models (quota/openapi.py) parse it
+    r = quota_api(hub, "POST", "/grants", admin, json={**body, "amount": True, "hours": 1})
+    message = r.json()["message"]
+    assert r.status_code == 400 and "amount: " in message and "hours: " in message, message
+    r = quota_api(hub, "GET", "/users?limit=5000", admin)
+    assert r.status_code == 400 and "limit: " in r.json()["message"]
+    r = quota_api(hub, "GET", "/usage?order=sideways", tara)
+    assert r.status_code == 400 and "order: " in r.json()["message"]
 
 
 def test_metrics_and_openapi(hub):

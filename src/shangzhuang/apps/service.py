@@ -34,6 +34,7 @@ from tornado import web
 from shangzhuang.apps.hub_api import HubAPI, HubError
 from shangzhuang.apps.registry import App, AppError, Registry, Viewers, check_name
 from shangzhuang.apps.snapshot import decode
+from shangzhuang.services import APIHandler as JSONHandler
 from shangzhuang.services import ServiceHandler, is_admin, run_service
 from shangzhuang.settings import Settings, load_settings
 
@@ -299,18 +300,8 @@ class BaseHandler(ServiceHandler):
         )  # fmt: skip
 
 
-class APIHandler(BaseHandler):
-    def write_error(self, status_code, **kwargs):
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "log_message", None) or self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
-
-    def write_json(self, data, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(data))
+class APIHandler(BaseHandler, JSONHandler):
+    """JSON in, JSON out, errors as services.Error (the quota service's shape)."""
 
     def body(self) -> dict:
         try:

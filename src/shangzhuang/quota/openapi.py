@@ -1,12 +1,58 @@
-"""The quota API's OpenAPI description, served at .../api/v1/openapi.json."""
+"""The quota API's inputs as pydantic models, and its OpenAPI document generated from the
+handlers themselves (served at .../api/v1/openapi.json), so the two can't drift apart.
+
+Each API method is decorated with `operation(...)`: its summary, its query and body models
+and its answer. The decorator parses the request with those very models before the method
+runs (a 400 names the field at fault), and `document()` walks the service's route table
+(service.API) and describes each decorated method from the same declaration.
+"""
 
 from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from tornado import web
+
+from shangzhuang.services import Error, Input
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+class UsersQuery(Input):
+    offset: int = Field(0, ge=0, le=10**9)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class UsageQuery(Input):
+    user: str | None = Field(None, description="whose usage (default: yours; an admin's: all)")
+    since: str | None = Field(None, description="an ISO 8601 date or time, such as 2026-11-01")
+    until: str | None = Field(None, description="an ISO 8601 date or time, such as 2026-11-01")
+    format: Literal["json", "csv"] = "json"
+    limit: int = Field(100000, ge=1, le=100000)
+    order: Literal["oldest", "newest"] = "oldest"
+
+
+class GrantRequest(Input):
+    """A top-up of an account (`account`) or of a user's personal cap (`user`)."""
+
+    user: str | None = None
+    account: str | None = None
+    resource: str = Field(description="a resource the site meters, such as gpu_hours")
+    amount: float = Field(gt=0, description="hours")
+    reason: str = Field(min_length=1)
+
+
+# --- answers (JSON schemas) -----------------------------------------------------------
 
 _limit = {
     "type": ["object", "null"],
     "properties": {k: {"type": "number"} for k in ("allocated", "granted", "used", "remaining")},
 }
-_balance = {
+BALANCE = {
     "type": "object",
     "required": ["user", "account", "state", "period", "resources"],
     "properties": {
@@ -35,28 +81,120 @@ _balance = {
         "running": {"type": "array", "items": {"type": "object"}},
     },
 }
-_error = {
+_balance_ref = {"$ref": "#/components/schemas/Balance"}
+BALANCE_PAGE = {
     "type": "object",
-    "required": ["status", "message"],
-    "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+    "properties": {
+        "items": {"type": "array", "items": _balance_ref},
+        "total": {"type": "integer"},
+        "offset": {"type": "integer"},
+        "limit": {"type": "integer"},
+    },
 }
+ANY_OBJECT: dict = {"type": "object"}
+
+# --- operations -----------------------------------------------------------------------
 
 
-def _resp(schema: dict, desc: str = "OK") -> dict:
-    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    status: int = 200
+    answer: dict = field(default_factory=lambda: ANY_OBJECT)
+    csv: bool = False  # also answers text/csv
 
 
-_errors = {
-    "400": _resp({"$ref": "#/components/schemas/Error"}, "Bad input"),
-    "401": _resp({"$ref": "#/components/schemas/Error"}, "No or bad token"),
-    "403": _resp({"$ref": "#/components/schemas/Error"}, "Not allowed"),
-    "404": _resp({"$ref": "#/components/schemas/Error"}, "Not found"),
-}
-_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+def operation(summary: str, **kw):
+    """Declare an API method: it is called as method(self, *path, query=..., body=...)
+    with its inputs parsed (after the caller is authenticated), and described by the
+    OpenAPI document."""
+    op = Operation(summary, **kw)
+
+    def declare(method):
+        @functools.wraps(method)
+        def parsed(handler, *args, **kwargs):
+            handler.caller()  # anonymous callers get 401 (or the login page), not a 400
+            if op.query:
+                kwargs["query"] = handler.query(op.query)
+            if op.body:
+                kwargs["body"] = handler.json_body(op.body)
+            return method(handler, *args, **kwargs)
+
+        parsed.operation = op
+        return parsed
+
+    return declare
 
 
-def document(prefix: str) -> dict:
-    bal = {"$ref": "#/components/schemas/Balance"}
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def _parameters(model: type[BaseModel], where: str) -> list[dict]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    params = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        if "anyOf" in prop:  # `str | None`: the query has the string or nothing
+            prop.update(next(s for s in prop.pop("anyOf") if s.get("type") != "null"))
+        prop.pop("title", None)
+        prop.pop("default", None)
+        params.append({"name": name, "in": where, "required": name in required, "schema": prop})
+    return params
+
+
+def _operation(op: Operation, path_params: list[str]) -> dict:
+    error = {"$ref": "#/components/schemas/Error"}
+    answer = {"application/json": {"schema": op.answer}}
+    if op.csv:
+        answer["text/csv"] = {"schema": {"type": "string"}}
+    out = {
+        "summary": op.summary,
+        "parameters": [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in path_params
+        ]
+        + (_parameters(op.query, "query") if op.query else []),
+        "responses": {
+            str(op.status): {"description": "OK", "content": answer},
+            **{
+                str(status): {
+                    "description": why,
+                    "content": {"application/json": {"schema": error}},
+                }
+                for status, why in (
+                    (400, "Bad input"),
+                    (401, "No or bad token"),
+                    (403, "Not allowed"),
+                    (404, "Not found"),
+                )
+            },  # fmt: skip
+        },
+    }
+    if op.body:
+        schema = op.body.model_json_schema(ref_template="#/components/schemas/{model}")
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    return out
+
+
+def document(prefix: str, routes: list[tuple[str, type]]) -> dict:
+    """The OpenAPI document of ROUTES ((path such as "/users/{name}", handler class))."""
+    paths = {}
+    for path, handler in routes:
+        ops = {}
+        for method in METHODS:
+            fn = getattr(handler, method)
+            if fn is getattr(web.RequestHandler, method):
+                continue  # tornado's own 405: not offered
+            if not hasattr(fn, "operation"):
+                raise TypeError(f"{handler.__name__}.{method}: declare it with @operation")
+            ops[method] = _operation(fn.operation, re.findall(r"{(\w+)}", path))
+        paths[path] = ops
     return {
         "openapi": "3.1.0",
         "info": {
@@ -67,132 +205,17 @@ def document(prefix: str) -> dict:
         },
         "servers": [{"url": prefix.rstrip("/") + "/api/v1"}],
         "components": {
-            "schemas": {"Balance": _balance, "Error": _error},
+            "schemas": {"Balance": BALANCE, "Error": Error.model_json_schema()},
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization"}
             },
         },
         "security": [{"token": []}],
-        "paths": {
-            "/me": {"get": {"summary": "My balance", "responses": {"200": _resp(bal), **_errors}}},
-            "/users": {
-                "get": {
-                    "summary": "Every user's balance (admin), a page at a time",
-                    "parameters": [
-                        {
-                            "name": "offset",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                        },
-                    ],  # fmt: skip
-                    "responses": {
-                        "200": _resp(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "items": {"type": "array", "items": bal},
-                                    "total": {"type": "integer"},
-                                    "offset": {"type": "integer"},
-                                    "limit": {"type": "integer"},
-                                },
-                            }
-                        ),
-                        **_errors,
-                    },
-                }
-            },
-            "/users/{name}": {
-                "get": {
-                    "summary": "A user's balance (self or admin)",
-                    "parameters": [_name],
-                    "responses": {"200": _resp(bal), **_errors},
-                }
-            },
-            "/accounts/{name}": {
-                "get": {
-                    "summary": "An account's pool (its members or admin)",
-                    "parameters": [_name],
-                    "responses": {"200": _resp({"type": "object"}), **_errors},
-                }
-            },
-            "/grants": {
-                "get": {
-                    "summary": "Grants of this period and later (admin)",
-                    "responses": {"200": _resp({"type": "array"}), **_errors},
-                },
-                "post": {
-                    "summary": "Top up an account or a user's personal cap (admin)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["resource", "amount", "reason"],
-                                    "properties": {
-                                        "user": {"type": "string"},
-                                        "account": {"type": "string"},
-                                        "resource": {
-                                            "type": "string",
-                                            "enum": ["gpu_hours", "cpu_hours"],
-                                        },
-                                        "amount": {"type": "number", "exclusiveMinimum": 0},
-                                        "reason": {"type": "string", "minLength": 1},
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": {"201": _resp({"type": "object"}, "Granted"), **_errors},
-                },
-            },
-            "/usage": {
-                "get": {
-                    "summary": "Charged intervals (own, or anyone's for admins), JSON or CSV",
-                    "parameters": [
-                        {"name": "user", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "since",
-                            "in": "query",
-                            "schema": {"type": "string", "format": "date-time"},
-                        },
-                        {
-                            "name": "until",
-                            "in": "query",
-                            "schema": {"type": "string", "format": "date-time"},
-                        },
-                        {
-                            "name": "format",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": ["json", "csv"]},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 100000},
-                        },
-                        {
-                            "name": "order",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": ["oldest", "newest"]},
-                        },
-                    ],  # fmt: skip
-                    "responses": {
-                        "200": {
-                            "description": "OK",
-                            "content": {
-                                "application/json": {"schema": {"type": "object"}},
-                                "text/csv": {"schema": {"type": "string"}},
-                            },
-                        },
-                        **_errors,
-                    },
-                }
-            },
-        },
+        "paths": paths,
     }
+
+
+def route(path: str) -> str:
+    """A documented path ("/users/{name}") as the tornado pattern that routes it (the name
+    becomes the method's keyword argument)."""
+    return re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import logging
 import os
 import time
@@ -27,10 +26,20 @@ from shangzhuang.quota import open_ledger
 from shangzhuang.quota.alerts import Alerts, run_alerts
 from shangzhuang.quota.ledger import Ledger, QuotaError
 from shangzhuang.quota.meter import Meter
-from shangzhuang.quota.openapi import document
+from shangzhuang.quota.openapi import (
+    BALANCE,
+    BALANCE_PAGE,
+    GrantRequest,
+    UsageQuery,
+    UsersQuery,
+    document,
+    operation,
+    route,
+)
 from shangzhuang.quota.periods import iso
 from shangzhuang.quota.sources import sources_for
-from shangzhuang.services import ServiceHandler, is_admin, run_service
+from shangzhuang.services import APIHandler as JSONHandler
+from shangzhuang.services import is_admin, run_service
 from shangzhuang.settings import RESOURCES, Settings, load_settings
 
 log = logging.getLogger("shangzhuang.quota")
@@ -58,8 +67,8 @@ class Metrics:
         )  # fmt: skip
 
 
-class APIHandler(ServiceHandler):
-    """JSON in, JSON out; errors as {"status", "message"}; no anonymous access."""
+class APIHandler(JSONHandler):
+    """JSON in, JSON out; errors as services.Error; no anonymous access."""
 
     @property
     def ledger(self) -> Ledger:
@@ -68,12 +77,6 @@ class APIHandler(ServiceHandler):
     @property
     def site(self) -> Settings:
         return self.settings["site"]
-
-    def write_error(self, status_code, **kwargs):
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "log_message", None) or self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
 
     def is_admin(self, model: dict) -> bool:
         return is_admin(model)
@@ -90,11 +93,6 @@ class APIHandler(ServiceHandler):
             raise web.HTTPError(403, "only admins may do this")
         return me
 
-    def write_json(self, data, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data))
-
     def int_arg(self, name: str, default: int, lo: int, hi: int) -> int:
         raw = self.get_argument(name, None)
         if raw is None:
@@ -107,8 +105,9 @@ class APIHandler(ServiceHandler):
             raise web.HTTPError(400, f"{name} must be between {lo} and {hi}")
         return value
 
-    def time_arg(self, name: str) -> float | None:
-        raw = self.get_argument(name, None)
+    def time_arg(self, name: str, raw: str | None = None) -> float | None:
+        """The query's NAME (or RAW, its value already read) as a timestamp."""
+        raw = self.get_argument(name, None) if raw is None else raw
         if raw is None or raw == "":
             return None
         try:
@@ -123,22 +122,25 @@ class APIHandler(ServiceHandler):
 
 
 class MeHandler(APIHandler):
+    @operation("My balance", answer=BALANCE)
     def get(self):
         me = self.caller()
         self.write_json(self.ledger.balance(me["name"]).as_dict())
 
 
 class UserHandler(APIHandler):
+    @operation("A user's balance (self or admin)", answer=BALANCE)
     def get(self, name):
         self.self_or_admin(name)
         self.write_json(self.ledger.balance(name).as_dict())
 
 
 class UsersHandler(APIHandler):
-    def get(self):
+    @operation("Every user's balance (admin), a page at a time", query=UsersQuery,
+               answer=BALANCE_PAGE)  # fmt: skip
+    def get(self, query: UsersQuery):
         self.admin()
-        offset = self.int_arg("offset", 0, 0, 10**9)
-        limit = self.int_arg("limit", 100, 1, 1000)
+        offset, limit = query.offset, query.limit
         names = self.ledger.users()
         page = names[offset : offset + limit]
         balances = self.ledger.balances(page)
@@ -153,6 +155,7 @@ class UsersHandler(APIHandler):
 
 
 class AccountHandler(APIHandler):
+    @operation("An account's pool (its members or admin)")
     def get(self, name):
         me = self.caller()
         if name not in self.site.quota.accounts:
@@ -163,32 +166,20 @@ class AccountHandler(APIHandler):
 
 
 class GrantsHandler(APIHandler):
+    @operation("Grants of this period and later (admin)", answer={"type": "array"})
     def get(self):
         self.admin()
         period = self.ledger.period()
         self.write_json([_grant_dict(g, self.ledger.tz) for g in self.ledger.grants(period.start)])
 
-    def post(self):
+    @operation("Top up an account or a user's personal cap (admin)", body=GrantRequest,
+               status=201)  # fmt: skip
+    def post(self, body: GrantRequest):
         me = self.admin()
         try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "the body must be a JSON object")
-        unknown = set(body) - {"user", "account", "resource", "amount", "reason"}
-        if unknown:
-            raise web.HTTPError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-        amount = body.get("amount")
-        if isinstance(amount, bool) or not isinstance(amount, int | float):
-            raise web.HTTPError(400, "amount must be a number of hours")
-        for key in ("user", "account", "resource", "reason"):
-            if key in body and not isinstance(body[key], str):
-                raise web.HTTPError(400, f"{key} must be a string")
-        try:
             grant = self.ledger.grant(
-                by=me["name"], resource=body.get("resource", ""), amount=float(amount),
-                reason=body.get("reason", ""), user=body.get("user"), account=body.get("account"),
+                by=me["name"], resource=body.resource, amount=body.amount, reason=body.reason,
+                user=body.user, account=body.account,
             )  # fmt: skip
         except QuotaError as e:
             raise web.HTTPError(400, str(e)) from None
@@ -198,24 +189,20 @@ class GrantsHandler(APIHandler):
 class UsageHandler(APIHandler):
     COLUMNS = ("consumer", "user", "account", "resource", "source", "start", "end", "amount")
 
-    def get(self):
+    @operation("Charged intervals (own, or anyone's for admins), JSON or CSV",
+               query=UsageQuery, csv=True)  # fmt: skip
+    def get(self, query: UsageQuery):
         me = self.caller()
-        user = self.get_argument("user", None)
+        user = query.user
         if user is None:
             user = None if self.is_admin(me) else me["name"]
         elif user != me["name"] and not self.is_admin(me):
             raise web.HTTPError(403, f"you may read your own usage, not {user}'s")
-        fmt = self.get_argument("format", "json")
-        if fmt not in ("json", "csv"):
-            raise web.HTTPError(400, f"format must be json or csv, not {fmt!r}")
-        since, until = self.time_arg("since"), self.time_arg("until")
-        limit = self.int_arg("limit", 100000, 1, 100000)
-        order = self.get_argument("order", "oldest")
-        if order not in ("oldest", "newest"):
-            raise web.HTTPError(400, f"order must be oldest or newest, not {order!r}")
+        since, until = self.time_arg("since", query.since), self.time_arg("until", query.until)
         rows = self.ledger.usage(
-            user=user, since=since, until=until, limit=limit, newest_first=order == "newest"
-        )
+            user=user, since=since, until=until, limit=query.limit,
+            newest_first=query.order == "newest",
+        )  # fmt: skip
         tz = self.ledger.tz
         records = [
             {
@@ -225,7 +212,7 @@ class UsageHandler(APIHandler):
             }
             for r in rows
         ]  # fmt: skip
-        if fmt == "csv":
+        if query.format == "csv":
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=self.COLUMNS)
             w.writeheader()
@@ -238,9 +225,9 @@ class UsageHandler(APIHandler):
 
 
 class OpenAPIHandler(APIHandler):
+    @operation("This document")
     def get(self):
-        self.caller()
-        self.write_json(document(self.settings["prefix"]))
+        self.write_json(document(self.settings["prefix"], API))
 
 
 class MetricsHandler(APIHandler):
@@ -263,6 +250,18 @@ def _grant_dict(g, tz: str) -> dict:
     }  # fmt: skip
 
 
+# API v1: each path (as its OpenAPI document names it) and its handler.
+API = [
+    ("/me", MeHandler),
+    ("/users", UsersHandler),
+    ("/users/{name}", UserHandler),
+    ("/accounts/{name}", AccountHandler),
+    ("/grants", GrantsHandler),
+    ("/usage", UsageHandler),
+    ("/openapi.json", OpenAPIHandler),
+]
+
+
 def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) -> web.Application:
     from shangzhuang.quota import pages  # the usage page (it builds on APIHandler)
     from shangzhuang.quota.figures import UsedHoursCollector
@@ -272,13 +271,7 @@ def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) 
     return web.Application(
         [
             *pages.handlers(prefix),
-            (url_path_join(api, "me"), MeHandler),
-            (url_path_join(api, "users"), UsersHandler),
-            (url_path_join(api, "users/([^/]+)"), UserHandler),
-            (url_path_join(api, "accounts/([^/]+)"), AccountHandler),
-            (url_path_join(api, "grants"), GrantsHandler),
-            (url_path_join(api, "usage"), UsageHandler),
-            (url_path_join(api, "openapi.json"), OpenAPIHandler),
+            *((api + route(path), handler) for path, handler in API),
             (url_path_join(prefix, "metrics"), MetricsHandler),
             (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
         ],
