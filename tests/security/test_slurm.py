@@ -226,4 +226,5 @@ def _settled(hub, slurm, job_id):
     seconds = datetime.fromisoformat(end).timestamp() - datetime.fromisoformat(start).timestamp()
     got = usage(hub, "forger").get(f"job:{job_id}", {})
     assert "gres/gpu" not in tres
-    return abs(got.get("cpu_hours", 0) * 3600 - seconds) < 1e-6
+    # the usage API rounds each row to 1e-9 h (3.6 µs): a few rows
+    return abs(got.get("cpu_hours", 0) * 3600 - seconds) < 1e-4
