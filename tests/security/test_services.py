@@ -112,3 +112,9 @@ def test_admin_browser_is_an_admin_of_the_quota_service(hub):
     r = browser_grant(hub, nadia, "browser-user")
     assert r.status_code == 403, r.text
     assert grants_for(hub, "browser-user") == []
+    # Her token lacks admin:users, as it should: routine, so not a hub WARNING each time
+    # a user opens a service (JupyterHub's "requested scopes ..., granting only ...").
+    notices = [
+        line for line in hub.log.read_text().splitlines() if "for user nadia, granting only" in line
+    ]
+    assert notices and all(line.startswith("[I ") for line in notices), notices

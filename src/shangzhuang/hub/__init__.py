@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -203,7 +204,7 @@ def configure_containment(c, settings: Settings) -> None:
 def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
     """The quota service, its hub permissions, and what the hub pages show of it."""
     from shangzhuang.quota import open_ledger
-    from shangzhuang.services import ADMIN_SCOPE
+    from shangzhuang.services import ADMIN_SCOPE, ADMIN_SCOPE_WITHHELD
 
     q = settings.quota
     url = f"http://127.0.0.1:{q.port}"
@@ -225,6 +226,7 @@ def configure_quota(c, settings: Settings, services: list, roles: list) -> None:
             "oauth_client_allowed_scopes": [ADMIN_SCOPE],
         }
     )
+    logging.getLogger("JupyterHub").addFilter(ADMIN_SCOPE_WITHHELD)  # a user's: INFO
     roles.append(
         {
             "name": "quota-service",
@@ -247,7 +249,7 @@ def configure_apps(c, settings: Settings) -> None:
     from shangzhuang.apps.culling import culler_timeout
     from shangzhuang.apps.spawn import AppServers
     from shangzhuang.hub.limits import named_server_limit
-    from shangzhuang.services import ADMIN_SCOPE
+    from shangzhuang.services import ADMIN_SCOPE, ADMIN_SCOPE_WITHHELD
 
     apps = settings.apps
     config = str(Path(settings.source).resolve())
@@ -270,6 +272,7 @@ def configure_apps(c, settings: Settings) -> None:
             "oauth_client_allowed_scopes": ["servers!user", ADMIN_SCOPE],
         }
     )
+    logging.getLogger("JupyterHub").addFilter(ADMIN_SCOPE_WITHHELD)  # a user's: INFO
     c.JupyterHub.load_roles.append(
         {
             "name": "apps-service",
