@@ -4,8 +4,9 @@ The hub deletes its own records of a user, but the Unix account `{prefix}NAME`, 
 and the quota ledger's rows under NAME stayed: whoever signed up as NAME next got the
 earlier person's account, files and usage. Now deleting a hub user archives their home
 (root-only, under the hub state), deletes the Unix account, and sets their ledger rows
-apart under `NAME~deleted-STAMP` (hub/accounts.py). Seen red before the fix: the new
-dana read the earlier dana's file and saw her usage.
+apart under `NAME~deleted-STAMP`, and their published apps are archived too
+(hub/accounts.py). Seen red before the fix: the new dana read the earlier dana's file and
+saw her usage.
 
 Not as root every session runs as the hub's account (nothing per user to delete but the
 home folder): the same attack on the per-user folder, and the home page says plainly what
@@ -22,8 +23,10 @@ import uuid
 import pytest
 import requests
 
+from shangzhuang.apps.registry import Registry
 from shangzhuang.quota import open_ledger
 from shangzhuang.settings import load_settings
+from tests.integration.apps_kit import cli, write_app
 from tests.integration.hub import RunningHub, workdir
 
 pytestmark = pytest.mark.integration
@@ -62,8 +65,21 @@ def delete_and_sign_up_again(hub, name: str) -> tuple[str, str, set[str]]:
     hub.spawn(name, "cpu")
     hub.wait_ready(name)
     first = hub.run_code(name, PLANT)
+    notebook = write_app(hub.base / f"{name}-app")  # and publishes an app
+    r = cli(hub, hub.token_for(name), "publish", str(notebook), "--name", "diary")
+    assert r.returncode == 0, r.stderr
     hub.wait(lambda: charged_consumers(hub, name), 60, f"{name}'s usage charged")
     hub.stop_server(name)
+
+    # Publishing starts the app's server: a user with a running server isn't deleted.
+    def servers() -> dict:
+        return hub.api("GET", f"/users/{name}").json()["servers"]
+
+    hub.wait(lambda: servers().get("app-diary", {}).get("ready"), 120, "the app started")
+    r = hub.api("DELETE", f"/users/{name}", ok=None)
+    assert r.status_code == 400 and "still has running servers (app-diary)" in r.text, r.text
+    hub.api("DELETE", f"/users/{name}/servers/app-diary")
+    hub.wait(lambda: "app-diary" not in servers(), 60, "the app stopped")
     before = charged_consumers(hub, name)
     hub.api("DELETE", f"/users/{name}")
     hub.new_user(name, password="another-person-42")
@@ -82,14 +98,19 @@ def test_a_deleted_users_name_signed_up_again_inherits_nothing():
         assert exists == "False", second
         assert "diary.txt" not in listing, second
         # The home is new (the archive holds the old one, root-only); the uid may be reused.
-        archived = list((hub.state / "archived-homes").iterdir())
-        assert [p.name.split("-2")[0] for p in archived] == [f"{hub.prefix}dana"], archived
-        assert (archived[0] / "diary.txt").read_text() == "mine alone"
+        archive = hub.state / "archived-homes"
+        (home,) = [p for p in archive.iterdir() if p.name.startswith(f"{hub.prefix}dana-")]
+        assert (home / "diary.txt").read_text() == "mine alone"
+        # Her published app went to the archive too: the new dana owns none.
+        settings = load_settings(hub.config)
+        assert Registry(settings.apps_folder).owned("dana") == []
+        (apps,) = (archive / "apps").iterdir()
+        assert (apps / "diary" / "app.json").exists()
         assert (hub.state / "archived-homes").stat().st_mode & 0o777 == 0o700
         assert pwd.getpwnam(f"{hub.prefix}dana").pw_dir == old_home
         # The quota record: the new dana has used nothing; the old one is kept apart.
         assert old_sessions and not old_sessions & charged_consumers(hub, "dana")
-        ledger = open_ledger(load_settings(hub.config))
+        ledger = open_ledger(settings)
         tombs = [u for u in ledger.users() if u.startswith("dana~deleted-")]
         assert len(tombs) == 1, ledger.users()
         assert {c.consumer for c in ledger.usage(user=tombs[0])} == old_sessions

@@ -114,6 +114,7 @@ def configure(c, settings: Settings) -> None:
     c.UserAccounts.user_prefix = accounts.user_prefix
     c.UserAccounts.home_root = str(accounts.home_root)
     c.UserAccounts.archive_dir = str(state / "archived-homes")
+    c.UserAccounts.apps_dir = str(settings.apps_folder) if settings.apps.enabled else ""
     c.UserAccounts.site_config = (
         str(Path(settings.source).resolve()) if settings.quota.enabled else ""
     )

@@ -7,6 +7,9 @@ who later signs up under the same name starts with nothing of theirs.
   "keep" leaves account and home as they are, for central accounts a directory owns). Their
   top-level files in /tmp, /var/tmp and /dev/shm go too. Not as root, the per-user folder
   under ~/shangzhuang-homes is archived or removed the same way.
+- Their published apps (snapshots in the apps folder) are archived or removed with the
+  home: the one write to the apps folder not made by the apps service, for an owner who
+  no longer exists.
 - Their quota record is set apart under a tombstone name (`Ledger.set_apart`): usage,
   grants and account stay in the ledger for reports, but not under NAME.
 
@@ -22,9 +25,11 @@ import pwd
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from jupyterhub.auth import Authenticator
 from jupyterhub.utils import maybe_future
+from tornado import web
 from traitlets import Enum, Unicode
 
 from shangzhuang.hub.unix import FIRST_USER_UID
@@ -47,15 +52,30 @@ class UserAccounts(Authenticator):
     )
     home_root = Unicode("/home", help="Folder that holds the users' homes.").tag(config=True)
     archive_dir = Unicode("", help="Where archived homes go (root-only).").tag(config=True)
+    apps_dir = Unicode("", help="The apps folder (apps.folder): owners' published apps.").tag(
+        config=True
+    )
     site_config = Unicode("", help="The site config; when set, the ledger is told.").tag(
         config=True
     )
 
     async def delete_user(self, user) -> None:
+        # JupyterHub 6.1.1 stops only the default server before calling this, and fails
+        # on an active named server (an app, say) after it: refuse first, changing nothing.
+        running = [name for name, spawner in user.spawners.items() if name and spawner.active]
+        if running:
+            raise web.HTTPError(
+                400,
+                f"{user.name} still has running servers ({', '.join(sorted(running))}): "
+                "stop them before deleting the user",
+            )
         await maybe_future(super().delete_user(user))
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         if self.on_delete != "keep":
             await asyncio.to_thread(self.retire_home, user.name, stamp)
+            if self.apps_dir:
+                apps = Path(self.apps_dir, quote(user.name, safe=""))  # the registry's layout
+                await asyncio.to_thread(self._retire_folder, apps, f"apps/{user.name}-{stamp}")
         if self.site_config:
             from shangzhuang.hub.spawners import site_ledger
 
@@ -95,6 +115,7 @@ class UserAccounts(Authenticator):
         archive = Path(self.archive_dir)
         archive.mkdir(mode=0o700, parents=True, exist_ok=True)
         archive.chmod(0o700)
+        (archive / archived_name).parent.mkdir(mode=0o700, exist_ok=True)
         shutil.move(str(home), str(archive / archived_name))
 
 
