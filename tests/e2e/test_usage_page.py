@@ -99,7 +99,7 @@ def test_a_manager_sees_the_account_and_sets_a_cap(hub, browser, artifacts):
     try:
         series = chart(page, "chart-physics-cpu_hours")
         used = ledger_cpu_hours(hub, "uma") + ledger_cpu_hours(hub, "mara")
-        assert sum(sum(v) for v in series["by_source"].values()) == pytest.approx(used, 1e-4)
+        assert sum(sum(v) for v in series["by_source"].values()) == pytest.approx(used, abs=1e-5)
         assert "lasts until it resets" in page.locator("#dry-physics").inner_text()
         form = page.locator("section[data-account=physics] form.sz-cap")
         form.locator("select[name=user]").select_option("uma")

@@ -8,6 +8,7 @@ on each day for its share of hours.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -65,6 +66,45 @@ def _charges(ledger: Ledger, since: float, until: float, user=None, account=None
     return out
 
 
+def _period_sums(ledger: Ledger, since: float, until: float):
+    """(kind, name, resource, hours) from the running totals when [since, until) is a whole
+    period: a few rows read, however long the history."""
+    p = ledger.period(since)
+    if p.start != since or until < p.end:
+        return None
+    with ledger._read() as conn:
+        return list(
+            conn.execute(
+                select(Total.kind, Total.name, Total.resource, Total.used).where(
+                    Total.period_start == since
+                )
+            )
+        )
+
+
+def _sums(ledger: Ledger, since: float, until: float) -> list[tuple[str, str, str, float]]:
+    """(account, user, resource, hours) in [since, until): the database sums the charges
+    inside it; the few that cross its ends count for their share."""
+    out = []
+    with ledger._read() as conn:
+        for t in (Charge, JournalEntry):
+            inside = (
+                select(t.account, t.user, t.resource, func.sum(t.amount))
+                .where(t.start >= since, t.end <= until)
+                .group_by(t.account, t.user, t.resource)
+            )
+            out.extend(tuple(r) for r in conn.execute(inside))
+            edges = select(t.account, t.user, t.resource, t.start, t.end, t.amount).where(
+                t.end > since, t.start < until, (t.start < since) | (t.end > until)
+            )
+            for a, u, res, start, end, amount in conn.execute(edges):
+                if end > start:
+                    out.append(
+                        (a, u, res, amount * (min(end, until) - max(start, since)) / (end - start))
+                    )
+    return out
+
+
 def _days(since: float, until: float, tz: str) -> list[float]:
     """Local midnights from the day holding `since` to the one holding `until` (exclusive)."""
     zone = ZoneInfo(tz)
@@ -98,7 +138,10 @@ def daily(
             continue
         per_second = r.amount / (r.end - r.start)
         series = by_source.setdefault(r.resource, {}).setdefault(r.source, [0.0] * len(days))
-        for i in range(len(days)):
+        # only the days the charge overlaps (most charges are one meter tick: one day)
+        for i in range(bisect_right(bounds, start) - 1, len(days)):
+            if bounds[i] >= end:
+                break
             lo, hi = max(start, bounds[i]), min(end, bounds[i + 1])
             if hi > lo:
                 series[i] += per_second * (hi - lo)
@@ -194,12 +237,17 @@ def estate(ledger: Ledger, since: float, until: float, top: int = 10) -> dict:
     accounts: dict[str, dict[str, float]] = {a: dict.fromkeys(RESOURCES, 0.0)
                                              for a in ledger.policy.accounts}  # fmt: skip
     users: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(RESOURCES, 0.0))
-    for r in _charges(ledger, since, until):
-        if r.end <= r.start:
-            continue
-        share = r.amount * (min(r.end, until) - max(r.start, since)) / (r.end - r.start)
-        accounts.setdefault(r.account, dict.fromkeys(RESOURCES, 0.0))[r.resource] += share
-        users[r.user][r.resource] += share
+    totals = _period_sums(ledger, since, until)
+    if totals is not None:
+        for kind, name, resource, hours in totals:
+            if kind == "account":
+                accounts.setdefault(name, dict.fromkeys(RESOURCES, 0.0))[resource] += hours
+            else:
+                users[name][resource] += hours
+    else:
+        for account, user, resource, hours in _sums(ledger, since, until):
+            accounts.setdefault(account, dict.fromkeys(RESOURCES, 0.0))[resource] += hours
+            users[user][resource] += hours
     with ledger._read() as conn:
         stops = conn.scalar(
             select(func.count()).select_from(Stop).where(Stop.at >= since, Stop.at < until)

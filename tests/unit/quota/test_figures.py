@@ -102,15 +102,22 @@ def test_estate_accounts_top_users_and_stops(ledger):
     run(ledger, "alice", "lab", T0, 2)
     run(ledger, "carol", "job", T0, 1, gpus=1, cores=4)
     run(ledger, "dora", "lab", T0, 1, gpus=0, cores=1)  # the default account
+    run(ledger, "bob", "lab", at(2026, 10, 31, 23), 2)  # 1 h in October, 1 h in November
     ledger.record_stop("carol", "job:carol/1", "quota", T0 + H)
     e = figures.estate(ledger, at(2026, 10, 1), at(2026, 11, 1))
-    assert e["accounts"]["physics"] == {"gpu_hours": 2.0, "cpu_hours": 0.0}
+    assert e["accounts"]["physics"] == {"gpu_hours": 3.0, "cpu_hours": 0.0}
     assert e["accounts"]["bio"] == {"gpu_hours": 1.0, "cpu_hours": 4.0}
     assert e["accounts"]["default"] == {"gpu_hours": 0.0, "cpu_hours": 1.0}
-    assert e["total"] == {"gpu_hours": 3.0, "cpu_hours": 5.0}
-    assert [u["user"] for u in e["top_users"]] == ["alice", "carol", "dora"]
+    assert e["total"] == {"gpu_hours": 4.0, "cpu_hours": 5.0}
+    assert [u["user"] for u in e["top_users"]] == ["alice", "carol", "bob", "dora"]
     assert e["stops_at_zero"] == 1
     assert figures.estate(ledger, at(2026, 11, 1), at(2026, 12, 1))["stops_at_zero"] == 0
+    # a window that is not a period is summed from the charges: the same figures here
+    part = figures.estate(ledger, at(2026, 10, 5), at(2026, 11, 1))
+    assert part["accounts"] == e["accounts"] and part["top_users"] == e["top_users"]
+    assert figures.estate(ledger, at(2026, 10, 31, 23, 30), at(2026, 11, 1))["accounts"][
+        "physics"
+    ] == {"gpu_hours": 0.5, "cpu_hours": 0.0}  # half an hour of bob's run
 
 
 def test_managers_are_set_per_account_and_validated(engine):
