@@ -3,11 +3,12 @@
 cap through the page's form. Screenshots in test-artifacts/."""
 
 import json
+from datetime import date, timedelta
 
 import pytest
 import requests
 
-from tests.integration.hub import RunningHub, workdir
+from tests.integration.hub import ADMIN, RunningHub, workdir
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,7 @@ def hub():
         yield h
 
 
-def open_usage(browser, hub: RunningHub, name: str):
+def open_usage(browser, hub: RunningHub, name: str, password: str = "correct-horse-9"):
     context = browser.new_context(viewport={"width": 1200, "height": 1400})
     page = context.new_page()
     errors = []  # the page's script errors, for the message if it never loads
@@ -61,7 +62,7 @@ def open_usage(browser, hub: RunningHub, name: str):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{hub.url}/hub/login?next=/services/quota/")
     page.fill("#username_input", name)
-    page.fill("#password_input", "correct-horse-9")
+    page.fill("#password_input", password)
     page.click("#login_submit")
     page.wait_for_url("**/services/quota/", timeout=60_000)
     try:
@@ -115,5 +116,34 @@ def test_a_manager_sees_the_account_and_sets_a_cap(hub, browser, artifacts):
         result.filter(has_text="more than the pool").wait_for(timeout=30_000)
         assert result.get_attribute("data-status") == "400"
         page.screenshot(path=str(artifacts / "usage-page-manager.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_an_admin_sees_the_estate_for_any_dates(hub, browser, artifacts):
+    context, page = open_usage(browser, hub, ADMIN, hub.password_of_admin())
+    try:
+        estate = page.locator("#sz-estate")
+        shown = json.loads(estate.get_attribute("data-estate"))
+        used = ledger_cpu_hours(hub, "uma")
+        assert shown["accounts"]["physics"]["cpu_hours"] == pytest.approx(used, abs=1e-5)
+        assert page.locator("#estate-users tbody tr").first.inner_text().startswith("uma")
+        # any dates: yesterday to tomorrow holds all of it, whatever the site's time zone
+        today = date.today()
+        form = page.locator("#sz-estate-dates")
+        form.locator("input[name=since]").fill((today - timedelta(days=1)).isoformat())
+        form.locator("input[name=until]").fill((today + timedelta(days=1)).isoformat())
+        form.locator("button[type=submit]").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#sz-estate').dataset.query || '').includes('since')"
+        )
+        picked = json.loads(estate.get_attribute("data-estate"))
+        assert picked["accounts"]["physics"]["cpu_hours"] == pytest.approx(used, abs=1e-5)
+        assert "since=" in page.locator("#sz-estate-csv").get_attribute("href")
+        # dates the wrong way round: the service's reason, on the page
+        form.locator("input[name=until]").fill((today - timedelta(days=2)).isoformat())
+        form.locator("button[type=submit]").click()
+        form.locator(".sz-estate-error").filter(has_text="since before until").wait_for()
+        page.screenshot(path=str(artifacts / "usage-page-admin.png"), full_page=True)
     finally:
         context.close()

@@ -62,9 +62,9 @@ class UsageAccess(APIHandler):
             w = figures.window(self.ledger, back)
             return w.start, w.end  # the whole period: the chart shows the days to come too
         if since is None or until is None or until <= since:
-            raise web.HTTPError(400, "give both since and until, since before until")
+            raise web.HTTPError(400, "Give both since and until, with since before until.")
         if until - since > 400 * figures.DAY:
-            raise web.HTTPError(400, "since and until may be at most 400 days apart")
+            raise web.HTTPError(400, "since and until may be at most 400 days apart.")
         return since, until
 
 
