@@ -30,6 +30,7 @@ from shangzhuang.settings import load_settings
 from tests.slapd import GROUPS, PEOPLE, ROOT_DN, Slapd, ensure_slapd, make_certificates
 
 from .hub import ADMIN, ADMIN_PASSWORD, RunningHub, workdir
+from .test_error_pages import LogWatch
 
 pytestmark = pytest.mark.integration
 
@@ -155,6 +156,19 @@ def test_wrong_password_says_so(hub):
     _, r = hub.try_login("nobody", WRONG)  # not in the directory at all
     assert r.status_code == 403
     assert "Wrong username or password." in r.text
+
+
+def test_expired_login_form_shows_the_form_again(hub):
+    """As with native sign-in (test_error_pages): the form again, saying so, and no error
+    or warning in the hub log beyond the request's access line."""
+    s = requests.Session()
+    s.get(f"{hub.url}/hub/login", timeout=30)
+    watch = LogWatch(hub)
+    form = {"username": "alice", "password": PASSWORDS["alice"], "_xsrf": "2|x|y|1"}
+    r = s.post(f"{hub.url}/hub/login", data=form, timeout=30, allow_redirects=False)
+    assert r.status_code == 403
+    assert "This form has expired" in r.text and 'id="username_input"' in r.text
+    assert watch.clean_after("POST", "/hub/login") == []
 
 
 def test_user_outside_the_allowed_groups_is_not_allowed(hub):

@@ -47,6 +47,7 @@ from tornado.httpclient import HTTPClientError
 from traitlets import Dict, Float, List, Unicode
 
 from shangzhuang.hub.accounts import UserAccounts  # a deleted user's account, home, quota
+from shangzhuang.hub.auth import Refusals
 from shangzhuang.settings import AccountRule, Institution, SettingsError, read_secret
 
 if TYPE_CHECKING:
@@ -187,8 +188,9 @@ class SiteSignIn(UserAccounts):
             )  # fmt: skip
 
 
-class RefusalLoginHandler(LoginHandler):
-    """JupyterHub's login form, saying why a login was refused."""
+class RefusalLoginHandler(Refusals, LoginHandler):
+    """JupyterHub's login form, saying why a login was refused (an expired form too, logged
+    at INFO: see Refusals)."""
 
     async def post(self):
         data = {
