@@ -24,9 +24,13 @@ def named_server_limit(limit: int, app_prefix: str, registry: Registry | None) -
         return limit
 
     def for_request(handler) -> int:
-        user = handler.current_user
-        if user is None or getattr(user, "kind", "user") != "user":
+        caller = handler.current_user
+        if caller is None or getattr(caller, "kind", "user") != "user":
             return 0  # a service (the apps service starting an app for a viewer): no limit
+        # JupyterHub asks with the caller, but counts the servers of the user named in the
+        # path (/users/NAME/servers/..., /spawn/NAME/...): an admin creating a server for
+        # someone is held to that person's apps, not the admin's own.
+        user = _user_in_path(handler) or caller
         apps = [
             name
             for name in user.orm_spawners
@@ -36,3 +40,9 @@ def named_server_limit(limit: int, app_prefix: str, registry: Registry | None) -
         return limit + len(apps)
 
     return for_request
+
+
+def _user_in_path(handler):
+    """The user a request is about, when its path names one (None: the caller's own)."""
+    args = getattr(handler, "path_args", None) or []
+    return handler.find_user(args[0]) if args and isinstance(args[0], str) else None
