@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import jinja2
 from jupyterhub.utils import url_path_join
+from pydantic import Field
 from tornado import web
 
 from shangzhuang.quota import figures
+from shangzhuang.quota.openapi import operation, route
 from shangzhuang.quota.service import APIHandler
+from shangzhuang.services import Input
 from shangzhuang.settings import RESOURCES
 
 HERE = Path(__file__).parent
@@ -31,6 +34,32 @@ _jinja = jinja2.Environment(
 # How sources and resources are named on the page (plain words, one place to translate).
 SOURCE_NAMES = {"lab": "Lab", "job": "Slurm job", "dask": "Dask worker", "app": "App"}
 RESOURCE_NAMES = {"gpu_hours": "GPU-hours", "cpu_hours": "CPU-hours"}
+
+
+_DATE = "an ISO 8601 date or time, such as 2026-11-01 (give since and until together)"
+
+
+class Window(Input):
+    back: int = Field(0, ge=0, le=120, description="periods before this one (0: this one)")
+    since: str | None = Field(None, description=_DATE)
+    until: str | None = Field(None, description=_DATE)
+
+
+class DailyQuery(Window):
+    user: str | None = Field(None, description="whose days (default: yours)")
+    account: str | None = Field(None, description="an account's days (its managers, admins)")
+
+
+class EstateQuery(Window):
+    format: Literal["json", "csv"] = "json"
+
+
+class CapRequest(Input):
+    """A member's personal cap within the account's pool; hours null removes it."""
+
+    user: str
+    resource: Literal["gpu_hours", "cpu_hours"]
+    hours: float | None = Field(ge=0, description="hours this period, or null for no cap")
 
 
 class UsageAccess(APIHandler):
@@ -55,11 +84,11 @@ class UsageAccess(APIHandler):
             raise web.HTTPError(403, f"only managers of {account} and admins may do this")
         return me
 
-    def window(self):
-        back = self.int_arg("back", 0, 0, 120)
-        since, until = self.time_arg("since"), self.time_arg("until")
+    def window(self, query: Window):
+        since = self.time_arg("since", query.since)
+        until = self.time_arg("until", query.until)
         if since is None and until is None:
-            w = figures.window(self.ledger, back)
+            w = figures.window(self.ledger, query.back)
             return w.start, w.end  # the whole period: the chart shows the days to come too
         if since is None or until is None or until <= since:
             raise web.HTTPError(400, "Give both since and until, with since before until.")
@@ -109,8 +138,10 @@ class DailyHandler(UsageAccess):
     """GET api/v1/usage/daily?user=NAME|account=NAME&back=N (or since/until): hours per
     day by resource and source. No user or account: your own."""
 
-    def get(self):
-        user, account = self.get_argument("user", None), self.get_argument("account", None)
+    @operation("Hours per day by resource and source: yours, a member's or an account's",
+               query=DailyQuery)  # fmt: skip
+    def get(self, query: DailyQuery):
+        user, account = query.user, query.account
         if user is not None and account is not None:
             raise web.HTTPError(400, "give user or account, not both")
         if account is not None:
@@ -118,7 +149,7 @@ class DailyHandler(UsageAccess):
         else:
             user = user or self.caller()["name"]
             self.may_read_user(user)
-        since, until = self.window()
+        since, until = self.window(query)
         data = figures.daily(self.ledger, since, until, user=user, account=account)
         self.write_json({"user": user, "account": account, **data})
 
@@ -126,6 +157,7 @@ class DailyHandler(UsageAccess):
 class BurnHandler(UsageAccess):
     """GET api/v1/accounts/NAME/burn: members' use, caps, and when the pool runs dry."""
 
+    @operation("An account's pool, members' use and caps, and when the pool runs dry")
     def get(self, account):
         self.may_manage(account)
         self.write_json(figures.burn(self.ledger, account))
@@ -136,23 +168,11 @@ class CapsHandler(UsageAccess):
     within the pool (hours null removes it). Managers of NAME and admins; a browser needs
     the page's XSRF token (ServiceHandler)."""
 
-    def post(self, account):
+    @operation("Set a member's personal cap within the pool (managers, admins)",
+               body=CapRequest)  # fmt: skip
+    def post(self, account, body: CapRequest):
         me = self.may_manage(account)
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON") from None
-        if not isinstance(body, dict) or set(body) != {"user", "resource", "hours"}:
-            raise web.HTTPError(400, "the body must be a JSON object with user, resource, hours")
-        user, resource, hours = body["user"], body["resource"], body["hours"]
-        if not isinstance(user, str) or resource not in RESOURCES:
-            raise web.HTTPError(
-                400, f"user must be a name and resource one of {', '.join(RESOURCES)}"
-            )
-        if hours is not None and (
-            isinstance(hours, bool) or not isinstance(hours, int | float) or hours < 0
-        ):
-            raise web.HTTPError(400, "hours must be a number of hours, 0 or more, or null")
+        user, resource, hours = body.user, body.resource, body.hours
         if self.ledger.account_of(user) != account:
             raise web.HTTPError(403, f"{user} is not a member of the account {account}")
         pool = self.ledger.accounts_pool()[account].get(resource)
@@ -171,14 +191,13 @@ class CapsHandler(UsageAccess):
 class EstateHandler(UsageAccess):
     """GET api/v1/estate?back=N (or since/until)&format=json|csv: admins only."""
 
-    def get(self):
+    @operation("Every account, the top users and the stops at zero (admins), JSON or CSV",
+               query=EstateQuery, csv=True)  # fmt: skip
+    def get(self, query: EstateQuery):
         self.admin()
-        fmt = self.get_argument("format", "json")
-        if fmt not in ("json", "csv"):
-            raise web.HTTPError(400, f"format must be json or csv, not {fmt!r}")
-        since, until = self.window()
+        since, until = self.window(query)
         data = figures.estate(self.ledger, since, until)
-        if fmt == "json":
+        if query.format == "json":
             return self.write_json(data)
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -192,13 +211,19 @@ class EstateHandler(UsageAccess):
         self.finish(buf.getvalue())
 
 
+# The page's API v1 paths (documented with the service's, openapi.json) and handlers.
+API = [
+    ("/usage/daily", DailyHandler),
+    ("/accounts/{account}/burn", BurnHandler),
+    ("/accounts/{account}/caps", CapsHandler),
+    ("/estate", EstateHandler),
+]
+
+
 def handlers(prefix: str) -> list:
     api = url_path_join(prefix, "api/v1")
     return [
         (prefix, UsagePage),
-        (url_path_join(api, "usage/daily"), DailyHandler),
-        (url_path_join(api, "accounts/([^/]+)/burn"), BurnHandler),
-        (url_path_join(api, "accounts/([^/]+)/caps"), CapsHandler),
-        (url_path_join(api, "estate"), EstateHandler),
+        *((api + route(path), handler) for path, handler in API),
         (url_path_join(prefix, "static/(.*)"), web.StaticFileHandler, {"path": str(STATIC)}),
     ]

@@ -227,7 +227,9 @@ class UsageHandler(APIHandler):
 class OpenAPIHandler(APIHandler):
     @operation("This document")
     def get(self):
-        self.write_json(document(self.settings["prefix"], API))
+        from shangzhuang.quota import pages  # the usage page's API is documented here too
+
+        self.write_json(document(self.settings["prefix"], API + pages.API))
 
 
 class MetricsHandler(APIHandler):
