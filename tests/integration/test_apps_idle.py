@@ -14,7 +14,10 @@ from .hub import RunningHub, workdir
 
 pytestmark = pytest.mark.integration
 
-IDLE = 4  # apps.idle_stop_seconds (the culler looks every IDLE // 2 s)
+# apps.idle_stop_seconds (the culler looks every IDLE // 2 s). Long enough that on a busy
+# machine an app just published is still up when a test looks at it or opens it: at 4 s, a
+# CI run on loaded cores saw a fresh app already stopped (test_apps_idle failed twice).
+IDLE = 8
 KERNEL_IDLE = 3  # apps.kernel_idle_seconds
 APPS = f"""
 idle_stop_seconds = {IDLE}
@@ -94,7 +97,7 @@ def test_only_an_admin_keeps_an_app_always_on(hub):
     r = requests.patch(api, json={"always_on": True}, timeout=60,
                        headers={"Authorization": f"token {hub.admin_token()}"})  # fmt: skip
     assert r.status_code == 200 and r.json()["always_on"] is True
-    time.sleep(IDLE * 3)
+    time.sleep(IDLE * 2)  # four looks of the culler
     assert running(hub, "always"), "an always-on app was stopped"
     r = requests.patch(api, json={"always_on": False}, timeout=60,
                        headers={"Authorization": f"token {hub.admin_token()}"})  # fmt: skip
