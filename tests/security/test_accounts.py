@@ -3,10 +3,12 @@
 The hub deletes its own records of a user, but the Unix account `{prefix}NAME`, its home
 and the quota ledger's rows under NAME stayed: whoever signed up as NAME next got the
 earlier person's account, files and usage. Now deleting a hub user archives their home
-(root-only, under the hub state), deletes the Unix account, and sets their ledger rows
+(root-only, under the hub state), locks the Unix account and renames it
+`{prefix}retiredUID` (so useradd never hands its uid to the next person), and sets their ledger rows
 apart under `NAME~deleted-STAMP`, and their published apps are archived too
 (hub/accounts.py). Seen red before the fix: the new dana read the earlier dana's file and
-saw her usage.
+saw her usage; and the new dana got the old one's uid, so a file she left outside her
+home was the new dana's.
 
 Not as root every session runs as the hub's account (nothing per user to delete but the
 home folder): the same attack on the per-user folder, and the home page says plainly what
@@ -97,7 +99,17 @@ def test_a_deleted_users_name_signed_up_again_inherits_nothing():
         exists, new_uid, listing = second.split(maxsplit=2)
         assert exists == "False", second
         assert "diary.txt" not in listing, second
-        # The home is new (the archive holds the old one, root-only); the uid may be reused.
+        # A file of the old dana's outside every folder the cleanup reaches (a Slurm node's
+        # disk, /scratch): her uid, which the new dana never gets, holds it still.
+        scratch = hub.base / "scratch"
+        scratch.mkdir()
+        (scratch / "results.csv").write_text("hers")
+        os.chown(scratch / "results.csv", int(old_uid), -1)
+        assert new_uid != old_uid, (first, second)
+        owner = pwd.getpwuid((scratch / "results.csv").stat().st_uid)
+        assert owner.pw_name == f"{hub.prefix}retired{old_uid}", owner
+        assert owner.pw_shell == "/usr/sbin/nologin" and owner.pw_dir == "/nonexistent"
+        # The home is new (the archive holds the old one, root-only).
         archive = hub.state / "archived-homes"
         (home,) = [p for p in archive.iterdir() if p.name.startswith(f"{hub.prefix}dana-")]
         assert (home / "diary.txt").read_text() == "mine alone"

@@ -1,7 +1,8 @@
 """What deleting a hub user (admin page or API) does to the person's traces, so that someone
 who later signs up under the same name starts with nothing of theirs.
 
-- Their Unix account (`{user_prefix}NAME`, when the hub runs as root) is deleted, their
+- Their Unix account (`{user_prefix}NAME`, when the hub runs as root) is locked and renamed
+  `{user_prefix}retiredUID` (so its uid is never reused), their
   leftover processes killed, and their home archived or removed (`backend.accounts.on_delete`:
   "archive" moves it into `archive/` beside the hub state, root-only; "remove" deletes it;
   "keep" leaves account and home as they are, for central accounts a directory owns). Their
@@ -32,7 +33,7 @@ from jupyterhub.utils import maybe_future
 from tornado import web
 from traitlets import Enum, Unicode
 
-from shangzhuang.hub.unix import FIRST_USER_UID
+from shangzhuang.hub.unix import FIRST_USER_UID, RETIRED, RETIRED_COMMENT
 
 TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -44,8 +45,9 @@ class UserAccounts(Authenticator):
         ["archive", "remove", "keep"],
         "archive",
         help="""What deleting a hub user does to their Unix account and home: "archive"
-        (the home goes to a root-only archive folder, the account is deleted), "remove"
-        (both deleted) or "keep" (both left as they are).""",
+        (the home goes to a root-only archive folder, the account is locked and renamed,
+        keeping its uid from reuse), "remove" (the home deleted, the account locked and
+        renamed) or "keep" (both left as they are).""",
     ).tag(config=True)
     user_prefix = Unicode("sz-", help="Prefix of the Unix accounts the workbench made.").tag(
         config=True
@@ -101,9 +103,20 @@ class UserAccounts(Authenticator):
         run(["pkill", "-KILL", "-u", unix_name])
         self._retire_folder(Path(account.pw_dir), f"{unix_name}-{stamp}")
         remove_temp_files(account.pw_uid)
-        out = run(["userdel", unix_name])
+        # Not deleted but locked and renamed: the account keeps holding its uid and gid, so
+        # useradd never hands them to someone later (whatever files of theirs survive on
+        # other disks, /scratch or Slurm nodes stay theirs), across hub restarts too, with
+        # no list of our own to keep in step with /etc/passwd.
+        retired = f"{self.user_prefix}{RETIRED}{account.pw_uid}"
+        out = run(
+            ["usermod", "--login", retired, "--lock", "--expiredate", "1",
+             "--shell", "/usr/sbin/nologin", "--home", "/nonexistent",
+             "--comment", f"{RETIRED_COMMENT} {name}", unix_name]
+        )  # fmt: skip
         if out.returncode != 0:
-            self.log.error("userdel %s failed: %s", unix_name, out.stdout.strip())
+            self.log.error("retiring %s failed: %s", unix_name, out.stdout.strip())
+        elif run(["groupmod", "--new-name", retired, unix_name]).returncode != 0:
+            self.log.error("renaming group %s to %s failed", unix_name, retired)
         self.log.info("Unix account %s of deleted user %s: %s", unix_name, name, self.on_delete)
 
     def _retire_folder(self, home: Path, archived_name: str) -> None:

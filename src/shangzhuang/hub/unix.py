@@ -10,6 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 FIRST_USER_UID = 1000  # Debian's UID_MIN: below are system accounts
+# A deleted hub user's account is kept, locked, as `{user_prefix}retiredUID` (hub/accounts.py).
+RETIRED = "retired"
+RETIRED_COMMENT = "Retired Shangzhuang account of"
 
 
 class AccountError(Exception):
@@ -38,6 +41,9 @@ async def ensure_account(
             raise AccountError(f"useradd {unix_name} failed: {out.decode().strip()}") from None
         account = pwd.getpwnam(unix_name)
         created = True
+    if account.pw_gecos.startswith(RETIRED_COMMENT):
+        # A hub user named like a retired account ("retired1001") must not get its uid.
+        raise AccountError(f"{unix_name} is a retired account; sessions never run as one")
     if account.pw_uid < FIRST_USER_UID:
         # With an empty user_prefix a hub user named "root" or "daemon" must not get that account.
         raise AccountError(
