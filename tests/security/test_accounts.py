@@ -157,3 +157,21 @@ def test_not_root_a_reused_name_gets_a_fresh_folder_and_the_home_page_says_what_
     finally:
         subprocess.run(["pkill", "-KILL", "-u", account], check=False)
         subprocess.run(["userdel", "--remove", account], check=False, capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a Unix account")
+def test_a_hub_user_named_like_a_retired_account_does_not_get_it():
+    """A hub user 'retired1037' maps to the Unix name of the retired account that holds
+    uid 1037; sessions must not run as it (ensure_account refuses)."""
+    import asyncio
+
+    from shangzhuang.hub.unix import RETIRED_COMMENT, AccountError, ensure_account
+
+    name = f"szr{uuid.uuid4().hex[:5]}"
+    comment = f"{RETIRED_COMMENT} olga"
+    subprocess.run(["useradd", "--user-group", "--comment", comment, name], check=True)
+    try:
+        with pytest.raises(AccountError, match="retired account"):
+            asyncio.run(ensure_account(name, f"/home/{name}", "retired1037"))
+    finally:
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
