@@ -128,15 +128,19 @@ class APIHandler(ServiceHandler):
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(data))
 
-    def json_body(self, model: type[Model]) -> Model:
-        """The request's JSON body as MODEL; 400 naming the field at fault."""
+    def json_object(self) -> dict:
+        """The request's JSON body, which must be an object; else 400."""
         try:
             body = json.loads(self.request.body or b"{}")
         except ValueError:
             raise web.HTTPError(400, "the body must be JSON") from None
         if not isinstance(body, dict):
             raise web.HTTPError(400, "the body must be a JSON object")
-        return _validated(model, body, strict=True)
+        return body
+
+    def json_body(self, model: type[Model]) -> Model:
+        """The request's JSON body as MODEL; 400 naming the field at fault."""
+        return _validated(model, self.json_object(), strict=True)
 
     def query(self, model: type[Model]) -> Model:
         """The query's arguments as MODEL (each given once); 400 naming the one at fault."""

@@ -19,7 +19,6 @@ which would let them share their Lab (files, terminals) by hand.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from datetime import UTC, datetime
@@ -303,15 +302,6 @@ class BaseHandler(ServiceHandler):
 class APIHandler(BaseHandler, JSONHandler):
     """JSON in, JSON out, errors as services.Error (the quota service's shape)."""
 
-    def body(self) -> dict:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the body must be JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "the body must be a JSON object")
-        return body
-
 
 class AppsAPIHandler(APIHandler):
     async def get(self):
@@ -361,7 +351,7 @@ class AppAPIHandler(APIHandler):
         me = self.manager(owner)
         existed = self.apps.registry.get(owner, name) is not None
         try:
-            app, note = await self.apps.publish(owner, name, self.body(), self.is_admin(me))
+            app, note = await self.apps.publish(owner, name, self.json_object(), self.is_admin(me))
         except AppError as e:
             raise web.HTTPError(400, str(e)) from None
         server = await self.apps.hub.server(owner, self.apps.server(app))
@@ -373,7 +363,7 @@ class AppAPIHandler(APIHandler):
         me = self.manager(owner)
         app = self.app_or_404(owner, name)
         try:
-            app = await self.apps.update(app, self.body(), self.is_admin(me))
+            app = await self.apps.update(app, self.json_object(), self.is_admin(me))
         except AppError as e:
             raise web.HTTPError(400, str(e)) from None
         server = await self.apps.hub.server(owner, self.apps.server(app))
