@@ -17,6 +17,8 @@ LAB_STAMP := $(VENV)/.installed-lab
 LAB_SOURCES := $(shell find $(LAB) \( -name node_modules -o -name lib -o -name labextension -o -name coverage \) -prune -o -type f \( -name '*.ts' -o -name '*.css' -o -name '*.js' -o -name '*.json' -o -name '*.py' -o -name '*.toml' -o -name yarn.lock -o -name .yarnrc.yml \) ! -name _version.py -print 2>/dev/null)
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 MYHOSTNAME := /usr/share/doc/libnss-myhostname
+# Chinese glyphs for the sessions' plots (src/shangzhuang/matplotlibrc) and the zh-CN tutorials.
+CJK_FONT := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
 
 .PHONY: up test check lint clean install install-test
 
@@ -32,7 +34,7 @@ test: install-test
 lint: install-test
 	$(BIN)/ruff check src tests bench notebooks
 
-install: $(STAMP) $(USERENV_STAMP) $(LAB_STAMP) node_modules/.bin/configurable-http-proxy
+install: $(STAMP) $(USERENV_STAMP) $(LAB_STAMP) node_modules/.bin/configurable-http-proxy $(CJK_FONT)
 
 install-test: install $(TEST_STAMP) /usr/bin/chromium $(MYHOSTNAME)
 
@@ -61,6 +63,9 @@ $(LAB_STAMP): $(LAB_SOURCES) | $(STAMP)
 # The e2e tests drive Debian's Chromium through Playwright (never `playwright install`).
 /usr/bin/chromium:
 	$(APT) update && $(APT) install -y --no-install-recommends chromium
+
+$(CJK_FONT):
+	$(APT) update && $(APT) install -y --no-install-recommends fonts-noto-cjk
 
 # Users' servers live on NAME.hub.localhost (their own origins). Chromium resolves *.localhost
 # by itself; the tests' Python clients ask glibc, which needs Debian's myhostname NSS module.

@@ -11,6 +11,13 @@
   reach Dask as config (DASK_DISTRIBUTED__COMM__TLS__*, require-encryption on), so every
   scheduler, worker and client of the session speaks TLS with a certificate of this
   session's own, and its schedulers refuse anyone without one (shangzhuang.cluster).
+- JupyterLab opens in the user's language ($SHANGZHUANG_LANGUAGE, which the hub's spawner
+  sets: zh_CN or en) and without the upstream news prompt: the session's own
+  labconfig/default_setting_overrides.json, on JUPYTER_CONFIG_PATH. These are *defaults*:
+  a language the user then picks in Lab's own menu is saved in their settings and wins at
+  every later start; the hub's choice is not forced on them again.
+- Plots can write Chinese: matplotlib gets the workbench's matplotlibrc (Noto Sans CJK after
+  DejaVu Sans) unless the user has a matplotlibrc of their own.
 
 Only the standard library and cryptography are imported here: this runs at every spawn.
 """
@@ -18,6 +25,7 @@ Only the standard library and cryptography are imported here: this runs at every
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 import tempfile
@@ -33,15 +41,59 @@ from cryptography.x509.oid import NameOID
 # already nearly fills; a short private folder under /tmp always fits.
 RUNTIME_PREFIX = "jupyter-run-"
 KERNEL_ARGS = ["--KernelManager.transport=ipc"]
+# The languages the hub hands sessions (SHANGZHUANG_LANGUAGE), as JupyterLab names them.
+LAB_LOCALES = {"zh_CN": "zh_CN", "en": "en"}
+# The workbench's matplotlib settings: a font with Chinese glyphs after matplotlib's own.
+MATPLOTLIBRC = Path(__file__).with_name("matplotlibrc")
 
 
 def prepare(env: dict[str, str]) -> dict[str, str]:
-    """The environment the Lab and its kernels run with: a private runtime folder and the
-    session's Dask credentials."""
+    """The environment the Lab and its kernels run with: a private runtime folder, the
+    session's Dask credentials, its Lab settings and its matplotlib settings."""
     runtime = tempfile.mkdtemp(prefix=RUNTIME_PREFIX)  # 0700, a name nobody could pre-claim
     home = env.get("HOME") or os.path.expanduser("~")
     tls = credentials_folder(home, env.get("JUPYTERHUB_SERVER_NAME", ""))
-    return {**env, "JUPYTER_RUNTIME_DIR": runtime, **make_credentials(tls)}
+    return {
+        **env,
+        "JUPYTER_RUNTIME_DIR": runtime,
+        **make_credentials(tls),
+        **lab_settings(Path(runtime, "config"), env),
+        **matplotlib_settings(home, env),
+    }
+
+
+def lab_defaults(language: str | None) -> dict[str, dict]:
+    """The session's JupyterLab setting defaults: the user's language (when the hub named
+    one) and no "Jupyter news" prompt or update check, which a platform's users can't act on."""
+    defaults: dict[str, dict] = {
+        "@jupyterlab/apputils-extension:notification": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        }
+    }
+    if language in LAB_LOCALES:
+        defaults["@jupyterlab/translation-extension:plugin"] = {"locale": LAB_LOCALES[language]}
+    return defaults
+
+
+def lab_settings(folder: Path, env: dict[str, str]) -> dict[str, str]:
+    """Write `lab_defaults` where jupyterlab_server reads default setting overrides
+    (FOLDER/labconfig/default_setting_overrides.json) and put FOLDER on JUPYTER_CONFIG_PATH,
+    after the user's own ~/.jupyter, which keeps the last word."""
+    (folder / "labconfig").mkdir(parents=True)
+    defaults = lab_defaults(env.get("SHANGZHUANG_LANGUAGE"))
+    (folder / "labconfig" / "default_setting_overrides.json").write_text(json.dumps(defaults))
+    path = [str(folder), *filter(None, env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep))]
+    return {"JUPYTER_CONFIG_PATH": os.pathsep.join(path)}
+
+
+def matplotlib_settings(home: str | Path, env: dict[str, str]) -> dict[str, str]:
+    """MATPLOTLIBRC for the workbench's matplotlibrc, unless the user set their own (it
+    would otherwise win over their ~/.config/matplotlib/matplotlibrc)."""
+    own = Path(env.get("MPLCONFIGDIR") or Path(home, ".config", "matplotlib"), "matplotlibrc")
+    if env.get("MATPLOTLIBRC") or own.exists():
+        return {}
+    return {"MATPLOTLIBRC": str(MATPLOTLIBRC)}
 
 
 # The roles of Dask's TLS config (`distributed.comm.tls.ROLE.cert`, `.key`).
