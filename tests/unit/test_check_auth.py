@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import pytest
 from traitlets.config import Config
@@ -555,7 +554,6 @@ def test_native_stays_the_default(tmp_path):
     assert c.JupyterHub.authenticator_class.__name__ == "WorkbenchAuthenticator"
     assert c.Authenticator.allow_all is True
     assert "manage_groups" not in c.Authenticator
-    assert Path(c.JupyterHub.template_paths[0]).name == "templates"
 
 
 # --- where each kind reads the institution ------------------------------------------------

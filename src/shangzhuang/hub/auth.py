@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import secrets
 import time
 from collections import deque
@@ -520,24 +519,26 @@ class WorkbenchAuthenticator(UserAccounts, NativeAuthenticator):
         return super().create_user(username, password, **kwargs)
 
 
-def configure_native(c, settings) -> None:
-    """Native sign-in: sign-up with admin approval, limits on strangers, every admin."""
-    from shangzhuang.hub import ADMIN_PASSWORD_FILE
-
+def native_config(settings, host) -> dict:
+    """Native sign-in: sign-up with admin approval, limits on strangers, every admin
+    (host: hub.config.Host, which holds the first admin's password)."""
     native = settings.auth.native
-    c.JupyterHub.authenticator_class = WorkbenchAuthenticator
-    c.Authenticator.allow_all = True  # NativeAuthenticator's approval is the gate
-    a = c.WorkbenchAuthenticator
-    a.open_signup = native.open_signup
-    a.minimum_password_length = native.minimum_password_length
-    a.failed_logins_before_backoff = native.allowed_failed_logins
-    a.longest_backoff_seconds = native.seconds_before_next_try
-    a.signups_per_address_per_hour = native.signups_per_address_per_hour
-    a.max_pending_signups = native.max_pending_signups
-    a.reserved_names = list(native.reserved_names)
+    a = {
+        "open_signup": native.open_signup,
+        "minimum_password_length": native.minimum_password_length,
+        "failed_logins_before_backoff": native.allowed_failed_logins,
+        "longest_backoff_seconds": native.seconds_before_next_try,
+        "signups_per_address_per_hour": native.signups_per_address_per_hour,
+        "max_pending_signups": native.max_pending_signups,
+        "reserved_names": list(native.reserved_names),
+        "reset_admin_password": host.reset_admin_password,
+    }
     if settings.hub.admins:
-        a.first_admin = settings.hub.admins[0]
-    password_file = settings.hub.state_dir / ADMIN_PASSWORD_FILE
-    if password_file.exists():
-        a.bootstrap_admin_password = password_file.read_text().strip()
-    a.reset_admin_password = os.environ.get("SHANGZHUANG_ADMIN_PASSWORD", "")
+        a["first_admin"] = settings.hub.admins[0]
+    if host.admin_password:
+        a["bootstrap_admin_password"] = host.admin_password
+    return {
+        "JupyterHub": {"authenticator_class": WorkbenchAuthenticator},
+        "Authenticator": {"allow_all": True},  # NativeAuthenticator's approval is the gate
+        "WorkbenchAuthenticator": a,
+    }

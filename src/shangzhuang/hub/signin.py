@@ -471,101 +471,129 @@ def discover(issuer: str, timeout: float = 10) -> dict[str, str]:
     return endpoints
 
 
-# --- configure(c, settings): the sign-in part --------------------------------------------
-def configure_signin(c, settings: Settings) -> None:
-    """Tell JupyterHub how people sign in: native, LDAP or OIDC, from `[auth]`."""
-    from shangzhuang.hub.auth import configure_native
-
-    auth, site = settings.auth, settings.site
-    c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]
-    if site.logo is not None:
-        c.JupyterHub.logo_file = str(site.logo)  # served at /hub/logo, shown on every page
-    c.JupyterHub.template_vars.update({"site_name": site.name, "site_logo": site.logo is not None})
-    c.Authenticator.admin_users = set(settings.hub.admins)
-    # Hub names become Unix account names (after the prefix): keep them portable.
-    c.Authenticator.username_pattern = r"^[a-z][a-z0-9_-]{0,15}$"
-    if auth.kind == "native":
-        configure_native(c, settings)
-        return
+# --- the hub's config: the sign-in part (hub/config.py) ----------------------------------
+def signin_facts(settings: Settings) -> dict:
+    """What the sign-in's config needs from outside the settings: the secret (from its file
+    or variable) and, for OIDC, the provider's endpoints (discovered over the network).
+    Raises SettingsError naming the key when one can't be had."""
+    auth = settings.auth
     try:
-        if auth.kind == "ldap":
-            cls = WorkbenchLDAPAuthenticator
-            _configure_ldap(c, settings)
-        else:
-            cls = WorkbenchOIDCAuthenticator
-            _configure_oidc(c, settings)
+        if auth.kind == "ldap" and auth.ldap.search_user:
+            ldap = auth.ldap
+            secret = read_secret(
+                "auth.ldap.search_password", ldap.search_password_file, ldap.search_password_env
+            )
+            return {"signin_secret": secret}
+        if auth.kind == "oidc":
+            oidc = auth.oidc
+            return {
+                "oidc_endpoints": discover(oidc.issuer),
+                "signin_secret": read_secret(
+                    "auth.oidc.client_secret", oidc.client_secret_file, oidc.client_secret_env
+                ),
+            }
     except ValueError as e:
         raise SettingsError(settings.source or "<config>", [str(e)]) from None
-    c.JupyterHub.authenticator_class = cls
-    c.Authenticator.manage_groups = True  # a user's hub group is their account
+    return {}
+
+
+def configure_signin(c, settings: Settings) -> None:
+    """The sign-in part alone, onto a config object (for tools and tests)."""
+    from shangzhuang.hub.config import Host, apply
+
+    apply(c, signin_config(settings, Host(**signin_facts(settings))))
+
+
+def signin_config(settings: Settings, host) -> dict:
+    """How people sign in: native, LDAP or OIDC, from `[auth]` (host: hub.config.Host)."""
+    from shangzhuang.hub.auth import native_config
+
+    auth, site = settings.auth, settings.site
+    authenticator = {
+        "admin_users": set(settings.hub.admins),
+        # Hub names become Unix account names (after the prefix): keep them portable.
+        "username_pattern": r"^[a-z][a-z0-9_-]{0,15}$",
+    }
+    if auth.kind == "native":
+        native = native_config(settings, host)
+        return {**native, "Authenticator": {**authenticator, **native["Authenticator"]}}
+    if auth.kind == "ldap":
+        cls, traits = WorkbenchLDAPAuthenticator, _ldap_traits(settings, host)
+    else:
+        cls, traits = WorkbenchOIDCAuthenticator, _oidc_traits(settings, host)
     institution = auth.institution or Institution()
-    target = getattr(c, cls.__name__)
-    target.site_name = site.name
-    target.account_source = institution.source
-    target.account_rules = [r.model_dump(exclude_none=True) for r in institution.rules]
-    target.fallback_account = institution.fallback or settings.quota.default_account
-    if settings.quota.enabled:
-        target.quota_config = str(Path(settings.source).resolve()) if settings.source else ""
+    traits.update(
+        site_name=site.name,
+        account_source=institution.source,
+        account_rules=[r.model_dump(exclude_none=True) for r in institution.rules],
+        fallback_account=institution.fallback or settings.quota.default_account,
+    )
+    if settings.quota.enabled and settings.source:
+        traits["quota_config"] = str(Path(settings.source).resolve())
+    authenticator["manage_groups"] = True  # a user's hub group is their account
+    return {
+        "JupyterHub": {"authenticator_class": cls},
+        "Authenticator": authenticator,
+        cls.__name__: traits,
+    }
 
 
-def _configure_ldap(c, settings: Settings) -> None:
+def _ldap_traits(settings: Settings, host) -> dict:
     ldap = settings.auth.ldap
     institution = settings.auth.institution
-    a = c.WorkbenchLDAPAuthenticator
-    a.service_name = "the directory (LDAP)"
-    a.server_address = ldap.server
-    a.tls_strategy = {"ldaps": "on_connect", "starttls": "before_bind", "plain": "insecure"}[
-        ldap.tls
-    ]
-    a.server_port = ldap.port or (636 if ldap.tls == "ldaps" else 389)
+    a = {
+        "service_name": "the directory (LDAP)",
+        "server_address": ldap.server,
+        "tls_strategy": {"ldaps": "on_connect", "starttls": "before_bind", "plain": "insecure"}[
+            ldap.tls
+        ],
+        "server_port": ldap.port or (636 if ldap.tls == "ldaps" else 389),
+        "timeout_seconds": ldap.timeout_seconds,
+        "group_search_base": ldap.group_search_base,
+        "group_search_filter": ldap.group_filter,
+        "allowed_groups": list(ldap.allowed_groups),
+        "admin_groups": list(ldap.admin_groups),
+        "allow_all": ldap.allow_all,
+    }
     if ldap.tls != "plain":
         # The server's certificate is always verified: against ca_file, else the system's CA
         # bundle (ldap3 loads it when given no file), and its name against auth.ldap.server.
-        a.tls_kwargs = {"validate": ssl.CERT_REQUIRED}
+        a["tls_kwargs"] = {"validate": ssl.CERT_REQUIRED}
         if ldap.ca_file is not None:
-            a.tls_kwargs["ca_certs_file"] = str(ldap.ca_file)
-    a.timeout_seconds = ldap.timeout_seconds
+            a["tls_kwargs"]["ca_certs_file"] = str(ldap.ca_file)
     if ldap.bind_dn_template:
-        a.bind_dn_template = list(ldap.bind_dn_template)
+        a["bind_dn_template"] = list(ldap.bind_dn_template)
     else:
-        a.lookup_dn = True
-        a.user_search_base = ldap.user_search_base
-        a.user_attribute = ldap.user_attribute
-        a.lookup_dn_user_dn_attribute = ldap.user_attribute
+        a["lookup_dn"] = True
+        a["user_search_base"] = ldap.user_search_base
+        a["user_attribute"] = ldap.user_attribute
+        a["lookup_dn_user_dn_attribute"] = ldap.user_attribute
         if ldap.search_user:
-            a.lookup_dn_search_user = ldap.search_user
-            a.lookup_dn_search_password = read_secret(
-                "auth.ldap.search_password", ldap.search_password_file, ldap.search_password_env
-            )
-    a.group_search_base = ldap.group_search_base
-    a.group_search_filter = ldap.group_filter
-    a.allowed_groups = list(ldap.allowed_groups)
-    a.admin_groups = list(ldap.admin_groups)
-    a.allow_all = ldap.allow_all
+            a["lookup_dn_search_user"] = ldap.search_user
+            a["lookup_dn_search_password"] = host.signin_secret
     if institution is not None and institution.source != "groups":
-        a.auth_state_attributes = [institution.source]
+        a["auth_state_attributes"] = [institution.source]
+    return a
 
 
-def _configure_oidc(c, settings: Settings) -> None:
-    oidc = settings.auth.oidc
-    endpoints = discover(oidc.issuer)
-    a = c.WorkbenchOIDCAuthenticator
-    a.issuer = oidc.issuer
-    a.login_service = oidc.display_name
-    a.service_name = oidc.display_name
-    a.authorize_url = endpoints["authorization_endpoint"]
-    a.token_url = endpoints["token_endpoint"]
-    a.userdata_url = endpoints["userinfo_endpoint"]
-    a.client_id = oidc.client_id
-    a.client_secret = read_secret(
-        "auth.oidc.client_secret", oidc.client_secret_file, oidc.client_secret_env
-    )
-    a.basic_auth = oidc.client_auth == "client_secret_basic"
-    a.oauth_callback_url = oidc.callback_url or f"{settings.hub.url}/hub/oauth_callback"
-    a.scope = list(oidc.scopes)
-    a.username_claim = oidc.username_claim
-    a.manage_groups = True  # before the group settings: oauthenticator checks the order
-    a.auth_state_groups_key = f"oauth_user.{oidc.groups_claim}"
-    a.allowed_groups = set(oidc.allowed_groups)
-    a.admin_groups = set(oidc.admin_groups)
-    a.allow_all = oidc.allow_all
+def _oidc_traits(settings: Settings, host) -> dict:
+    oidc, endpoints = settings.auth.oidc, host.oidc_endpoints
+    return {
+        "issuer": oidc.issuer,
+        "login_service": oidc.display_name,
+        "service_name": oidc.display_name,
+        "authorize_url": endpoints["authorization_endpoint"],
+        "token_url": endpoints["token_endpoint"],
+        "userdata_url": endpoints["userinfo_endpoint"],
+        "client_id": oidc.client_id,
+        "client_secret": host.signin_secret,
+        "basic_auth": oidc.client_auth == "client_secret_basic",
+        "oauth_callback_url": oidc.callback_url or f"{settings.hub.url}/hub/oauth_callback",
+        "scope": list(oidc.scopes),
+        "username_claim": oidc.username_claim,
+        "manage_groups": True,  # before the group settings: oauthenticator checks the order
+        "auth_state_groups_key": f"oauth_user.{oidc.groups_claim}",
+        "allowed_groups": set(oidc.allowed_groups),
+        "admin_groups": set(oidc.admin_groups),
+        "allow_all": oidc.allow_all,
+    }
