@@ -247,3 +247,71 @@ def test_v2_membership_and_kill_on_the_real_cgroup2():
             cgroup.folders()[0].parent.rmdir()
         except OSError:
             pass
+
+
+# --- dashboards: a block of loopback ports per session, for its own account only ---------
+
+
+def test_a_cluster_serves_its_dashboard_in_the_sessions_block(monkeypatch):
+    import socket
+
+    from shangzhuang.cluster import DASHBOARD_ADDRESS, dashboard_address
+
+    monkeypatch.delenv("SHANGZHUANG_DASHBOARD_PORTS", raising=False)
+    assert dashboard_address() == DASHBOARD_ADDRESS
+    with socket.socket() as taken:  # the block's first port is another dashboard's
+        taken.bind(("127.0.0.1", 0))
+        first = taken.getsockname()[1]
+        monkeypatch.setenv("SHANGZHUANG_DASHBOARD_PORTS", f"{first}-{first + 1}")
+        assert dashboard_address() == f"127.0.0.1:{first + 1}"
+        monkeypatch.setenv("SHANGZHUANG_DASHBOARD_PORTS", f"{first}-{first}")
+        with pytest.raises(RuntimeError, match="All 1 dashboard ports of this session are in use"):
+            dashboard_address()
+
+
+def test_slurm_workers_serve_no_dashboard(monkeypatch, tmp_path):
+    """A worker's dashboard would listen on every interface of a shared compute node."""
+    from shangzhuang.cluster import WorkbenchCluster
+
+    monkeypatch.chdir(tmp_path)  # dask-jobqueue writes temporary certificates here
+    monkeypatch.delenv("SHANGZHUANG_DASHBOARD_PORTS", raising=False)
+    with WorkbenchCluster(cores=1, memory="1G", worker_extra_args=["--lifetime", "1h"]) as c:
+        assert "--lifetime 1h --no-dashboard" in c.job_script()
+
+
+@root_only
+def test_a_dashboard_block_refuses_every_other_account(tmp_path):
+    """On the machine's real iptables (a chain of this test's own, removed at the end)."""
+    import http.server
+    import threading
+
+    from shangzhuang.hub.containment import DashboardFirewall, firewall_chain, reserved_ports
+
+    firewall = DashboardFirewall(firewall_chain(tmp_path))
+    ports = firewall.reserve(uid=0)
+    try:
+        assert len(ports) == 8 and ports.start >= 61000 and set(ports) <= reserved_ports()
+        firewall.keep(ports, 0)  # again (a hub restart): still one rule
+        rules = subprocess.run(["iptables", "-S", firewall.chain], capture_output=True, text=True)
+        assert len(rules.stdout.splitlines()) == 2, rules.stdout
+        server = http.server.HTTPServer(
+            ("127.0.0.1", ports.start), http.server.BaseHTTPRequestHandler
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        fetch = (
+            f"import socket; socket.create_connection(('127.0.0.1', {ports.start}), 5); print('IN')"
+        )
+        nobody = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", fetch],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert "ConnectionRefusedError" in nobody.stderr, nobody
+        mine = subprocess.run([sys.executable, "-c", fetch], capture_output=True, text=True)
+        assert mine.stdout.strip() == "IN", mine
+        server.shutdown()
+        server.server_close()
+    finally:
+        firewall.release(ports, 0)
+    listed = subprocess.run(["iptables", "-S", firewall.chain], capture_output=True)
+    assert listed.returncode != 0  # the chain went with its last rule

@@ -6,8 +6,11 @@
 
 Every cluster speaks TLS with the session's own certificates (`shangzhuang.session`),
 so only its owner's session can connect, and serves its dashboard on 127.0.0.1 only, for
-jupyter-server-proxy under the session's own URL. On the `slurm` backend the site's
-settings reach sessions as Dask config (DASK_JOBQUEUE__SLURM__* variables set by the hub);
+jupyter-server-proxy under the session's own URL: on a port of the block the hub keeps to
+the session's Unix account (SHANGZHUANG_DASHBOARD_PORTS, see hub/containment.py), where
+there is one. Slurm workers serve no dashboard (the scheduler's shows them). On the
+`slurm` backend the site's settings reach sessions as Dask config (DASK_JOBQUEUE__SLURM__*
+variables set by the hub);
 every way a `WorkbenchCluster` grows (scale by workers, jobs, cores or memory; adapt;
 dask-labextension's buttons, which call those) passes one quota rule, `check_growth`.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 import dask
 from dask.utils import parse_bytes
@@ -26,6 +30,44 @@ __all__ = ["QuotaExceeded", "WorkbenchCluster", "cluster", "session_security"]
 
 # Dashboards for jupyter-server-proxy only: never on an address other machines reach.
 DASHBOARD_ADDRESS = "127.0.0.1:0"
+
+
+def dashboard_ports() -> range | None:
+    """The ports the hub keeps to this session's account for its dashboards, if any."""
+    first, _, last = os.environ.get("SHANGZHUANG_DASHBOARD_PORTS", "").partition("-")
+    return range(int(first), int(last or first) + 1) if first else None
+
+
+def dashboard_address() -> str:
+    """Where a new cluster serves its dashboard: the first free port of the session's
+    block, else any port on 127.0.0.1 (a site without the block says so on its home page)."""
+    ports = dashboard_ports()
+    if ports is None:
+        return DASHBOARD_ADDRESS
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # another dashboard of this session's
+        return f"127.0.0.1:{port}"
+    raise RuntimeError(
+        f"All {len(ports)} dashboard ports of this session are in use: close a cluster you "
+        "no longer need (cluster.close()) and try again."
+    )
+
+
+def check_dashboard(cluster) -> None:
+    """Close `cluster` if its dashboard ended up outside the session's block: distributed
+    takes any free port when the one asked for was taken meanwhile (with a warning)."""
+    ports, server = dashboard_ports(), getattr(cluster.scheduler, "http_server", None)
+    if ports is not None and server is not None and server.port not in ports:
+        cluster.close()
+        raise RuntimeError(
+            f"The cluster's dashboard got port {server.port}, outside this session's "
+            "dashboard ports, where other users could read it: the cluster was closed; "
+            "try again."
+        )
 
 
 class QuotaExceeded(RuntimeError):
@@ -64,8 +106,10 @@ def cluster(workers: int = 1, gpus_per_worker: int = 0, **kwargs):
     kwargs.setdefault("threads_per_worker", 1)
     kwargs.setdefault("processes", True)
     kwargs.setdefault("security", session_security())
-    kwargs.setdefault("dashboard_address", DASHBOARD_ADDRESS)
-    return LocalCluster(n_workers=workers, **kwargs)
+    kwargs.setdefault("dashboard_address", dashboard_address())
+    c = LocalCluster(n_workers=workers, **kwargs)
+    check_dashboard(c)
+    return c
 
 
 def check_site_limit(workers: int) -> None:
@@ -89,13 +133,21 @@ class WorkbenchCluster(SLURMCluster):
         options = kwargs.pop("scheduler_options", None)
         if options is None:
             options = dask.config.get("jobqueue.slurm.scheduler-options", None) or {}
-        kwargs["scheduler_options"] = {"dashboard_address": DASHBOARD_ADDRESS, **options}
+        kwargs["scheduler_options"] = {"dashboard_address": dashboard_address(), **options}
+        # Workers on shared nodes would serve theirs on every interface, to anyone.
+        extra = kwargs.pop("worker_extra_args", None)
+        if extra is None:
+            extra = dask.config.get("jobqueue.slurm.worker-extra-args", None) or []
+        if "--no-dashboard" not in extra:
+            extra = [*extra, "--no-dashboard"]
+        kwargs["worker_extra_args"] = extra
         # dask-jobqueue 0.9.0 makes log_directory as given: a "~" in it (from a user's own
         # jobqueue.yaml, say) became a folder named "~" beside the notebook.
         logs = kwargs.get("log_directory") or dask.config.get("jobqueue.slurm.log-directory")
         if logs:
             kwargs["log_directory"] = os.path.expanduser(logs)
         super().__init__(*args, **kwargs)
+        check_dashboard(self)
 
     # --- growth: every path ends in scale() or adapt() --------------------------------
     # Per job, from the job itself: dask-jobqueue 0.9.0 with distributed 2026.8 reads them

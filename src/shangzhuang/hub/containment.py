@@ -27,13 +27,16 @@ The hub writes these files as root; sessions join their cgroup before exec.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import math
 import os
 import re
+import shutil
 import signal
 import stat
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +60,14 @@ class SessionLimits:
     denied_devices: tuple[str, ...] = field(default=())
 
 
+def hub_id(state_dir: Path | str) -> str:
+    """A short id of one hub (of its state folder): its cgroups' and firewall chain's name."""
+    return hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
+
+
 def hub_parent(parent: str, state_dir: Path | str) -> str:
     """The cgroup folder of one hub's sessions: `parent` + a short id of its state folder."""
-    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
-    return f"{parent.strip('/')}/{digest}"
+    return f"{parent.strip('/')}/{hub_id(state_dir)}"
 
 
 def session_name(user: str, server: str) -> str:
@@ -387,3 +394,92 @@ def detect(root: Path = CGROUP_ROOT) -> str:
 def session_cgroup(kind: str, path: str, root: Path = CGROUP_ROOT) -> SessionCgroup:
     """The session cgroup of that kind (as kept in a spawner's state)."""
     return KINDS[kind](path, root)
+
+
+# --- dashboards: each session's block of loopback ports, for its own Unix account only ---
+# Dask dashboards have no login of their own, and anything on 127.0.0.1 is reachable by
+# every account on the machine. So each isolated session gets a block of ports for its
+# dashboards (SHANGZHUANG_DASHBOARD_PORTS; `shangzhuang.cluster` binds there), and an
+# iptables rule refuses connections to that block from every other account. The session
+# itself reaches them: jupyter-server-proxy runs in its Lab, as its account.
+DASHBOARD_PORTS = range(61000, 65536)  # above Linux's ephemeral ports (32768-60999)
+DASHBOARD_BLOCK = 8  # dashboards one session may serve at once
+PORTS_LOCK = Path("/run/lock/shangzhuang-dashboard-ports.lock")  # shared by all hubs here
+CHAIN_PREFIX = "SHANGZHUANG-"
+
+
+def firewall_chain(state_dir: Path | str) -> str:
+    """The iptables chain of one hub's sessions' rules (28 characters at most)."""
+    return CHAIN_PREFIX + hub_id(state_dir)
+
+
+def iptables_works() -> bool:
+    """Whether this process can change iptables rules (root, and iptables installed)."""
+    if os.geteuid() != 0 or not shutil.which("iptables"):
+        return False
+    return _iptables("-S", "OUTPUT", check=False).returncode == 0
+
+
+def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # -w: wait for the xtables lock that another hub (or Docker, or fail2ban) may hold.
+    return subprocess.run(
+        ["iptables", "-w", "10", *args], capture_output=True, text=True, check=check, timeout=30
+    )
+
+
+class DashboardFirewall:
+    """One hub's chain of rules, each keeping a session's dashboard ports to its owner.
+
+    The chain hangs off OUTPUT (packets a local process sends, to 127.0.0.1 included) while
+    it has rules, and goes when the last session's rule does. Only a connection's first
+    packet (SYN) is judged: it always belongs to the connecting process's socket."""
+
+    def __init__(self, chain: str):
+        self.chain = chain
+
+    def rule(self, ports: range, uid: int) -> list[str]:
+        return [
+            "-o", "lo", "-p", "tcp", "--syn", "--dport", f"{ports.start}:{ports.stop - 1}",
+            "-m", "owner", "!", "--uid-owner", str(uid),
+            "-j", "REJECT", "--reject-with", "tcp-reset",
+        ]  # fmt: skip
+
+    def reserve(self, uid: int) -> range:
+        """A free block of dashboard ports, kept to `uid` from now on."""
+        PORTS_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        with open(PORTS_LOCK, "a") as lock:  # no two hubs pick the same block at once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            taken = reserved_ports()
+            for start in range(DASHBOARD_PORTS.start, DASHBOARD_PORTS.stop, DASHBOARD_BLOCK):
+                block = range(start, min(start + DASHBOARD_BLOCK, DASHBOARD_PORTS.stop))
+                if not taken.intersection(block):
+                    self.keep(block, uid)
+                    return block
+        raise RuntimeError(f"every dashboard port ({DASHBOARD_PORTS}) is reserved")
+
+    def keep(self, ports: range, uid: int) -> None:
+        """Refuse connections to `ports` from every account but `uid` (again after a
+        restart or a reboot: adding a rule that is there already changes nothing)."""
+        if _iptables("-S", self.chain, check=False).returncode != 0:
+            _iptables("-N", self.chain)
+        if _iptables("-C", "OUTPUT", "-j", self.chain, check=False).returncode != 0:
+            _iptables("-I", "OUTPUT", "-j", self.chain)
+        if _iptables("-C", self.chain, *self.rule(ports, uid), check=False).returncode != 0:
+            _iptables("-A", self.chain, *self.rule(ports, uid))
+
+    def release(self, ports: range, uid: int) -> None:
+        """Drop the session's rule; the chain too once it is empty."""
+        _iptables("-D", self.chain, *self.rule(ports, uid), check=False)
+        listed = _iptables("-S", self.chain, check=False)
+        if listed.returncode == 0 and not listed.stdout.strip().splitlines()[1:]:
+            _iptables("-D", "OUTPUT", "-j", self.chain, check=False)
+            _iptables("-X", self.chain, check=False)
+
+
+def reserved_ports() -> set[int]:
+    """Dashboard ports some hub on this machine has given a session (from every chain)."""
+    ports: set[int] = set()
+    for line in _iptables("-S", check=False).stdout.splitlines():
+        if line.startswith(f"-A {CHAIN_PREFIX}") and (m := re.search(r"--dport (\d+):(\d+)", line)):
+            ports.update(range(int(m.group(1)), int(m.group(2)) + 1))
+    return ports
