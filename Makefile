@@ -20,7 +20,7 @@ MYHOSTNAME := /usr/share/doc/libnss-myhostname
 # Chinese glyphs for the sessions' plots (src/shangzhuang/matplotlibrc) and the zh-CN tutorials.
 CJK_FONT := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
 
-.PHONY: up test check lint clean install install-test
+.PHONY: up test check lint clean install install-test i18n i18n-check
 
 up: install
 	$(BIN)/shangzhuang up
@@ -76,6 +76,20 @@ $(MYHOSTNAME):
 node_modules/.bin/configurable-http-proxy: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The gettext catalog of pages and messages (shangzhuang/i18n.py): extract every msgid of the
+# Python code and the templates, merge them into the zh_CN catalog (new ones empty, for a
+# translator), compile the .mo the wheel carries. i18n-check fails on a missing or stale one.
+POT := $(VENV)/shangzhuang.pot
+i18n: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k Message -k Plural:1,2 --add-comments=TRANSLATORS: \
+	  --no-location --sort-output --project shangzhuang -o $(POT) src
+	$(BIN)/pybabel update -D shangzhuang -i $(POT) -d src/shangzhuang/locale -l zh_CN \
+	  --no-fuzzy-matching --ignore-obsolete -w 100
+	$(BIN)/pybabel compile -D shangzhuang -d src/shangzhuang/locale -l zh_CN --statistics
+
+i18n-check: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q tests/unit/test_i18n.py
 
 clean:
 	rm -rf $(VENV) node_modules state $(LAB)/node_modules $(LAB)/lib $(LAB)/shangzhuang_lab/labextension

@@ -58,6 +58,9 @@ class Section(BaseModel):
 class Site(Section):
     name: str = "Shangzhuang Workbench"
     timezone: str = "UTC"
+    # The pages' language for a reader who hasn't chosen one (the switch on every page):
+    # "auto" follows the browser's Accept-Language (English when it asks for neither).
+    language: Literal["auto", "zh_CN", "en"] = "auto"
     # An image shown on every hub page and large on the login page (served at /hub/logo).
     # Relative paths are resolved against the folder of the config file.
     logo: PathStr | None = None

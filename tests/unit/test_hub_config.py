@@ -141,7 +141,9 @@ def test_services_and_their_roles(tmp_path, quota, apps, idle, names):
     culler = [service for service in hub["services"] if service["name"] == "idle-culler"]
     if apps:
         assert any(arg.startswith("--config=") for arg in culler[0]["command"])
-    assert ("tornado_settings" in hub) == apps  # no-confirm list for apps, no HSTS on http
+    tornado = hub["tornado_settings"]  # each request's language (transforms), always
+    assert ("oauth_no_confirm_list" in tornado) == apps  # no-confirm list for apps
+    assert "headers" not in tornado  # no HSTS on http
 
 
 def test_https_adds_hsts_and_host_cookies(tmp_path):

@@ -41,11 +41,11 @@ def services_on_the_hub_host(name: str, domain: str, kind: str) -> str:
     return domain if kind == "service" else subdomain_hook_idna(name, domain, kind)
 
 
-def sign_in_on_the_hub_host(hub_url: str):
+def sign_in_on_the_hub_host(hub_url: str, at_login=None):
     """Authenticator.post_auth_hook: people sign in on the hub's own host only. The hub is
     the proxy's route for every host (so a stopped server's URL reaches it), so its login
     page also answers on users' hosts, where a signed-in hub session would be open to that
-    user's scripts."""
+    user's scripts. Then `at_login(handler, name)` (hub.language: their language)."""
     from tornado import web
 
     host = urlparse(hub_url).hostname
@@ -57,6 +57,8 @@ def sign_in_on_the_hub_host(hub_url: str):
                 f"Sign in at {hub_url}/hub/login: {handler.request.host_name} serves a "
                 "user's own pages, not the hub's.",
             )
+        if at_login is not None:
+            at_login(handler, authenticator.normalize_username(authentication["name"]))
         return authentication
 
     return hook

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shangzhuang import i18n
 from shangzhuang.hub import (
     NOT_CONTAINED,
     NOT_ISOLATED,
     SESSION_LAUNCHER,
     dask_environment,
     home_quota,
+    language,
     services_on_the_hub_host,
     sign_in_on_the_hub_host,
 )
@@ -86,6 +88,7 @@ def hub_config(settings: Settings, host: Host) -> dict:
         services(settings, host),
         apps(settings) if settings.apps.enabled else {},
         pages(settings, host),
+        language.pages(settings),
     )
 
 
@@ -117,7 +120,12 @@ def proxy_and_hub(settings: Settings, host: Host) -> dict:
             # A proxy of its own (docs/operating.md) keeps connections across hub restarts.
             "should_start": not hub.separate_proxy,
         },
-        "Authenticator": {"post_auth_hook": sign_in_on_the_hub_host(hub.url)},
+        "Authenticator": {
+            # ... and a language chosen in this browser becomes the user's, or theirs this one's
+            "post_auth_hook": sign_in_on_the_hub_host(
+                hub.url, language.keep_choice_at_login(language.choices(settings))
+            )
+        },
     }
 
 
@@ -126,6 +134,10 @@ def sessions(settings: Settings, host: Host) -> dict:
     accounts, state = settings.backend.accounts, settings.hub.state_dir
     quota_config = str(Path(settings.source).resolve()) if settings.quota.enabled else ""
     environment = dask_environment(settings)
+    # The session's language (zh_CN or en), for its Lab (session.py): hub/language.py.
+    environment[i18n.ENVIRONMENT] = language.session_language(
+        language.choices(settings), settings.site.language
+    )
     if settings.quota.enabled:
         environment["SHANGZHUANG_QUOTA_URL"] = f"{quota_url(settings)}/services/quota/"
         # For the Lab extension's "this session stops in N minutes" at zero quota.
@@ -324,7 +336,8 @@ def pages(settings: Settings, host: Host) -> dict:
     from shangzhuang.hub.spawners import memory_notices
 
     site, https = settings.site, settings.hub.url.startswith("https://")
-    tornado = {}
+    # Each request's language, from its cookie and Accept-Language (shangzhuang.i18n).
+    tornado = {"transforms": [i18n.request_language(site.language, site.timezone)]}
     if https:
         # HSTS for the hub's host and, through includeSubDomains, every NAME.<host> below it.
         tornado["headers"] = {"Strict-Transport-Security": "max-age=31536000; includeSubDomains"}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from html import escape
 
 from shangzhuang.hub.gpus import GpuPool, gpus
+from shangzhuang.i18n import Message, Plural, hours
 from shangzhuang.settings import Profile
 
 
@@ -13,7 +14,7 @@ from shangzhuang.settings import Profile
 class Choice:
     profile: Profile
     available: bool
-    why_not: str = ""
+    why_not: Message | str = ""
 
 
 def choices(
@@ -30,43 +31,52 @@ def choices(
     for p in profiles:
         short = balance.can_afford(rates_of(p), min_hours) if balance is not None else []
         if pool is None:  # a batch system queues what it can't start now
-            why = f"not enough quota ({_left(balance, short)} left)" if short else ""
+            why = _not_enough(balance, short) if short else ""
             out.append(Choice(p, not short, why))
         elif p.gpus and pool.total == 0:
-            out.append(Choice(p, False, "this node has no GPU"))
+            out.append(Choice(p, False, Message("this node has no GPU")))
         elif p.gpus > pool.total:
-            out.append(Choice(p, False, f"this node has only {gpus(pool.total)}"))
+            only = Message("this node has only {gpus}", gpus=gpus(pool.total))
+            out.append(Choice(p, False, only))
         elif p.gpus > free:
-            out.append(Choice(p, False, f"{free} of {pool.total} GPUs free"))
+            busy = Message("{free} of {total} GPUs free", free=free, total=pool.total)
+            out.append(Choice(p, False, busy))
         elif short:
-            out.append(Choice(p, False, f"not enough quota ({_left(balance, short)} left)"))
+            out.append(Choice(p, False, _not_enough(balance, short)))
         else:
             out.append(Choice(p, True))
     return out
 
 
-def _left(balance, short: list[str]) -> str:
-    return ", ".join(f"{balance.remaining(r):.2f} {r}" for r in short)
+def _not_enough(balance, short: list[str]) -> Message:
+    left = [hours(r, round(balance.remaining(r), 2)) for r in short]
+    return Message("not enough quota ({left} left)", left=left)
 
 
-def cost(p: Profile) -> str:
-    """'1 gpu_hours + 8 cpu_hours per hour': what a profile burns."""
+def cost(p: Profile) -> Message:
+    """'1 GPU-hour + 8 CPU-hours per hour' / '每小时 1 GPU 卡时 + 8 CPU 核时'."""
     from shangzhuang.quota.ledger import rates_of
 
-    parts = [f"{v:g} {r}" for r, v in rates_of(p).items() if v]
-    return " + ".join(parts) + " per hour"
+    parts = [hours(r, v) for r, v in rates_of(p).items() if v]
+    if len(parts) == 2:
+        return Message("{first} + {second} per hour", first=parts[0], second=parts[1])
+    return Message("{amount} per hour", amount=parts[0] if parts else hours("cpu_hours", 0.0))
 
 
 def memory(n: int) -> str:
-    """'4 GB', '512 MB': a memory size as people read it (binary units)."""
+    """'4 GB', '512 MB': a memory size as people read it (binary units, the same in both
+    languages)."""
     gib = n / 1024**3
     return f"{gib:g} GB" if gib >= 1 else f"{n // 1024**2} MB"
 
 
-def resources(p: Profile) -> str:
-    """'2 cores · 4 GB · no GPU' as shown beside a profile."""
-    cores = "1 core" if p.cores == 1 else f"{p.cores:g} cores"
-    return f"{cores} · {memory(p.memory)} · {gpus(p.gpus) if p.gpus else 'no GPU'}"
+def resources(p: Profile) -> Message:
+    """'2 cores · 4 GB · no GPU' / '2 核 · 4 GB · 无 GPU', as shown beside a profile."""
+    cores = Plural("{n} core", "{n} cores", p.cores)
+    graphics = gpus(p.gpus) if p.gpus else Message("no GPU")
+    return Message(
+        "{cores} · {memory} · {gpus}", cores=cores, memory=memory(p.memory), gpus=graphics
+    )
 
 
 def render(options: list[Choice]) -> str:
@@ -77,14 +87,14 @@ def render(options: list[Choice]) -> str:
         p = c.profile
         checked = " checked" if p.name == first_free else ""
         disabled = "" if c.available else " disabled"
-        status = "available" if c.available else escape(c.why_not)
+        status = escape(str(Message("available") if c.available else c.why_not))
         rows.append(
             f'<label class="sz-profile list-group-item{" disabled" if disabled else ""}"'
             f' data-profile="{escape(p.name)}" data-available="{str(c.available).lower()}">'
             f'<input type="radio" name="profile" value="{escape(p.name)}"{checked}{disabled}> '
             f"<strong>{escape(p.title)}</strong> "
-            f'<span class="sz-resources">{escape(resources(p)).replace("·", "&middot;")}</span> '
-            f'<span class="sz-cost">{escape(cost(p))}</span> '
+            f'<span class="sz-resources">{escape(str(resources(p)))}</span> '
+            f'<span class="sz-cost">{escape(str(cost(p)))}</span> '
             f'<span class="sz-status badge">{status}</span>'
             + (f'<div class="text-muted">{escape(p.description)}</div>' if p.description else "")
             + "</label>"

@@ -26,32 +26,44 @@ class Gpu:
         return self.uuid or str(self.index)
 
 
-def gpus(n: int) -> str:
-    """'1 GPU', '2 GPUs'."""
-    return f"{n} GPU" if n == 1 else f"{n} GPUs"
+def gpus(n: int):
+    """'1 GPU', '2 GPUs' (a shangzhuang.i18n.Plural, in the reader's language when shown)."""
+    from shangzhuang.i18n import Plural  # not at import: GPU test hosts run this bare
+
+    return Plural("{n} GPU", "{n} GPUs", n)
 
 
 class GpusBusy(Exception):
-    """Not enough free GPUs for a request."""
+    """Not enough free GPUs for a request; its message is a shangzhuang.i18n.Message."""
 
     def __init__(self, wanted: int, total: int, free: int):
+        from shangzhuang.i18n import Message, Plural
+
         self.wanted, self.total, self.free = wanted, total, free
         if total == 0:
-            msg = f"This node has no GPU; the profile asks for {gpus(wanted)}."
+            msg = Message(
+                "This node has no GPU; the profile asks for {wanted}.", wanted=gpus(wanted)
+            )
         elif wanted > total:
-            msg = f"The profile asks for {gpus(wanted)} but this node has only {gpus(total)}."
+            msg = Message(
+                "The profile asks for {wanted} but this node has only {total}.",
+                wanted=gpus(wanted), total=gpus(total),
+            )  # fmt: skip
         elif free == 0:
-            every = (
-                "The only GPU of this node is"
-                if total == 1
-                else f"All {total} GPUs of this node are"
-            )
-            msg = f"{every} in use; try again when one is released."
-        else:
             msg = (
-                f"The profile asks for {gpus(wanted)} but only {free} of this node's "
-                f"{gpus(total)} {'is' if free == 1 else 'are'} free."
+                Message("The only GPU of this node is in use; try again when one is released.")
+                if total == 1
+                else Message(
+                    "All {n} GPUs of this node are in use; try again when one is released.", n=total
+                )
             )
+        else:
+            msg = Plural(
+                "The profile asks for {wanted} but only {n} of this node's {total} is free.",
+                "The profile asks for {wanted} but only {n} of this node's {total} are free.",
+                free, wanted=gpus(wanted), total=gpus(total),
+            )  # fmt: skip
+        self.message = msg
         super().__init__(msg)
 
 

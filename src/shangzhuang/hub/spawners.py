@@ -506,7 +506,8 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         try:
             gpus = self.gpu_pool.allocate(self.owner, profile.gpus) if profile.gpus else []
         except GpusBusy as e:
-            raise SpawnException(str(e), reason="gpus-busy", status_code=503) from None
+            # e.message is a shangzhuang.i18n.Message: shown in each reader's language.
+            raise SpawnException(e.message, reason="gpus-busy", status_code=503) from None
         try:
             self.open_consumer(profile)
             for gpu in gpus:

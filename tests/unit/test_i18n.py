@@ -1,0 +1,254 @@
+"""中文 and English (shangzhuang.i18n, issue 14): the catalog is complete and fresh, the
+language is negotiated as documented, messages and pages come out in the reader's language.
+
+Also `make i18n-check`. When a test here fails for a new string: `make i18n`, translate the
+new entries of src/shangzhuang/locale/zh_CN/LC_MESSAGES/shangzhuang.po, `make i18n` again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import jinja2
+import jupyterhub
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.mofile import read_mo
+from babel.messages.pofile import read_po
+
+from shangzhuang import i18n
+from shangzhuang.hub import form
+from shangzhuang.hub.gpus import GpusBusy
+from shangzhuang.settings import Profile
+
+ROOT = Path(__file__).resolve().parents[2]
+PO = i18n.LOCALE_DIR / "zh_CN" / "LC_MESSAGES" / "shangzhuang.po"
+MO = PO.with_suffix(".mo")
+HUB_TEMPLATES = ROOT / "src" / "shangzhuang" / "hub" / "templates"
+UPSTREAM_TEMPLATES = Path(jupyterhub.__file__).parents[4] / "share" / "jupyterhub" / "templates"
+KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "Message": None, "Plural": (1, 2)}
+PLACEHOLDER = re.compile(r"\{\w+\}|%\(\w+\)s")
+
+
+def extracted() -> set:
+    """Every msgid in the code and templates, as `make i18n` (babel.cfg) extracts them."""
+    method_map = [("shangzhuang/**.py", "python"), ("shangzhuang/**/templates/**.html", "jinja2")]
+    options = {"shangzhuang/**/templates/**.html": {"extensions": "jinja2.ext.i18n"}}
+    found = set()
+    for _file, _line, msg, _comments, _ctx in extract_from_dir(
+        str(ROOT / "src"), method_map, options, keywords=KEYWORDS
+    ):
+        found.add(msg if isinstance(msg, str) else tuple(m for m in msg if m))
+    return found
+
+
+def catalog():
+    with PO.open("rb") as f:
+        return read_po(f, locale="zh_CN")
+
+
+def test_every_msgid_has_a_chinese_translation_and_the_catalog_is_not_stale():
+    cat = catalog()
+    in_po = {m.id if isinstance(m.id, str) else tuple(m.id) for m in cat if m.id}
+    code = extracted()
+    assert not sorted(map(str, code - in_po)), "not in the catalog: run `make i18n`"
+    assert not sorted(map(str, in_po - code)), "no longer in the code: run `make i18n`"
+    untranslated = [m.id for m in cat if m.id and (m.fuzzy or not "".join(m.string).strip())]
+    assert not untranslated, "translate these in shangzhuang.po"
+
+
+def test_translations_keep_every_placeholder():
+    for m in catalog():
+        if not m.id:
+            continue
+        ids = [m.id] if isinstance(m.id, str) else list(m.id)
+        strings = [m.string] if isinstance(m.string, str) else list(m.string)
+        wanted = set(PLACEHOLDER.findall(ids[-1]))
+        for s in strings:
+            assert set(PLACEHOLDER.findall(s)) == wanted, (m.id, s)
+
+
+def entries(messages) -> dict:
+    def key(x):
+        return x if isinstance(x, str) else tuple(x)
+
+    return {key(m.id): key(m.string) for m in messages if m.id}
+
+
+def test_the_compiled_catalog_is_the_po():
+    with MO.open("rb") as f:
+        mo = read_mo(f)
+    assert entries(mo) == entries(catalog()), "shangzhuang.mo is older: run `make i18n`"
+
+
+@pytest.mark.parametrize(
+    ("accept", "choice", "site", "expected"),
+    [
+        ("zh-CN,zh;q=0.9,en;q=0.8", None, "auto", "zh_CN"),
+        ("en-US,en;q=0.9", None, "auto", "en"),
+        ("zh-TW", None, "auto", "zh_CN"),  # any Chinese: Simplified is what we have
+        ("fr-FR,en;q=0.5,zh;q=0.8", None, "auto", "zh_CN"),  # by q, not by order
+        ("zh;q=0, en", None, "auto", "en"),  # q=0: not this one
+        ("fr", None, "auto", "en"),  # nothing of ours: English
+        (None, None, "auto", "en"),
+        ("en-US", None, "zh_CN", "zh_CN"),  # a site's language is every newcomer's
+        ("zh-CN", "en", "zh_CN", "en"),  # the reader's own choice wins
+        ("zh-CN", "de", "auto", "zh_CN"),  # a choice we don't have is no choice
+    ],
+)
+def test_negotiate(accept, choice, site, expected):
+    assert i18n.negotiate(accept, choice, site) == expected
+
+
+def test_a_message_is_english_as_a_str_and_chinese_where_a_chinese_reader_sees_it():
+    busy = GpusBusy(wanted=2, total=4, free=1).message
+    english = "The profile asks for 2 GPUs but only 1 of this node's 4 GPUs is free."
+    assert busy == english and json.dumps(busy) == json.dumps(english)  # API replies, logs
+    assert busy.render("zh_CN") == "该配置需要 2 块 GPU，但本节点的 4 块 GPU 中只有 1 块空闲。"
+    i18n.use("zh_CN")
+    try:
+        assert str(busy) == f"{busy}" == busy.render("zh_CN")
+        assert jinja2.Environment(autoescape=True).from_string("{{ m }}").render(m=busy) == (
+            busy.render("zh_CN")
+        )
+    finally:
+        i18n.use("en")
+    assert str(busy) == english
+
+
+def test_the_spawn_forms_figures_are_words_in_both_languages():
+    gpu = Profile(name="gpu", display_name="1 GPU", cores=8, memory=64 * 1024**3, gpus=1)
+    cpu = Profile(name="cpu", display_name="CPU", cores=2, memory=4 * 1024**3, gpus=0)
+    assert form.cost(cpu).render("en") == "2 CPU-hours per hour"
+    assert form.cost(cpu).render("zh_CN") == "每小时 2 CPU 核时"
+    assert form.cost(gpu).render("en") == "1 GPU-hour + 8 CPU-hours per hour"
+    assert form.cost(gpu).render("zh_CN") == "每小时 1 GPU 卡时 + 8 CPU 核时"
+    assert form.resources(gpu).render("zh_CN") == "8 核 · 64 GB · 1 块 GPU"
+    assert form.resources(cpu).render("en") == "2 cores · 4 GB · no GPU"
+
+
+def test_dates_and_numbers_in_the_readers_locale_and_the_sites_time_zone():
+    reset = "2026-11-30T16:00:00+00:00"  # midnight of 1 December in Beijing
+    assert i18n.when(reset, "zh_CN", "Asia/Shanghai") == "12月1日 00:00"
+    assert i18n.when(reset, "en", "Asia/Shanghai") == "1 Dec, 00:00"
+    assert i18n.day(reset, "zh_CN", "Asia/Shanghai") == "12月1日"
+    assert i18n.number(1234.5, "en") == "1,234.5" and i18n.number(12.4, "zh_CN") == "12.4"
+    assert i18n.hours("gpu_hours", 12.4).render("zh_CN") == "12.4 GPU 卡时"
+
+
+def test_a_users_choice_is_kept_and_only_a_known_language(tmp_path):
+    choices = i18n.LanguageChoices(tmp_path / "languages.json")
+    assert choices.get("alice") is None
+    choices.set("alice", "zh_CN")
+    choices.set("bob", "en")
+    assert i18n.LanguageChoices(tmp_path / "languages.json").get("alice") == "zh_CN"
+    with pytest.raises(ValueError, match="unknown language 'fr'"):
+        choices.set("alice", "fr")
+
+
+# --- our pages, rendered as JupyterHub renders them, in Chinese --------------------------
+
+# Words allowed in a Chinese page: names and units.
+NAMES = {"Shangzhuang", "Workbench", "GPU", "GPUs", "CPU", "GB", "MB", "JupyterHub", "JavaScript"}
+NAMES |= {"alice", "English"}  # a user's name; the switch's way back to English
+ENGLISH_WORDS = re.compile(r"[A-Za-z][A-Za-z'’-]+")
+
+
+def hub_environment() -> jinja2.Environment:
+    """JupyterHub 6.1.1's own loader layout (app.py init_tornado_settings) with our
+    templates first and its i18n options (JupyterHub.jinja_environment_options)."""
+    loader = jinja2.ChoiceLoader(
+        [
+            jinja2.PrefixLoader(
+                {"templates": jinja2.FileSystemLoader([str(UPSTREAM_TEMPLATES)])}, "/"
+            ),
+            jinja2.FileSystemLoader([str(HUB_TEMPLATES), str(UPSTREAM_TEMPLATES)]),
+        ]
+    )
+    return jinja2.Environment(loader=loader, autoescape=True, extensions=[i18n.Translated])
+
+
+def namespace(**more) -> dict:
+    user = SimpleNamespace(name="alice", admin=False, active=False, spawner=None)
+    return {
+        "base_url": "/hub/", "prefix": "/", "user": user, "login_url": "/hub/login",
+        "logout_url": "/hub/logout", "static_url": lambda path, **kw: "/hub/static/" + path,
+        "version_hash": "", "services": [SimpleNamespace(name="quota", href="/services/quota/"),
+                                         SimpleNamespace(name="apps", href="/services/apps/")],
+        "parsed_scopes": {"admin-ui"}, "xsrf": "x", "xsrf_token": "x",
+        "site_name": "Shangzhuang Workbench", "site_logo": False, **more,
+    }  # fmt: skip
+
+
+class Balance(dict):
+    """The home page's quota: a dict, or (the hub asking the quota service) a function
+    giving one; this is both, so the test reads the page as either hub gives it."""
+
+    def __call__(self):
+        return self
+
+
+QUOTA = Balance({
+    "state": "low", "account": "pku-physics",
+    "period": {"resets_at": "2026-11-30T16:00:00+00:00"},
+    "resources": {
+        "gpu_hours": {"remaining": 12.4, "account": {"used": 87.6, "allocated": 100.0,
+                      "granted": 0.0}, "personal": None},
+        "cpu_hours": {"remaining": None, "account": None, "personal": None},
+    },
+})  # fmt: skip
+
+
+def visible_text(html: str) -> str:
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def between(html: str, start: str, end: str) -> str:
+    return html[html.index(start) : html.index(end, html.index(start))]
+
+
+def english_left(text: str) -> list[str]:
+    return [w for w in ENGLISH_WORDS.findall(text) if w not in NAMES]
+
+
+def render(name: str, language: str, **ns) -> str:
+    i18n.use(language, "Asia/Shanghai")
+    try:
+        return hub_environment().get_template(name).render(**namespace(**ns))
+    finally:
+        i18n.use("en", "UTC")
+
+
+def test_the_home_pages_quota_in_chinese_with_its_figures_and_reset_date():
+    html = render("home.html", "zh_CN", quota=QUOTA, quota_warn=0.2, default_server=None,
+                  named_servers=[], named_server_limit_per_user=0, allow_named_servers=False,
+                  url="/user/alice/", spawner_options_form="")  # fmt: skip
+    quota = visible_text(between(html, '<div class="container sz-quota"', "</table>"))
+    assert "剩余 12.4 GPU 卡时" in quota and "12月1日 重置" in quota
+    assert "12月1日 00:00 重置" in quota and "你的配额已不足 20%" in quota
+    assert english_left(quota) == ["pku-physics"]  # the account's name, nothing else
+    nav = visible_text(html.split('id="thenavbar"')[1].split("</nav>")[0])
+    assert {"主页", "用量", "应用", "令牌", "管理", "退出"} <= set(nav.split())
+    assert not english_left(nav)
+    assert '<html lang="zh-CN">' in html
+
+
+def test_the_same_page_in_english():
+    html = render("home.html", "en", quota=QUOTA, quota_warn=0.2, default_server=None,
+                  named_servers=[], named_server_limit_per_user=0, allow_named_servers=False,
+                  url="/user/alice/", spawner_options_form="")  # fmt: skip
+    quota = visible_text(between(html, '<div class="container sz-quota"', "</table>"))
+    assert "12.4 GPU-hours left" in quota and "resets on 1 Dec" in quota
+    assert "Resets at 1 Dec, 00:00." in quota
+
+
+def test_the_sign_up_approval_page_in_chinese():
+    user = SimpleNamespace(username="bob", is_authorized=False)
+    html = render("authorization-area.html", "zh_CN", users=[user])
+    main = visible_text(html)
+    assert "注册申请" in main and "批准" in main
+    assert not english_left(main.replace("bob", "")), "the whole page, nav and dialogs too"
