@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import requests
 
 from tests.integration.hub import RunningHub, workdir
 from tests.slurm import LocalSlurm
@@ -95,6 +96,70 @@ def test_another_user_cannot_use_a_local_cluster(hub):
     )
     assert listeners.strip() == "['127.0.0.1']", listeners
     hub.run_code_keep("alice", "client.close(); c.close()", alice)
+
+
+# B reads A's dashboard: straight over TCP from a kernel, and through B's own
+# jupyter-server-proxy (which connects as B). A dashboard shows A's task stream, code
+# names, worker logs and call stacks.
+READ_DASHBOARD = """
+import urllib.request
+try:
+    page = urllib.request.urlopen("http://127.0.0.1:{port}/info/main/workers.html", timeout=10)
+    print("READ", page.status, "Worker" in page.read().decode())
+except OSError as e:
+    print("REFUSED", type(e).__name__)
+"""
+
+
+READ_LAB = """
+import os, urllib.request, urllib.error
+for how, headers in [
+    ("bare", {{}}),
+    ("token", {{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}}),
+]:
+    try:
+        print(how, urllib.request.urlopen(
+            urllib.request.Request({url!r}, headers=headers), timeout=10).status)
+    except urllib.error.HTTPError as e:
+        print(how, e.code)
+"""
+
+
+@root_only
+def test_another_user_cannot_read_a_dashboard(hub):
+    alice = hub.token_for("alice")
+    port = hub.run_code_keep(
+        "alice",
+        "from shangzhuang.cluster import cluster\n"
+        "board = cluster(workers=0)\n"
+        "print(board.scheduler.http_server.port)",
+        alice,
+    ).strip().splitlines()[-1]
+    assert 61000 <= int(port) <= 65535, port  # in the block the hub keeps to alice
+    # Mallory's kernel, over TCP on 127.0.0.1.
+    out = hub.run_code("mallory", READ_DASHBOARD.format(port=port))
+    assert out.split()[0] == "REFUSED", out
+    # Mallory's own Lab proxy (it connects as mallory).
+    mallory = hub.token_for("mallory")
+    via_proxy = requests.get(
+        f"{hub.user_url('mallory')}proxy/{port}/info/main/workers.html",
+        headers={"Authorization": f"token {mallory}"}, timeout=60,
+    )  # fmt: skip
+    assert via_proxy.status_code >= 500 and "Worker" not in via_proxy.text, via_proxy.text[:300]
+    # Alice reaches it under her own URL, through her session's jupyter-server-proxy.
+    mine = requests.get(
+        f"{hub.user_url('alice')}proxy/{port}/info/main/workers.html",
+        headers={"Authorization": f"token {alice}"}, timeout=60,
+    )  # fmt: skip
+    assert mine.status_code == 200 and "Worker" in mine.text, mine.status_code
+    # Alice's Lab listens on 127.0.0.1 too, but wants a token of hers from the hub:
+    # mallory's kernel gets in neither bare nor with mallory's own session token.
+    lab = hub.run_code_keep(
+        "alice", "import os; print(os.environ['JUPYTERHUB_SERVICE_URL'])", alice
+    ).strip()
+    out = hub.run_code("mallory", READ_LAB.format(url=f"{lab}api/contents"))
+    assert out.split() == ["bare", "403", "token", "403"], out
+    hub.run_code_keep("alice", "board.close()", alice)
 
 
 # --- the same on a real Slurm, and issue 13's cluster parts ------------------------------

@@ -315,3 +315,25 @@ def test_a_dashboard_block_refuses_every_other_account(tmp_path):
         firewall.release(ports, 0)
     listed = subprocess.run(["iptables", "-S", firewall.chain], capture_output=True)
     assert listed.returncode != 0  # the chain went with its last rule
+
+
+@pytest.mark.parametrize("iptables", [True, False])
+def test_the_home_page_says_when_dashboards_are_not_protected(tmp_path, iptables):
+    from shangzhuang.hub import DASHBOARDS_OPEN
+    from shangzhuang.hub.config import Host, hub_config
+    from shangzhuang.hub.containment import firewall_chain
+
+    state = tmp_path / "state"
+    site = parse_settings(
+        {
+            "hub": {"state_dir": str(state)},
+            "quota": {"enabled": False},
+            "profiles": [{"name": "cpu", "cores": 1, "memory": "1G"}],
+        },
+        tmp_path / "site.toml",
+    )
+    config = hub_config(site, Host(is_root=True, cgroups="v1", iptables=iptables))
+    said = config["JupyterHub"]["template_vars"].get("announcement_home", "")
+    assert (DASHBOARDS_OPEN in said) == (not iptables)
+    chain = config["LocalSpawner"].get("dashboard_chain", "")
+    assert chain == (firewall_chain(state) if iptables else "")

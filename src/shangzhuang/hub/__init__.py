@@ -70,6 +70,11 @@ NOT_CONTAINED = (
     "limits are not enforced, and processes a session leaves behind keep running after "
     "it stops."
 )
+DASHBOARDS_OPEN = (
+    "Dask dashboards on this hub are not protected (iptables is missing or does not work "
+    "here): any user of this machine can read the dashboard of another's cluster, its "
+    "task stream, logs and call stacks included."
+)
 
 
 def configure(c, settings: Settings) -> None:
@@ -121,6 +126,7 @@ def look_at_host(settings: Settings):
         proxy=proxy_command(),
         gpus=tuple(node_gpus(settings)) if local else (),
         cgroups=containment.detect() if local and is_root else "",
+        iptables=containment.iptables_works() if local and is_root else False,
         admin_password=password_file.read_text().strip() if password_file.exists() else "",
         reset_admin_password=os.environ.get("SHANGZHUANG_ADMIN_PASSWORD", ""),
         **signin_facts(settings),

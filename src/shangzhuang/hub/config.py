@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from shangzhuang import i18n
 from shangzhuang.hub import (
+    DASHBOARDS_OPEN,
     NOT_CONTAINED,
     NOT_ISOLATED,
     SESSION_LAUNCHER,
@@ -47,6 +48,7 @@ class Host:
     proxy: str = "configurable-http-proxy"  # the proxy's command, when the hub starts it
     gpus: tuple = ()  # the local backend's GPU pool
     cgroups: str = ""  # "v1", "v2" or "" (sessions not contained)
+    iptables: bool = False  # whether the hub can keep dashboards to their owners
     admin_password: str = ""  # the first admin's, kept in the state folder (native sign-in)
     reset_admin_password: str = ""  # $SHANGZHUANG_ADMIN_PASSWORD
     signin_secret: str = ""  # the LDAP search password or the OIDC client secret
@@ -195,6 +197,8 @@ def local_sessions(settings: Settings, host: Host) -> dict:
             wanted.cgroup_parent, settings.hub.state_dir
         )
         spawner["pids_limit"] = wanted.pids_limit
+        if host.iptables:
+            spawner["dashboard_chain"] = containment.firewall_chain(settings.hub.state_dir)
     return {"JupyterHub": {"spawner_class": LocalSpawner}, "LocalSpawner": spawner}
 
 
@@ -348,8 +352,12 @@ def pages(settings: Settings, host: Host) -> dict:
         template_vars["announcement_spawn"] = NOT_ISOLATED
     elif settings.backend.kind != "slurm":
         template_vars["memory_notices"] = memory_notices
-        if not local_sessions(settings, host)["LocalSpawner"]["cgroups"]:
-            template_vars["announcement_home"] = NOT_CONTAINED
+        spawner = local_sessions(settings, host)["LocalSpawner"]
+        not_enforced = [NOT_CONTAINED] if not spawner["cgroups"] else []
+        if not spawner.get("dashboard_chain"):
+            not_enforced.append(DASHBOARDS_OPEN)
+        if not_enforced:
+            template_vars["announcement_home"] = " ".join(not_enforced)
     if settings.quota.enabled:
         template_vars["quota"] = home_quota(settings)
         template_vars["quota_warn"] = settings.quota.warn_fraction

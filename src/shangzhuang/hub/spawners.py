@@ -25,6 +25,7 @@ from traitlets import Bool, Instance, Integer, List, Unicode, default
 from shangzhuang.apps import app_consumer
 from shangzhuang.hub import form, unix
 from shangzhuang.hub.containment import (
+    DashboardFirewall,
     SessionCgroup,
     SessionLimits,
     gpu_denials,
@@ -346,10 +347,22 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         "shangzhuang/hub", help="This hub's cgroup folder; each session gets one below it."
     ).tag(config=True)
     pids_limit = Integer(4096, help="Processes and threads a session may have.").tag(config=True)
+    dashboard_chain = Unicode(
+        "",
+        help="""This hub's iptables chain keeping each session's Dask dashboard ports to its
+        own account (containment.DashboardFirewall), or "" when dashboards are not protected
+        (no iptables, or a hub that is not root).""",
+    ).tag(config=True)
 
     cgroup: SessionCgroup | None = None  # the running session's cgroup (kept in state)
     oom_kills_seen = 0  # processes of this session the kernel killed for memory, logged
     memory_notice = ""  # why the last session stopped, when it was its memory (home page)
+    dashboard_ports: range | None = None  # the session's dashboard ports (kept in state)
+    dashboard_uid = 0  # the one account they are open to
+
+    @property
+    def firewall(self) -> DashboardFirewall:
+        return DashboardFirewall(self.dashboard_chain)
 
     @property
     def isolated(self) -> bool:
@@ -372,6 +385,11 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         if state.get("cgroup"):
             self.cgroup = session_cgroup(state["cgroup"]["kind"], state["cgroup"]["path"])
             self.oom_kills_seen = state["cgroup"].get("oom_kills", 0)
+        if state.get("dashboards"):
+            start, stop, self.dashboard_uid = state["dashboards"]
+            self.dashboard_ports = range(start, stop)
+            if self.dashboard_chain:  # again, in case a reboot emptied iptables
+                self.firewall.keep(self.dashboard_ports, self.dashboard_uid)
 
     def get_state(self):
         state = super().get_state()
@@ -383,6 +401,9 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
                 "kind": self.cgroup.kind, "path": self.cgroup.path,
                 "oom_kills": self.oom_kills_seen,
             }  # fmt: skip
+        if self.dashboard_ports is not None:
+            ports = self.dashboard_ports
+            state["dashboards"] = [ports.start, ports.stop, self.dashboard_uid]
         return state
 
     def clear_state(self):
@@ -398,6 +419,9 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
             except RuntimeError:
                 pass  # no loop (a script): killed; stop() or the next start removes it
             self.cgroup = None
+        if self.dashboard_ports is not None and self.dashboard_chain:
+            self.firewall.release(self.dashboard_ports, self.dashboard_uid)
+        self.dashboard_ports = None
         for gpu in self.gpu_pool.release(self.owner):
             revoke_device(gpu)
             self.log.info("GPU %s released by %s", gpu.index, self.owner)
@@ -489,6 +513,9 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         env["CUDA_VISIBLE_DEVICES"] = ",".join(g.cuda_id for g in gpus)
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["SHANGZHUANG_GPUS"] = ",".join(str(g.index) for g in gpus)
+        if self.dashboard_ports is not None:  # shangzhuang.cluster serves dashboards there
+            ports = self.dashboard_ports
+            env["SHANGZHUANG_DASHBOARD_PORTS"] = f"{ports.start}-{ports.stop - 1}"
         return env
 
     async def start(self):
@@ -516,6 +543,11 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
                 self.log.info("GPU %s allocated to %s", gpu.index, self.owner)
             if self.isolated and self.cgroups:
                 await self._contain(profile)
+            if account is not None and self.dashboard_chain:
+                self.dashboard_ports = await asyncio.to_thread(
+                    self.firewall.reserve, account.pw_uid
+                )
+                self.dashboard_uid = account.pw_uid
             with self._session_log() as log:
                 self.popen_kwargs = {**self.popen_kwargs, "stdout": log, "stderr": log}
                 ip, port = await super().start()
