@@ -7,6 +7,8 @@ open. See ../shared/notes/slurm.md for the facts this relies on.
 `LocalSlurm(accounting=True)` also runs Slurm's accounting: slurmdbd 22.05 on a MariaDB
 10.11 of its own (a data folder in the run folder, TCP on 127.0.0.1 only), so `sacct`
 answers as on a site. It adds 3.5-7 s to the start and 2 s to the stop (2 busy cores).
+Every LocalSlurm runs the shipped hub_config/examples/job_submit.lua (JobSubmitPlugins=lua),
+reading the at-zero users from `at_zero_file` beside slurm.conf.
 `LocalSlurm(cgroups=True)`: proctrack/cgroup and task/cgroup with the shipped
 hub_config/examples/cgroup.conf (cores, memory, devices held inside each job; this host's
 cgroup v1 controllers at /sys/fs/cgroup/* serve, without systemd).
@@ -25,7 +27,12 @@ from pathlib import Path
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server"]
 APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
-SHIPPED_CGROUP_CONF = Path(__file__).resolve().parents[1] / "hub_config/examples/cgroup.conf"
+EXAMPLES = Path(__file__).resolve().parents[1] / "hub_config/examples"
+SHIPPED_CGROUP_CONF = EXAMPLES / "cgroup.conf"
+SHIPPED_JOB_SUBMIT = EXAMPLES / "job_submit.lua"
+# Where the test hub's quota service writes its at-zero users (backend.slurm.at_zero_file,
+# tests/integration/hub.py): beside slurm.conf, which the shipped job_submit.lua reads.
+AT_ZERO_FILE = "quota-at-zero"
 
 
 def install() -> None:
@@ -68,6 +75,7 @@ class LocalSlurm:
         self.run = Path(tempfile.mkdtemp(prefix="sz-slurm-"))
         self.run.chmod(0o755)
         self.conf = self.run / "slurm.conf"
+        self.at_zero_file = self.run / AT_ZERO_FILE
         self.procs: list[subprocess.Popen] = []
         self.munged: subprocess.Popen | None = None
         self.dbd: list[subprocess.Popen] = []  # mariadbd, slurmdbd (stopped after the rest)
@@ -119,12 +127,20 @@ JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
 ReturnToService=2
 SlurmdParameters=config_overrides
+JobSubmitPlugins=lua
 GresTypes=gpu
 {node_line}
 PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
         )
         (self.run / "gres.conf").write_text("\n".join(gres) + "\n")
+        # slurmctld reads job_submit.lua from slurm.conf's folder; the site sets its path.
+        lua = SHIPPED_JOB_SUBMIT.read_text()
+        site_path = 'local AT_ZERO_FILE = "/var/lib/shangzhuang/slurm-at-zero"'
+        assert site_path in lua, "job_submit.lua's AT_ZERO_FILE line changed"
+        (self.run / "job_submit.lua").write_text(
+            lua.replace(site_path, f'local AT_ZERO_FILE = "{self.at_zero_file}"')
+        )
 
     def _containment_lines(self) -> str:
         if not self.cgroups:

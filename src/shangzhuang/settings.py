@@ -522,6 +522,9 @@ class SlurmBackend(UnixAccounts):
     walltime: str = Field("08:00:00", pattern=WALLTIME)  # of a Lab session
     # The address the hub reaches a session on: Slurm's NodeAddr of the job's node.
     bind_ip: str = "0.0.0.0"  # what a session listens on, on its node
+    # Users at zero, rewritten by the quota service every meter tick, for Slurm's
+    # job_submit.lua (hub_config/examples/) to hold their jobs at submit; None: not written.
+    at_zero_file: PathStr | None = None
 
 
 class Backend(Section):

@@ -23,6 +23,7 @@ import requests
 import websocket
 
 from tests.ports import free_port
+from tests.slurm import AT_ZERO_FILE
 
 ADMIN = "admin"
 ADMIN_PASSWORD = "admin-test-password-1"
@@ -104,6 +105,7 @@ class RunningHub:
 kind = "slurm"
 [backend.slurm]
 conf = "{slurm_conf}"
+at_zero_file = "{Path(slurm_conf).parent / AT_ZERO_FILE}"
 partition = "debug"
 walltime = "00:30:00"
 user_prefix = "{self.prefix}"

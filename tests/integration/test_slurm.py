@@ -404,41 +404,59 @@ def test_gpus_are_charged_per_job_with_gpus_flag_and_across_nodes(hub, slurm):
                  f"job {j} settled")  # fmt: skip
 
 
-def test_at_zero_a_submitted_job_is_held_with_its_reason_and_runs_after_a_grant(hub, slurm):
+def test_at_zero_a_job_submitted_onto_idle_nodes_never_starts_and_runs_after_a_grant(hub, slurm):
     hub.new_user("zoe")  # 0.0005 cpu_hours: 1.8 s of one core
     (first,) = submit(hub, slurm, "zoe", "--wrap", "sleep 3")
-    balance_url = f"{hub.url}/services/quota/api/v1/users/zoe"
     admin = {"Authorization": f"token {hub.admin_token()}"}
+    # At zero, the quota service lists her in the at-zero file Slurm's job_submit.lua reads.
     hub.wait(
-        lambda: requests.get(balance_url, headers=admin, timeout=30).json()["state"] == "exhausted",
-        90, "zoe at zero",
+        lambda: f"user {hub.prefix}zoe cpu_hours" in _read(slurm.at_zero_file), 90, "zoe at zero"
+    )
+    # Onto idle nodes, no --begin: Slurm would start it at once, before the meter's next
+    # tick; job_submit.lua holds it at submit, and sbatch tells her why.
+    unix = f"{hub.prefix}zoe"
+    out = subprocess.run(
+        ["runuser", "-u", unix, "--", "sbatch", "--parsable", "--chdir=/tmp",
+         "--output=/dev/null", "--wrap", "sleep 1"],
+        env=slurm.env, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    # A job that may start in 5 s (sbatch --begin): it waits in the queue meanwhile, as it
-    # would behind busy nodes, whatever else this module left running.
-    (job,) = submit(hub, slurm, "zoe", "--begin=now+5", "--wrap", "sleep 1")
+    job = out.stdout.strip().split(";")[0]
 
     def shown():  # what zoe reads in squeue
         out = slurm.cmd("squeue", "-h", "-j", job, "-O", "State:|,Reason:|,Comment:|")
         return out.strip().split("|")[:3]
 
-    state, reason, comment = hub.wait(
-        lambda: (lambda s: s if s[1] == "JobHeldAdmin" else None)(shown()), 60, "zoe's job held"
-    )
-    assert state == "PENDING" and "your quota is used up" in comment, comment
-    # She can't release it herself.
-    mine = subprocess.run(["runuser", "-u", f"{hub.prefix}zoe", "--", "scontrol", "release", job],
+    state, reason, comment = shown()
+    assert state == "PENDING" and reason in ("JobHeldUser", "JobHeldAdmin"), (state, reason)
+    assert "your quota is used up" in comment, comment
+    assert "your quota is used up" in out.stderr, out.stderr  # sbatch said so at once
+    # She can't release it herself (job_submit.lua's slurm_job_modify, or the meter's
+    # admin hold once a tick has passed).
+    mine = subprocess.run(["runuser", "-u", unix, "--", "scontrol", "release", job],
                           env=slurm.env, capture_output=True, text=True)  # fmt: skip
-    assert mine.returncode != 0
-    # Its begin time passes: the job stays held while she is at zero.
-    time.sleep(6)
+    assert mine.returncode != 0, mine.stdout
+    # It stays held across the meter's ticks (1 s) while she is at zero, and never ran.
+    time.sleep(3)
     assert shown()[:2] == ["PENDING", "JobHeldAdmin"]
     r = requests.post(
         f"{hub.url}/services/quota/api/v1/grants", headers=admin, timeout=30,
         json={"user": "zoe", "resource": "cpu_hours", "amount": 1, "reason": "course"},
     )  # fmt: skip
     assert r.status_code in (200, 201), r.text
+    granted = time.time()
     hub.wait(lambda: job in sacct_runs(slurm, [job]), 90, "zoe's job ran after the grant")
+    line = slurm.cmd("sacct", "-n", "-X", "-P", "--duplicates", "-j", job, "-o", "Start")
+    (start,) = line.split()  # one run, and it began after the grant
+    assert datetime.fromisoformat(start).timestamp() >= int(granted)
+    assert f"user {hub.prefix}zoe " not in _read(slurm.at_zero_file)
     assert f"job:{first}" in charges(hub, "zoe")
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def test_slurm_controller_down_fails_the_spawn_clearly_and_the_hub_keeps_serving(hub, slurm):

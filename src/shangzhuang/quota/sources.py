@@ -147,7 +147,10 @@ class AppServers(LabSessions):
 
 # A pending job held at zero: the marker (AdminComment: only Slurm admins can set it) and
 # what the user reads in squeue's comment column (`squeue -O JobID,Reason,Comment`).
+# hub_config/examples/job_submit.lua holds and marks a job the same way at submit.
 HOLD_MARK = "shangzhuang-quota-hold"
+# How a held job waits: our `scontrol hold` (admin), or job_submit.lua's priority 0 (user).
+HELD_REASONS = ("JobHeldAdmin", "JobHeldUser")
 HELD = (
     "Held by Shangzhuang Workbench: your quota is used up. It starts once an admin grants "
     "more or your quota resets."
@@ -172,6 +175,7 @@ class SlurmJobs:
 
     def __init__(self, settings: Settings, ledger=None):
         self.prefix = settings.backend.slurm.user_prefix
+        self.at_zero_file = settings.backend.slurm.at_zero_file
         conf = settings.backend.slurm.conf
         self.env = {**os.environ, **({"SLURM_CONF": str(conf)} if conf else {}), **TIME_ENV}
         self.accounting = SlurmAccounting(ledger, self.prefix, self.env) if ledger else None
@@ -224,9 +228,16 @@ class SlurmJobs:
         """At zero, new work does not start: a user's pending jobs that need a resource at
         zero are held (an admin hold the user can't release, with a Comment squeue shows),
         and the ones this held are released once the balance pays again (a grant, a new
-        period). Returns (held, released)."""
+        period). Jobs job_submit.lua held at submit (JobHeldUser, marked) become admin
+        holds here, or are released. Also writes the at-zero file that script reads.
+        Returns (held, released)."""
         if self.accounting is None:
             return 0, 0
+        ledger = self.accounting.ledger
+        balances = {}
+        if self.at_zero_file:  # first: it holds jobs at submit even while squeue fails
+            balances = ledger.balances(ledger.users(), now)
+            self.write_at_zero(balances)
         columns = ",".join(f"{f}:|" for f in ("JobID", "UserName", "Reason", *self.FIELDS[3:]))
         out = await self._run("squeue", "-h", "-t", "PENDING", "-O", columns)
         pending: dict[str, list[tuple[str, str, dict]]] = {}
@@ -240,24 +251,43 @@ class SlurmJobs:
                     (job_id, reason, job_rates(*tres))
                 )
         held = released = 0
-        balances = self.accounting.ledger.balances(list(pending), now) if pending else {}
+        unknown = [u for u in pending if u not in balances]
+        if unknown:
+            balances.update(ledger.balances(unknown, now))
         for user, jobs in pending.items():
             empty = {r for r, rb in balances[user].resources.items() if rb.remaining == 0}
             for job_id, reason, rates in jobs:
                 at_zero = any(rates.get(r, 0) > 0 for r in empty)
-                if at_zero and reason != "JobHeldAdmin":
+                if at_zero and reason != "JobHeldAdmin":  # also job_submit.lua's user hold
                     await self._run("scontrol", "hold", job_id)
                     await self._run("scontrol", "update", f"JobId={job_id}",
                                     f"AdminComment={HOLD_MARK}", f"Comment={HELD}")  # fmt: skip
                     log.info("held Slurm job %s of %s: quota at zero", job_id, user)
                     held += 1
-                elif not at_zero and reason == "JobHeldAdmin" and await self._ours(job_id):
+                elif not at_zero and reason in HELD_REASONS and await self._ours(job_id):
                     await self._run("scontrol", "update", f"JobId={job_id}",
                                     "AdminComment=", "Comment=")  # fmt: skip
                     await self._run("scontrol", "release", job_id)
                     log.info("released Slurm job %s of %s: quota paid again", job_id, user)
                     released += 1
         return held, released
+
+    def write_at_zero(self, balances: dict) -> None:
+        """The users at zero and their resources at zero, for job_submit.lua: written to a
+        temporary file renamed over the old one, so Slurm never reads half of it."""
+        lines = [f"comment {HELD}"]
+        for user, balance in sorted(balances.items()):
+            empty = sorted(r for r, rb in balance.resources.items() if rb.remaining == 0)
+            if empty:
+                lines.append(f"user {self.prefix}{user} {' '.join(empty)}")
+        path = self.at_zero_file
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.chmod(0o644)  # slurmctld's user reads it
+            os.replace(tmp, path)
+        except OSError as e:  # the tick's holds go on without it
+            log.error("backend.slurm.at_zero_file: could not write %s: %s", path, e)
 
     async def _ours(self, job_id: str) -> bool:
         """Held by this meter: AdminComment, which only Slurm's admins can set, says so (a

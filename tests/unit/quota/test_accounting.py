@@ -180,3 +180,34 @@ def test_at_zero_pending_jobs_needing_the_empty_resource_are_held_then_released(
     assert asyncio.run(slurm.hold_pending(now)) == (0, 1)
     assert ("scontrol", "release", "21") in slurm.ran
     assert ("scontrol", "release", "23") not in slurm.ran
+
+
+def test_the_at_zero_file_lists_users_at_zero_and_a_submit_hold_is_released_after_a_grant(
+    ledger, tmp_path
+):
+    """The file job_submit.lua reads (hub_config/examples/), and the jobs it held at submit
+    (JobHeldUser with our mark); a user's own hold (no mark) stays."""
+    ledger.settle([job(1, "carol", T0, T0 + 7200, gpus=1)])  # bio's 2 gpu_hours used up
+    now = T0 + 7300
+    queue = (
+        "31|sz-carol|JobHeldUser|cpu=1,node=1|1|1|N/A|gres:gpu:1|N/A|\n"  # held at submit
+        "32|sz-carol|JobHeldUser|cpu=1,node=1|1|1|N/A|gres:gpu:1|N/A|\n"  # her own sbatch -H
+    )
+    slurm = RecordedSlurm(ledger, queue)
+    (tmp_path / "slurm").mkdir()
+    slurm.at_zero_file = tmp_path / "slurm" / "at-zero"
+    slurm.at_zero_file.write_text("stale\n")
+    asyncio.run(slurm.hold_pending(now))
+    lines = slurm.at_zero_file.read_text().splitlines()
+    assert lines[0].startswith("comment Held by Shangzhuang Workbench: your quota is used up.")
+    assert "user sz-carol gpu_hours" in lines and "stale" not in lines
+    assert not [line for line in lines if line.startswith("user sz-bob")]
+    assert [p.name for p in (tmp_path / "slurm").iterdir()] == ["at-zero"]  # no temporary left
+    # A grant pays again: the submit hold (marked) is released, her own is left alone.
+    slurm.marked = {"31"}
+    ledger.grant(by="admin", account="bio", resource="gpu_hours", amount=1, reason="t", now=now)
+    slurm.ran = []
+    assert asyncio.run(slurm.hold_pending(now)) == (0, 1)
+    assert ("scontrol", "release", "31") in slurm.ran
+    assert ("scontrol", "release", "32") not in slurm.ran
+    assert "user sz-carol" not in slurm.at_zero_file.read_text()
