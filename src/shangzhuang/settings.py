@@ -479,8 +479,9 @@ class UnixAccounts(Section):
 class Containment(Section):
     """Each local session in a cgroup made from its profile (hub as root; hub/containment.py)."""
 
-    # auto: the machine's cgroup layout (v2 unified, else v1); off: no cgroups at all.
-    cgroups: Literal["auto", "v1", "v2", "off"] = "auto"
+    # auto: a systemd scope per session where systemd is PID 1, else the machine's cgroup
+    # layout (v2 unified, else v1); off: no cgroups at all.
+    cgroups: Literal["auto", "systemd", "v1", "v2", "off"] = "auto"
     # Folder under each cgroup hierarchy's root; the hub's own id is added below it.
     cgroup_parent: str = "shangzhuang"
     pids_limit: int = Field(4096, ge=64)  # processes and threads per session

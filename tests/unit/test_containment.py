@@ -317,23 +317,135 @@ def test_a_dashboard_block_refuses_every_other_account(tmp_path):
     assert listed.returncode != 0  # the chain went with its last rule
 
 
-@pytest.mark.parametrize("iptables", [True, False])
-def test_the_home_page_says_when_dashboards_are_not_protected(tmp_path, iptables):
-    from shangzhuang.hub import DASHBOARDS_OPEN
+def home_page_notice(tmp_path, **host) -> tuple[str, dict]:
+    """What a root hub's home page says is not enforced, and its LocalSpawner config."""
     from shangzhuang.hub.config import Host, hub_config
-    from shangzhuang.hub.containment import firewall_chain
 
-    state = tmp_path / "state"
     site = parse_settings(
         {
-            "hub": {"state_dir": str(state)},
+            "hub": {"state_dir": str(tmp_path / "state")},
             "quota": {"enabled": False},
             "profiles": [{"name": "cpu", "cores": 1, "memory": "1G"}],
         },
         tmp_path / "site.toml",
     )
-    config = hub_config(site, Host(is_root=True, cgroups="v1", iptables=iptables))
-    said = config["JupyterHub"]["template_vars"].get("announcement_home", "")
+    config = hub_config(site, Host(is_root=True, **host))
+    return config["JupyterHub"]["template_vars"].get("announcement_home", ""), config[
+        "LocalSpawner"
+    ]
+
+
+@pytest.mark.parametrize("iptables", [True, False])
+def test_the_home_page_says_when_dashboards_are_not_protected(tmp_path, iptables):
+    from shangzhuang.hub import DASHBOARDS_OPEN
+    from shangzhuang.hub.containment import firewall_chain
+
+    said, spawner = home_page_notice(tmp_path, cgroups="v1", iptables=iptables)
     assert (DASHBOARDS_OPEN in said) == (not iptables)
-    chain = config["LocalSpawner"].get("dashboard_chain", "")
-    assert chain == (firewall_chain(state) if iptables else "")
+    chain = firewall_chain(tmp_path / "state") if iptables else ""
+    assert spawner.get("dashboard_chain", "") == chain
+
+
+@pytest.mark.parametrize("cgroups", ["v1", "v2", "systemd"])
+def test_the_home_page_says_gpus_rest_on_file_modes_on_cgroup_v2_without_systemd(tmp_path, cgroups):
+    from shangzhuang.hub import GPUS_BY_FILE_MODE
+    from shangzhuang.hub.gpus import Gpu
+
+    gpu = (Gpu(index=0, uuid="GPU-a"),)
+    said, spawner = home_page_notice(tmp_path, cgroups=cgroups, iptables=True, gpus=gpu)
+    assert spawner["cgroups"] == cgroups
+    assert (said == GPUS_BY_FILE_MODE) == (cgroups == "v2"), said
+    assert home_page_notice(tmp_path, cgroups=cgroups, iptables=True)[0] == ""  # no GPU
+
+
+# --- where systemd runs: a transient scope per session ------------------------------------
+
+FAKE_SYSTEMD_RUN = """#!/bin/bash
+# Stand-in for systemd-run --scope: records its arguments, then runs the command after
+# "--" as --uid/--gid, as the real one does once it has made the scope.
+printf '%s\\n' systemd-run "$@" >> {log}
+for a in "$@"; do
+  case $a in --uid=*) uid=${{a#--uid=}} ;; --gid=*) gid=${{a#--gid=}} ;; esac
+done
+while [ "$1" != "--" ]; do shift; done
+shift
+exec setpriv --reuid="$uid" --regid="$gid" --clear-groups "$@"
+"""
+FAKE_SYSTEMCTL = """#!/bin/sh
+# Stand-in for systemctl: records its arguments.
+printf '%s\\n' systemctl "$@" >> {log}
+"""
+
+
+@root_only
+def test_a_systemd_scope_carries_the_profile_and_is_found_again_by_its_name(tmp_path, monkeypatch):
+    """No systemd here (not PID 1): systemd-run and systemctl are stand-ins on PATH that
+    record their arguments; the systemd-run one really runs the session's command as the
+    user. What systemd does with the properties (cgroup files, the eBPF device program) is
+    systemd's and is not run here."""
+    import pwd
+
+    from shangzhuang.hub.containment import SystemdScope, session_cgroup
+    from shangzhuang.hub.gpus import GpuPool
+
+    from .spawner_kit import gpus, make_spawner
+
+    log, bin_dir = tmp_path / "calls", tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in [("systemd-run", FAKE_SYSTEMD_RUN), ("systemctl", FAKE_SYSTEMCTL)]:
+        (bin_dir / name).write_text(text.format(log=log))
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    scope = session_cgroup("systemd", "shangzhuang/abc123/ana.lab", root=tmp_path / "cg")
+    assert isinstance(scope, SystemdScope)
+    assert (scope.slice, scope.unit) == (
+        "shangzhuang-abc123.slice",
+        "shangzhuang-abc123-ana.lab.scope",
+    )
+    limits = SessionLimits(cores=1.5, memory=2**30, pids=512, gpu_files=("/dev/nvidia1",))
+    assert scope.create(limits) == []  # systemd enforces every limit
+
+    # The spawner puts systemd-run in front of the session's command, for that start only.
+    spawner = make_spawner(GpuPool(gpus(0)))
+    spawner.cmd = [sys.executable, "-c", "import os; print(os.getuid(), os.getgid())"]
+    spawner.cgroup = scope
+    nobody = pwd.getpwnam("nobody")
+    with spawner._in_scope(nobody):
+        cmd = list(spawner.cmd)
+    assert spawner.cmd == cmd[-3:] and cmd[0] == str(bin_dir / "systemd-run")
+    ran = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert ran.stdout.split() == [str(nobody.pw_uid), str(nobody.pw_gid)], ran
+
+    args = log.read_text().splitlines()
+    for wanted in [
+        "--scope", "--unit=shangzhuang-abc123-ana.lab.scope", "--slice=shangzhuang-abc123.slice",
+        "CPUQuota=150%", "MemoryMax=1073741824", "MemorySwapMax=0", "TasksMax=512",
+        "DevicePolicy=closed", "DeviceAllow=/dev/nvidia1 rw", "DeviceAllow=/dev/nvidiactl rw",
+    ]:  # fmt: skip
+        assert wanted in args, (wanted, args)
+    cpus = [a for a in args if a.startswith("AllowedCPUs=")]
+    assert len(parse_cpus(cpus[0].split("=")[1])) == min(2, len(os.sched_getaffinity(0)))
+
+    # After a hub restart: the state's kind and path name the same unit; stopping it asks
+    # systemd to kill everything in the scope, then to stop it.
+    again = session_cgroup(scope.kind, scope.path, root=tmp_path / "cg")
+    assert again.unit == scope.unit
+    log.write_text("")
+    again.kill()
+    assert asyncio.run(again.remove(timeout=5))
+    assert log.read_text().splitlines() == [
+        "systemctl", "kill", "--signal=SIGKILL", scope.unit, "systemctl", "stop", scope.unit,
+    ]  # fmt: skip
+
+
+def test_systemd_as_pid_1_is_preferred_to_writing_the_cgroup_files(tmp_path, monkeypatch):
+    from shangzhuang.hub import containment
+
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    monkeypatch.setattr(containment, "SYSTEMD", tmp_path / "run-systemd-system")
+    assert detect(root) == "v2"
+    (tmp_path / "run-systemd-system").mkdir()  # what systemd makes when it is PID 1
+    assert detect(root) == "systemd"

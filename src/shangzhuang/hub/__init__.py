@@ -70,6 +70,11 @@ NOT_CONTAINED = (
     "limits are not enforced, and processes a session leaves behind keep running after "
     "it stops."
 )
+GPUS_BY_FILE_MODE = (
+    "GPUs on this hub are guarded by their device files' owner and mode only (cgroup v2 "
+    "without systemd has no device rules): a device node re-created with an open mode "
+    "would let another session use a GPU it does not hold."
+)
 DASHBOARDS_OPEN = (
     "Dask dashboards on this hub are not protected (iptables is missing or does not work "
     "here): any user of this machine can read the dashboard of another's cluster, its "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from shangzhuang import i18n
 from shangzhuang.hub import (
     DASHBOARDS_OPEN,
+    GPUS_BY_FILE_MODE,
     NOT_CONTAINED,
     NOT_ISOLATED,
     SESSION_LAUNCHER,
@@ -354,6 +355,8 @@ def pages(settings: Settings, host: Host) -> dict:
         template_vars["memory_notices"] = memory_notices
         spawner = local_sessions(settings, host)["LocalSpawner"]
         not_enforced = [NOT_CONTAINED] if not spawner["cgroups"] else []
+        if spawner["cgroups"] == "v2" and host.gpus:
+            not_enforced.append(GPUS_BY_FILE_MODE)
         if not spawner.get("dashboard_chain"):
             not_enforced.append(DASHBOARDS_OPEN)
         if not_enforced:

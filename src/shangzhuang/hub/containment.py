@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
+SYSTEMD = Path("/run/systemd/system")  # exists when systemd is PID 1 (sd_booted's test)
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "pids", "freezer")
 V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
 
@@ -58,6 +59,8 @@ class SessionLimits:
     pids: int
     # Char devices ("c MAJOR:MINOR") of the pool's GPUs this session does not hold.
     denied_devices: tuple[str, ...] = field(default=())
+    # Device files of the GPUs it holds (systemd allows these and nothing else).
+    gpu_files: tuple[str, ...] = field(default=())
 
 
 def hub_id(state_dir: Path | str) -> str:
@@ -379,11 +382,110 @@ def _field(text: str, name: str) -> int:
     return 0
 
 
-KINDS = {c.kind: c for c in (CgroupV1, CgroupV2)}
+# The driver's nodes CUDA opens besides the GPU's own (allowed to every session).
+NVIDIA_CONTROL_FILES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+
+
+class SystemdScope(SessionCgroup):
+    """Where systemd runs (PID 1) it owns the cgroup tree: each session is a transient
+    scope, `systemd-run --scope` in front of the session's command, its limits as unit
+    properties. systemd writes the cgroup files and, for DeviceAllow=, attaches the eBPF
+    device program cgroup v2 needs. The hub reads the scope's cgroup (processes, CPU time,
+    OOM kills) like any other, and finds it again after a restart by its unit name.
+
+    `path` is the same as the others' ('shangzhuang/<hub id>/alice.lab'): the folders above
+    the session become one slice (shangzhuang-<hub id>.slice), the session the scope
+    shangzhuang-<hub id>-alice.lab.scope in it."""
+
+    kind = "systemd"
+
+    def __init__(self, path: str, root: Path = CGROUP_ROOT):
+        super().__init__(path, root)
+        *above, session = self.path.split("/")
+        # "-" nests slices: a dash inside a folder's name must not start a new level.
+        parts = [p.replace("-", "_") for p in above] or ["shangzhuang"]
+        self.slice = "-".join(parts) + ".slice"
+        self.unit = f"{'-'.join(parts)}-{session}.scope"
+        slices = ["-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))]
+        folder = "/".join([*slices, self.unit])
+        layout = "v2" if (self.root / "cgroup.controllers").exists() else "v1"
+        self.files = KINDS[layout](folder, self.root)  # the cgroup systemd makes for it
+        self.limits: SessionLimits | None = None
+
+    def folders(self) -> list[Path]:
+        return self.files.folders()
+
+    def create(self, limits: SessionLimits) -> list[str]:
+        """Nothing to write: `command` hands the limits to systemd, which starts the scope."""
+        self.limits = limits
+        return []
+
+    def command(self, uid: int, gid: int) -> list[str]:
+        """`systemd-run` to put in front of the session's command: it makes the scope,
+        becomes uid:gid and execs the command (so the session's pid stays the same)."""
+        limits = self.limits
+        assert limits is not None, "create() first"
+        cpus = self._pick_cpus(limits.cores)
+        properties = [
+            f"CPUQuota={round(limits.cores * 100)}%",
+            f"CPUWeight={min(10000, max(1, int(limits.cores * 100)))}",
+            *([f"AllowedCPUs={format_cpus(cpus)}"] if cpus else []),
+            f"MemoryMax={limits.memory}",
+            "MemorySwapMax=0",
+            f"TasksMax={limits.pids}",
+            # closed: the standard pseudo devices (/dev/null, ptys...) and what is listed.
+            "DevicePolicy=closed",
+            *[f"DeviceAllow={f} rw" for f in (*NVIDIA_CONTROL_FILES, *limits.gpu_files)],
+        ]
+        return [
+            shutil.which("systemd-run") or "systemd-run",
+            "--scope", "--quiet", f"--unit={self.unit}", f"--slice={self.slice}",
+            f"--uid={uid}", f"--gid={gid}",
+            *[a for p in properties for a in ("-p", p)],
+            "--",
+        ]  # fmt: skip
+
+    def _pick_cpus(self, cores: float) -> list[int]:
+        # As on the cgroup file system: the CPUs least used by the hub's other sessions.
+        folder = self.files.folders()[0] if self.files.kind == "v2" else None
+        if folder is None or not folder.parent.is_dir():
+            return pick_cpus(math.ceil(cores), sorted(os.sched_getaffinity(0)), [])
+        available = parse_cpus(_read(folder.parent / "cpuset.cpus.effective"))
+        available = available or sorted(os.sched_getaffinity(0))
+        return pick_cpus(math.ceil(cores), available, self._cpus_taken(folder))
+
+    def join(self, pid: int = 0) -> None:
+        """Nothing: systemd-run puts the session in its scope."""
+
+    def kill(self) -> None:
+        subprocess.run(
+            [shutil.which("systemctl") or "systemctl", "kill", "--signal=SIGKILL", self.unit],
+            capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.files.kill()  # what systemd did not reach (a unit it no longer knows)
+
+    def rmdir(self) -> None:
+        # An empty scope goes by itself; stop says so in case it lingers (failed, say).
+        subprocess.run(
+            [shutil.which("systemctl") or "systemctl", "stop", self.unit],
+            capture_output=True, timeout=30,
+        )  # fmt: skip
+
+    def oom_kills(self) -> int:
+        return self.files.oom_kills()
+
+    def cpu_seconds(self) -> float:
+        return self.files.cpu_seconds()
+
+
+KINDS = {c.kind: c for c in (CgroupV1, CgroupV2, SystemdScope)}
 
 
 def detect(root: Path = CGROUP_ROOT) -> str:
-    """The cgroup layout of this machine: 'v2' (unified at the root), 'v1', or '' (none)."""
+    """How this machine's sessions are contained: 'systemd' (systemd is PID 1), else the
+    cgroup layout: 'v2' (unified at the root), 'v1', or '' (none)."""
+    if SYSTEMD.exists() and ((root / "cgroup.controllers").exists() or (root / "memory").is_dir()):
+        return "systemd"
     if (root / "cgroup.controllers").exists():
         return "v2"
     if (root / "memory" / "cgroup.procs").exists():

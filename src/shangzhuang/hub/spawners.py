@@ -13,6 +13,7 @@ import os
 import pwd
 import sys
 import time
+from contextlib import contextmanager
 from datetime import UTC
 from functools import cache
 from pathlib import Path
@@ -28,6 +29,7 @@ from shangzhuang.hub.containment import (
     DashboardFirewall,
     SessionCgroup,
     SessionLimits,
+    SystemdScope,
     gpu_denials,
     gpu_device_rule,
     session_cgroup,
@@ -439,6 +441,7 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         return SessionLimits(
             cores=profile.cores, memory=profile.memory, pids=self.pids_limit,
             denied_devices=gpu_denials(pool, held),
+            gpu_files=tuple(str(g.device) for g in self.gpu_pool.held_by(self.owner) if g.device),
         )  # fmt: skip
 
     async def _contain(self, profile: Profile) -> None:
@@ -489,7 +492,7 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
 
     # --- start ------------------------------------------------------------------------
     def make_preexec_fn(self, name):
-        if self.isolate:
+        if self.isolate and not isinstance(self.cgroup, SystemdScope):
             become_user = set_user_setuid(self.unix_name)
         else:
             home = self.home
@@ -548,7 +551,7 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
                     self.firewall.reserve, account.pw_uid
                 )
                 self.dashboard_uid = account.pw_uid
-            with self._session_log() as log:
+            with self._session_log() as log, self._in_scope(account):
                 self.popen_kwargs = {**self.popen_kwargs, "stdout": log, "stderr": log}
                 ip, port = await super().start()
             await self._listening(ip, port)
@@ -556,6 +559,20 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         except BaseException:
             self.clear_state()
             raise
+
+    @contextmanager
+    def _in_scope(self, account: pwd.struct_passwd | None):
+        """With a systemd scope, the session's command starts with `systemd-run --scope`
+        (which becomes the user: the preexec function stays root for it)."""
+        if not isinstance(self.cgroup, SystemdScope) or account is None:
+            yield
+            return
+        cmd = self.cmd
+        self.cmd = [*self.cgroup.command(account.pw_uid, account.pw_gid), *cmd]
+        try:
+            yield
+        finally:
+            self.cmd = cmd
 
     async def poll(self):
         # After a hub restart only the pid is known: a pid no longer in the session's
