@@ -64,6 +64,13 @@ $(LAB_STAMP): $(LAB_SOURCES) | $(STAMP)
 /usr/bin/chromium:
 	$(APT) update && $(APT) install -y --no-install-recommends chromium
 
+# The Lab extension's zh_CN catalog, with JupyterLab's tooling (jupyterlab-translate): extract
+# the messages of its TypeScript, Python and settings schema into the .pot and the .po; after
+# translating, compile the JSON (and .mo) the wheel ships. tests/lab/test_catalog.py checks both.
+lab-catalog: $(TEST_STAMP)
+	cd $(LAB) && PATH=$(abspath $(BIN)):$$PATH jupyterlab-translate update . shangzhuang_lab -l zh_CN
+	cd $(LAB) && PATH=$(abspath $(BIN)):$$PATH jupyterlab-translate compile . shangzhuang_lab -l zh_CN
+
 $(CJK_FONT):
 	$(APT) update && $(APT) install -y --no-install-recommends fonts-noto-cjk
 

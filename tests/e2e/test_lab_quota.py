@@ -5,6 +5,7 @@ exhausted state and its notification show."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import signal
@@ -124,7 +125,11 @@ def test_status_bar_panel_grant_and_outage(hub, browser, artifacts, mira):
         me = quota_me(hub, token)
         assert item.text_content() == status_text(me["resources"]) == "GPU 12.4 h · CPU 310 h left"
         assert "sz-quota-ok" in item.get_attribute("class")
-        assert me["period"]["resets_at"][:10] in item.get_attribute("title")
+        # The reset on the site's clock, written the locale's way (en: "resets Dec 1, 2026, 00:00").
+        reset = dt.datetime.fromisoformat(me["period"]["resets_at"])
+        assert f"resets {reset:%b} {reset.day}, {reset.year}, {reset:%H:%M}" in item.get_attribute(
+            "title"
+        )
 
         # A click opens the panel: bars for the account pool, this session, charges, CSV.
         item.click()

@@ -6,19 +6,22 @@ import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/a
 import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
+import { ITranslator } from '@jupyterlab/translation';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import {
   exhaustedMessage,
+  ILocale,
   lowMessage,
   noticeFor,
   QuotaState,
   stateClass,
   statusText,
   tooltipText,
-  UNAVAILABLE_TEXT
+  unavailableText
 } from './format';
+import { localeOf } from './locale';
 import { QuotaModel } from './model';
 import { PANEL_ID, QuotaPanel } from './panel';
 import { publishPlugin } from './publish';
@@ -38,6 +41,7 @@ export const quotaIcon = new LabIcon({
 class QuotaStatus extends Widget {
   constructor(
     private model: QuotaModel,
+    private trans: ILocale,
     onClick: () => void
   ) {
     super({ node: document.createElement('div') });
@@ -64,15 +68,18 @@ class QuotaStatus extends Widget {
     let state: QuotaState | 'unavailable';
     if (error) {
       state = 'unavailable';
-      this.node.textContent = UNAVAILABLE_TEXT;
-      this.node.title = `The quota service does not answer: ${error}. Retrying with backoff.`;
+      this.node.textContent = unavailableText(this.trans);
+      this.node.title = this.trans.__(
+        'The quota service does not answer: %1. Retrying with backoff.',
+        error
+      );
     } else if (info && !info.enabled) {
       this.node.textContent = '';
       return;
     } else if (info) {
       state = info.state;
-      this.node.textContent = statusText(info);
-      this.node.title = tooltipText(info);
+      this.node.textContent = statusText(info, this.trans);
+      this.node.title = tooltipText(info, this.trans);
     } else {
       return;
     }
@@ -88,7 +95,10 @@ class QuotaNotices {
   private previous: QuotaState | null = null;
   private exhaustedId: string | null = null;
 
-  constructor(private model: QuotaModel) {
+  constructor(
+    private model: QuotaModel,
+    private trans: ILocale
+  ) {
     model.changed.connect(this.onChanged, this);
   }
 
@@ -104,11 +114,12 @@ class QuotaNotices {
       this.exhaustedId = null;
     }
     if (notice === 'low') {
-      Notification.warning(lowMessage(info), { autoClose: 15000 });
+      Notification.warning(lowMessage(info, this.trans), { autoClose: 15000 });
     } else if (notice === 'exhausted') {
-      this.exhaustedId = Notification.error(exhaustedMessage(info), { autoClose: false });
+      this.exhaustedId = Notification.error(exhaustedMessage(info, this.trans), { autoClose: false });
     } else if (info.state === 'exhausted' && this.exhaustedId) {
-      Notification.update({ id: this.exhaustedId, message: exhaustedMessage(info), type: 'error' });
+      const message = exhaustedMessage(info, this.trans);
+      Notification.update({ id: this.exhaustedId, message, type: 'error' });
     }
   }
 }
@@ -117,21 +128,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description: 'Remaining GPU and CPU hours in the status bar, a quota panel, warnings, live GPU use.',
   autoStart: true,
-  optional: [IStatusBar, ISettingRegistry, ILabShell, ICommandPalette],
+  optional: [IStatusBar, ISettingRegistry, ILabShell, ICommandPalette, ITranslator],
   activate: (
     app: JupyterFrontEnd,
     statusBar: IStatusBar | null,
     settingRegistry: ISettingRegistry | null,
     labShell: ILabShell | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    translator: ITranslator | null
   ) => {
+    const trans = localeOf(translator);
     const model = new QuotaModel();
-    const panel = new QuotaPanel(model);
+    const panel = new QuotaPanel(model, trans);
     panel.title.icon = quotaIcon;
     app.shell.add(panel, 'right', { rank: 900 });
 
     app.commands.addCommand(OPEN_COMMAND, {
-      label: 'Show Quota (GPU and CPU hours)',
+      label: trans.__('Show Quota (GPU and CPU hours)'),
       execute: () => {
         app.shell.activateById(PANEL_ID);
       }
@@ -139,7 +152,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette?.addItem({ command: OPEN_COMMAND, category: 'Shangzhuang' });
 
     if (statusBar) {
-      const item = new QuotaStatus(model, () => {
+      const item = new QuotaStatus(model, trans, () => {
         if (panel.isVisible && labShell) {
           labShell.collapseRight();
         } else {
@@ -154,7 +167,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         activeStateChanged: model.changed
       });
     }
-    new QuotaNotices(model);
+    new QuotaNotices(model, trans);
 
     const apply = (settings: ISettingRegistry.ISettings) => {
       model.refreshSeconds = settings.get('refreshSeconds').composite as number;

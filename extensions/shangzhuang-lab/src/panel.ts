@@ -18,6 +18,7 @@ import {
   ICharge,
   IGpuUse,
   ILimit,
+  ILocale,
   IQuotaInfo,
   limitText,
   limitedResources,
@@ -27,7 +28,7 @@ import {
   stateClass,
   statusText,
   stopsInText,
-  UNAVAILABLE_TEXT,
+  unavailableText,
   usedFraction
 } from './format';
 import { endpointUrl, fetchCharges, fetchGpus, QuotaModel } from './model';
@@ -70,11 +71,14 @@ export class QuotaPanel extends Widget {
   private _gpuError: string | null = null;
   private _gpuTimer: number | null = null;
 
-  constructor(private model: QuotaModel) {
+  constructor(
+    private model: QuotaModel,
+    private trans: ILocale
+  ) {
     super();
     this.id = PANEL_ID;
     this.addClass('sz-quota-panel');
-    this.title.caption = 'Quota: GPU and CPU hours';
+    this.title.caption = trans.__('Quota: GPU and CPU hours');
     model.changed.connect(this.onQuotaChanged, this);
     this.render();
   }
@@ -144,19 +148,20 @@ export class QuotaPanel extends Widget {
 
   render(): void {
     const node = this.node;
+    const trans = this.trans;
     node.replaceChildren();
     const info = this.model.info;
     const head = el('div', 'sz-panel-head');
-    head.appendChild(el('h2', '', 'Quota'));
+    head.appendChild(el('h2', '', trans.__('Quota')));
     const state = this.model.error ? 'unavailable' : info?.state ?? 'ok';
     const summary = el(
       'div',
       `sz-panel-summary ${stateClass(state)}`,
       this.model.error
-        ? UNAVAILABLE_TEXT
+        ? unavailableText(this.trans)
         : info
-          ? (info.enabled && statusText(info)) || 'not limited'
-          : 'loading…'
+          ? (info.enabled && statusText(info, this.trans)) || trans.__('not limited')
+          : trans.__('loading…')
     );
     summary.dataset.state = state;
     head.appendChild(summary);
@@ -168,8 +173,17 @@ export class QuotaPanel extends Widget {
         el(
           'p',
           'sz-panel-error',
-          `The quota service does not answer (${this.model.error}); trying again in ${retry} s.` +
-            (info ? ' The figures below are from the last answer.' : '')
+          info
+            ? trans.__(
+                'The quota service does not answer (%1); trying again in %2 s. The figures below are from the last answer.',
+                this.model.error,
+                retry
+              )
+            : trans.__(
+                'The quota service does not answer (%1); trying again in %2 s.',
+                this.model.error,
+                retry
+              )
         )
       );
     }
@@ -177,7 +191,7 @@ export class QuotaPanel extends Widget {
       return;
     }
     if (!info.enabled) {
-      node.appendChild(el('p', 'sz-muted', 'This site has no GPU or CPU hour quotas.'));
+      node.appendChild(el('p', 'sz-muted', trans.__('This site has no GPU or CPU hour quotas.')));
       node.appendChild(this.renderGpus());
       return;
     }
@@ -189,61 +203,66 @@ export class QuotaPanel extends Widget {
   }
 
   private renderSession(info: IQuotaInfo): HTMLElement {
+    const trans = this.trans;
     const section = el('section', 'sz-session');
-    section.appendChild(el('h3', '', 'This session'));
+    section.appendChild(el('h3', '', trans.__('This session')));
     const dl = el('dl', 'sz-facts');
     const fact = (term: string, value: string, cls: string) => {
       dl.appendChild(el('dt', '', term));
       dl.appendChild(el('dd', cls, value));
     };
-    fact('Profile', info.session.profile ?? 'unknown', 'sz-session-profile');
-    fact('Cost per hour', formatCost(info.session.cost_per_hour), 'sz-session-cost');
-    fact('Account', info.account, 'sz-account');
-    fact('Period', resetText(info.period.resets_at), 'sz-resets');
+    fact(trans.__('Profile'), info.session.profile ?? trans.__('unknown'), 'sz-session-profile');
+    fact(trans.__('Cost per hour'), formatCost(info.session.cost_per_hour, this.trans), 'sz-session-cost');
+    fact(trans.__('Account'), info.account, 'sz-account');
+    fact(trans.__('Period'), resetText(info.period.resets_at, this.trans), 'sz-resets');
     if (info.session_stops) {
-      fact('Stops', stopsInText(info.stops_in_seconds), 'sz-stops');
+      fact(trans.__('Stops'), stopsInText(info.stops_in_seconds, this.trans), 'sz-stops');
     }
     if (info.running.length > 1) {
-      fact('Your sessions', String(info.running.length), 'sz-running-count');
+      fact(trans.__('Your sessions'), String(info.running.length), 'sz-running-count');
     }
     section.appendChild(dl);
     return section;
   }
 
   private renderLimits(info: IQuotaInfo): HTMLElement {
+    const trans = this.trans;
     const section = el('section', 'sz-limits');
     const resources = limitedResources(info);
     if (!resources.length) {
-      section.appendChild(el('p', 'sz-muted', 'No GPU or CPU hours are limited for you.'));
+      section.appendChild(el('p', 'sz-muted', trans.__('No GPU or CPU hours are limited for you.')));
       return section;
     }
     for (const r of resources) {
       const rb = info.resources[r];
       const block = el('div', 'sz-resource');
       block.dataset.resource = r;
-      const title = el('h3', '', `${resourceTitle(r)}: ${formatHours(rb.remaining as number)} left`);
+      const left = formatHours(rb.remaining as number, this.trans);
+      const title = el('h3', '', trans.__('%1: %2 left', resourceTitle(r, this.trans), left));
       block.appendChild(title);
       const row = (label: string, limit: ILimit, kind: string) => {
         const line = el('div', `sz-limit sz-limit-${kind}`);
         line.appendChild(el('div', 'sz-limit-label', label));
         line.appendChild(bar(usedFraction(limit), limit.remaining <= 0 ? 'sz-bar-empty' : ''));
-        line.appendChild(el('div', 'sz-limit-text', limitText(limit)));
+        line.appendChild(el('div', 'sz-limit-text', limitText(limit, this.trans)));
         block.appendChild(line);
       };
       if (rb.account) {
-        row(`Account pool (${info.account})`, rb.account, 'account');
+        row(trans.__('Account pool (%1)', info.account), rb.account, 'account');
       }
       if (rb.personal) {
-        row('Your personal cap', rb.personal, 'personal');
+        row(trans.__('Your personal cap'), rb.personal, 'personal');
       }
       const hours = hoursToEmpty(info, r);
       let burn: string;
       if ((rb.remaining as number) <= 0) {
-        burn = 'Used up';
+        burn = trans.__('Used up');
       } else if (hours === null) {
-        burn = `Not used by ${info.running.length ? 'your sessions' : 'any session'} now`;
+        burn = info.running.length
+          ? trans.__('Not used by your sessions now')
+          : trans.__('Not used by any session now');
       } else {
-        burn = `Empty in ${formatDuration(hours)} at the current burn`;
+        burn = trans.__('Empty in %1 at the current burn', formatDuration(hours, this.trans));
       }
       block.appendChild(el('div', 'sz-time-to-empty', burn));
       section.appendChild(block);
@@ -252,28 +271,30 @@ export class QuotaPanel extends Widget {
   }
 
   private renderGpus(): HTMLElement {
+    const trans = this.trans;
     const section = el('section', 'sz-gpus');
-    section.appendChild(el('h3', '', 'GPUs of this session'));
+    section.appendChild(el('h3', '', trans.__('GPUs of this session')));
     if (this._gpuError) {
-      section.appendChild(el('p', 'sz-muted', `GPU figures unavailable: ${this._gpuError}`));
+      section.appendChild(el('p', 'sz-muted', trans.__('GPU figures unavailable: %1', this._gpuError)));
     } else if (!this._gpus) {
-      section.appendChild(el('p', 'sz-muted', 'reading…'));
+      section.appendChild(el('p', 'sz-muted', trans.__('reading…')));
     } else if (!this._gpus.gpus.length) {
-      section.appendChild(el('p', 'sz-muted sz-no-gpu', this._gpus.message ?? 'no GPU in this session'));
+      const why = this._gpus.message ?? trans.__('no GPU in this session');
+      section.appendChild(el('p', 'sz-muted sz-no-gpu', why));
     } else {
       for (const gpu of this._gpus.gpus) {
         const row = el('div', 'sz-gpu');
         row.appendChild(el('div', 'sz-gpu-name', `GPU ${gpu.index ?? '?'}: ${gpu.name}`));
         const util = gpu.utilization_percent ?? 0;
-        row.appendChild(el('div', 'sz-limit-label', `Utilisation ${formatPercent(gpu.utilization_percent)}`));
+        const busy = formatPercent(gpu.utilization_percent, this.trans);
+        row.appendChild(el('div', 'sz-limit-label', trans.__('Utilisation %1', busy)));
         row.appendChild(bar(util / 100));
         const mem =
           gpu.memory_used_bytes !== null && gpu.memory_total_bytes
             ? gpu.memory_used_bytes / gpu.memory_total_bytes
             : 0;
-        row.appendChild(
-          el('div', 'sz-limit-label', `Memory ${formatGiB(gpu.memory_used_bytes, gpu.memory_total_bytes)}`)
-        );
+        const memory = formatGiB(gpu.memory_used_bytes, gpu.memory_total_bytes, this.trans);
+        row.appendChild(el('div', 'sz-limit-label', trans.__('Memory %1', memory)));
         row.appendChild(bar(mem));
         section.appendChild(row);
       }
@@ -285,18 +306,19 @@ export class QuotaPanel extends Widget {
   }
 
   private renderCharges(): HTMLElement {
+    const trans = this.trans;
     const section = el('section', 'sz-charges');
-    section.appendChild(el('h3', '', 'Last charges'));
+    section.appendChild(el('h3', '', trans.__('Last charges')));
     if (this._chargesError) {
-      section.appendChild(el('p', 'sz-muted', `Charges unavailable: ${this._chargesError}`));
+      section.appendChild(el('p', 'sz-muted', trans.__('Charges unavailable: %1', this._chargesError)));
     } else if (!this._charges) {
-      section.appendChild(el('p', 'sz-muted', 'loading…'));
+      section.appendChild(el('p', 'sz-muted', trans.__('loading…')));
     } else if (!this._charges.length) {
-      section.appendChild(el('p', 'sz-muted', 'No charges yet.'));
+      section.appendChild(el('p', 'sz-muted', trans.__('No charges yet.')));
     } else {
       const table = el('table', 'sz-charges-table');
       const head = el('tr');
-      for (const [h, cls] of [['From', ''], ['', ''], ['Hours', 'sz-num']]) {
+      for (const [h, cls] of [[trans.__('From'), ''], ['', ''], [trans.__('Hours'), 'sz-num']]) {
         head.appendChild(el('th', cls, h));
       }
       table.appendChild(head);
@@ -305,12 +327,12 @@ export class QuotaPanel extends Widget {
         tr.title = `${c.source}: ${c.consumer}\n${c.start} – ${c.end}`;
         tr.appendChild(el('td', 'sz-when', formatChargeTime(c.start)));
         tr.appendChild(el('td', '', resourceLabel(c.resource)));
-        tr.appendChild(el('td', 'sz-num', formatAmount(c.amount, '')));
+        tr.appendChild(el('td', 'sz-num', formatAmount(c.amount, this.trans)));
         table.appendChild(tr);
       }
       section.appendChild(table);
     }
-    const link = el('a', 'sz-csv-link', 'Download all usage (CSV)');
+    const link = el('a', 'sz-csv-link', trans.__('Download all usage (CSV)'));
     link.href = endpointUrl('usage.csv');
     link.setAttribute('download', 'usage.csv');
     section.appendChild(link);

@@ -11,8 +11,11 @@ import { Dialog, ICommandPalette, Notification, showDialog } from '@jupyterlab/a
 import { URLExt } from '@jupyterlab/coreutils';
 import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
 import { ServerConnection } from '@jupyterlab/services';
+import { ITranslator } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
+import { ILocale } from './format';
+import { localeOf } from './locale';
 import {
   appNameFor,
   Audience,
@@ -87,10 +90,11 @@ function textInput(name: string, value = '', placeholder = ''): HTMLInputElement
 export class PublishForm extends Widget {
   constructor(
     private path: string,
-    info: IAppsInfo | null
+    info: IAppsInfo | null,
+    trans: ILocale
   ) {
     super({ node: document.createElement('form') });
-    this.addClass('sz-publish-form');
+        this.addClass('sz-publish-form');
     this.node.style.minWidth = '420px';
     const name = appNameFor(path);
     const previous = info?.owned.find(a => a.name === name);
@@ -116,9 +120,9 @@ export class PublishForm extends Widget {
 
     const audience = document.createElement('div');
     const choices: [Audience, string, boolean][] = [
-      ['named', 'Named users and groups', true],
-      ['signed-in', 'Anyone signed in to this site', true],
-      ['public', 'Anyone with the link (no account)', !!info?.public_links]
+      ['named', trans.__('Named users and groups'), true],
+      ['signed-in', trans.__('Anyone signed in to this site'), true],
+      ['public', trans.__('Anyone with the link (no account)'), !!info?.public_links]
     ];
     for (const [value, label, allowed] of choices) {
       const row = document.createElement('label');
@@ -135,21 +139,25 @@ export class PublishForm extends Widget {
       radio.value = value;
       radio.checked = value === 'named';
       radio.disabled = !allowed;
-      row.append(radio, `${label}${allowed ? '' : ' (not allowed on this site)'}`);
+      row.append(radio, allowed ? label : trans.__('%1 (not allowed on this site)', label));
       audience.append(row);
     }
     this.node.append(
-      field('Name', this.name, 'Part of the app\u2019s address: lower-case letters, digits, dashes.'),
-      field('Description', this.description),
-      field('Who may view it', audience),
-      field('Users', this.users, 'With \u201cNamed users and groups\u201d.'),
-      field('Groups', this.groups),
       field(
-        'More files',
-        this.files,
-        'Files beside the notebook the app needs, besides those its metadata declares.'
+        trans.__('Name'),
+        this.name,
+        trans.__('Part of the app\u2019s address: lower-case letters, digits, dashes.')
       ),
-      field('Runs on', this.profile)
+      field(trans.__('Description'), this.description),
+      field(trans.__('Who may view it'), audience),
+      field(trans.__('Users'), this.users, trans.__('With \u201cNamed users and groups\u201d.')),
+      field(trans.__('Groups'), this.groups),
+      field(
+        trans.__('More files'),
+        this.files,
+        trans.__('Files beside the notebook the app needs, besides those its metadata declares.')
+      ),
+      field(trans.__('Runs on'), this.profile)
     );
     this.node.addEventListener('submit', e => e.preventDefault());
   }
@@ -176,34 +184,41 @@ export class PublishForm extends Widget {
 }
 
 /** Ask, publish, and say how it went (with the app's link). */
-export async function publishNotebook(path: string): Promise<IPublished | null> {
-  let info: IAppsInfo | null = null;
+export async function publishNotebook(path: string, trans: ILocale): Promise<IPublished | null> {
+    let info: IAppsInfo | null = null;
   try {
     info = await call<IAppsInfo>('apps');
   } catch (err) {
-    Notification.error(`Apps are not available here: ${(err as Error).message}`, {
+    Notification.error(trans.__('Apps are not available here: %1', (err as Error).message), {
       autoClose: 10000
     });
     return null;
   }
-  const form = new PublishForm(path, info);
+  const form = new PublishForm(path, info, trans);
   for (;;) {
     const result = await showDialog({
-      title: 'Publish as app',
+      title: trans.__('Publish as app'),
       body: form,
-      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Publish' })],
+      buttons: [
+        Dialog.cancelButton({ label: trans.__('Cancel') }),
+        Dialog.okButton({ label: trans.__('Publish') })
+      ],
       focusNodeSelector: 'input[name=name]'
     });
     if (!result.button.accept || !result.value) {
       return null;
     }
     const request = result.value;
-    const problem = problemWith(request);
+    const problem = problemWith(request, trans);
     if (problem) {
-      await showDialog({ title: 'Publish as app', body: problem, buttons: [Dialog.okButton()] });
+      await showDialog({
+        title: trans.__('Publish as app'),
+        body: problem,
+        buttons: [Dialog.okButton({ label: trans.__('OK') })]
+      });
       continue;
     }
-    const pending = Notification.emit(`Publishing ${request.name}\u2026`, 'in-progress', {
+    const pending = Notification.emit(trans.__('Publishing %1\u2026', request.name), 'in-progress', {
       autoClose: false
     });
     try {
@@ -214,14 +229,25 @@ export async function publishNotebook(path: string): Promise<IPublished | null> 
       Notification.update({
         id: pending,
         type: app.start_error ? 'warning' : 'success',
-        message:
-          `Published ${app.name} for ${audienceText(request.viewers)}: ${app.full_url}` +
-          (app.start_error ? ` (not running yet: ${app.start_error})` : ''),
+        message: app.start_error
+          ? trans.__(
+              'Published %1 for %2: %3 (not running yet: %4)',
+              app.name,
+              audienceText(request.viewers, trans),
+              app.full_url,
+              app.start_error
+            )
+          : trans.__(
+              'Published %1 for %2: %3',
+              app.name,
+              audienceText(request.viewers, trans),
+              app.full_url
+            ),
         autoClose: false,
         actions: [
-          { label: 'Open app', callback: () => window.open(app.full_url, '_blank') },
+          { label: trans.__('Open app'), callback: () => window.open(app.full_url, '_blank') },
           {
-            label: 'Copy link',
+            label: trans.__('Copy link'),
             callback: () => void navigator.clipboard?.writeText(app.full_url)
           }
         ]
@@ -231,7 +257,7 @@ export async function publishNotebook(path: string): Promise<IPublished | null> 
       Notification.update({
         id: pending,
         type: 'error',
-        message: `Could not publish ${request.name}: ${(err as Error).message}`,
+        message: trans.__('Could not publish %1: %2', request.name, (err as Error).message),
         autoClose: false
       });
       return null;
@@ -243,13 +269,15 @@ export const publishPlugin: JupyterFrontEndPlugin<void> = {
   id: 'shangzhuang-lab:publish',
   description: 'Publish a notebook as a Voila app that others can open (and nothing else).',
   autoStart: true,
-  optional: [IFileBrowserFactory, ICommandPalette],
+  optional: [IFileBrowserFactory, ICommandPalette, ITranslator],
   activate: (
     app: JupyterFrontEnd,
     browsers: IFileBrowserFactory | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    translator: ITranslator | null
   ) => {
-    /** The notebook to publish: the one right-clicked or selected, else the current one. */
+    const trans = localeOf(translator);
+        /** The notebook to publish: the one right-clicked or selected, else the current one. */
     const target = (fromMenu: boolean): string | null => {
       const current = app.shell.currentWidget as { context?: { path?: string } } | null;
       const open = current?.context?.path;
@@ -263,15 +291,17 @@ export const publishPlugin: JupyterFrontEndPlugin<void> = {
     };
 
     app.commands.addCommand(PUBLISH_COMMAND, {
-      label: 'Publish as App\u2026',
-      caption: 'Publish this notebook as a Voila app others can open',
+      label: trans.__('Publish as App\u2026'),
+      caption: trans.__('Publish this notebook as a Voila app others can open'),
       execute: async args => {
         const path = (args.path as string) || target(!!args.fromMenu);
         if (!path) {
-          Notification.info('Open a notebook, or select one in the file browser, to publish it.');
+          Notification.info(
+            trans.__('Open a notebook, or select one in the file browser, to publish it.')
+          );
           return;
         }
-        return publishNotebook(path);
+        return publishNotebook(path, trans);
       }
     });
     app.contextMenu.addItem({

@@ -2,6 +2,7 @@
  * The "Publish as app" dialog's pure parts: a name from a notebook's file name, the lists
  * people type, and the request the server extension takes (tested with jest).
  */
+import { ENGLISH, ILocale } from './format';
 
 /** Who may view an app besides its owner (the apps API's viewers object). */
 export interface IViewers {
@@ -58,24 +59,26 @@ export function viewersFor(audience: Audience, users: string, groups: string): I
 }
 
 /** What is wrong with the form, or null. */
-export function problemWith(request: IPublishRequest): string | null {
+export function problemWith(request: IPublishRequest, trans: ILocale = ENGLISH): string | null {
   if (!APP_NAME.test(request.name)) {
-    return 'The name may have lower-case letters, digits and dashes (up to 40), starting with a letter or digit.';
+    return trans.__(
+      'The name may have lower-case letters, digits and dashes (up to 40), starting with a letter or digit.'
+    );
   }
   if (!request.path.toLowerCase().endsWith('.ipynb')) {
-    return 'Only a notebook (.ipynb) can be published as an app.';
+    return trans.__('Only a notebook (.ipynb) can be published as an app.');
   }
   return null;
 }
 
 /** One line for the notification: who may view it. */
-export function audienceText(viewers: IViewers): string {
+export function audienceText(viewers: IViewers, trans: ILocale = ENGLISH): string {
   if (viewers.public) {
-    return 'anyone with the link';
+    return trans.__('anyone with the link');
   }
   if (viewers.signed_in) {
-    return 'anyone signed in';
+    return trans.__('anyone signed in');
   }
-  const named = [...viewers.users, ...viewers.groups.map(g => `group ${g}`)];
-  return named.length ? named.join(', ') : 'only you';
+  const named = [...viewers.users, ...viewers.groups.map(g => trans.__('group %1', g))];
+  return named.length ? named.join(trans.__(', ')) : trans.__('only you');
 }

@@ -132,7 +132,7 @@ describe('state and thresholds', () => {
     q.resources.cpu_hours.account = limit(20000, 10000);
     expect(lowestShare(q)).toEqual({ resource: 'gpu_hours', share: 3.5 / 40 });
     expect(lowMessage(q)).toBe(
-      'Less than 9% of your GPU quota left (3.5 h); it resets 2026-12-01 00:00 (+08:00).'
+      'Less than 9% of your GPU quota left (3.5 h); it resets Dec 1, 2026, 00:00 (+08:00).'
     );
   });
 
@@ -158,11 +158,11 @@ describe('bars and amounts', () => {
   });
 
   it.each([
-    [0, '0 h'],
-    [0.0166666, '0.0167 h'],
-    [1.256, '1.26 h'],
-    [310.75, '310.75 h'],
-    [20000, '20000 h']
+    [0, '0'],
+    [0.0166666, '0.0167'],
+    [1.256, '1.26'],
+    [310.75, '310.75'],
+    [20000, '20000']
   ])('formatAmount(%p) = %p', (h, text) => expect(formatAmount(h)).toBe(text));
 
   it('writes costs without the resources a profile does not use', () => {
@@ -208,16 +208,18 @@ describe('time to empty', () => {
 
 describe('reset date and tooltip', () => {
   it('keeps the site clock of the API', () => {
-    expect(formatSiteTime('2026-12-01T00:00:00+08:00')).toBe('2026-12-01 00:00 (+08:00)');
-    expect(formatSiteTime('2026-12-01T00:00:00Z')).toBe('2026-12-01 00:00 (UTC)');
-    expect(formatSiteTime('2026-12-01T08:30:00')).toBe('2026-12-01 08:30');
+    expect(formatSiteTime('2026-12-01T00:00:00+08:00')).toBe('Dec 1, 2026, 00:00 (+08:00)');
+    expect(formatSiteTime('2026-11-30T23:59:00+08:00')).toBe('Nov 30, 2026, 23:59 (+08:00)');
+    expect(formatSiteTime('2026-12-01T00:00:00Z')).toBe('Dec 1, 2026, 00:00 (UTC)');
+    expect(formatSiteTime('2026-12-01T08:30:00')).toBe('Dec 1, 2026, 08:30');
+    expect(formatSiteTime('not a time')).toBe('not a time');
     expect(formatSiteTime(null)).toBe('');
     expect(resetText(null)).toBe('no reset: grants only');
   });
 
   it('gives the reset date in the tooltip', () => {
     expect(tooltipText(quota())).toBe(
-      'Quota of alice (account tsinghua): resets 2026-12-01 00:00 (+08:00)\n' +
+      'Quota of alice (account tsinghua): resets Dec 1, 2026, 00:00 (+08:00)\n' +
         'GPU hours: 12.4 h left\nCPU hours: 310 h left\nClick for details'
     );
   });
