@@ -252,3 +252,57 @@ def test_the_sign_up_approval_page_in_chinese():
     main = visible_text(html)
     assert "注册申请" in main and "批准" in main
     assert not english_left(main.replace("bob", "")), "the whole page, nav and dialogs too"
+
+
+# --- the services' pages (their own Jinja environments, translated the same way) -------
+
+APPS_TEMPLATES = ROOT / "src" / "shangzhuang" / "apps" / "templates" / "service"
+QUOTA_TEMPLATES = ROOT / "src" / "shangzhuang" / "quota" / "templates"
+
+
+def render_service(folder: Path, name: str, language: str, **ns) -> str:
+    i18n.use(language, "Asia/Shanghai")
+    try:
+        return i18n.jinja_environment(folder).get_template(name).render(**ns)
+    finally:
+        i18n.use("en", "UTC")
+
+
+def test_the_apps_page_in_chinese():
+    from shangzhuang.apps.registry import Viewers
+
+    app = {"owner": "alice", "name": "demo", "url": "/services/apps/open/alice/demo",
+           "description": "", "running": False, "always_on": True,
+           "access": Viewers(signed_in=True).describe()}  # fmt: skip
+    html = render_service(APPS_TEMPLATES, "apps.html", "zh_CN", site="Shangzhuang Workbench",
+                          prefix="/services/apps/", hub="/hub/", owned=[app], shared=[],
+                          can_manage=True, xsrf_form_html=lambda: "")  # fmt: skip
+    text = visible_text(html)
+    assert "我发布的应用" in text and "所有已登录用户" in text and "常驻" in text
+    # Voila, JupyterLab and the command are names; 'demo' and 'alice' the app's
+    names = {"Voila", "JupyterLab", "shangzhuang", "apps", "publish", "demo"}
+    assert not [w for w in english_left(text) if w not in names]
+    # the unpublish confirmation, in the page's script (JSON: non-ASCII as \u escapes)
+    assert json.dumps("确定下线 demo？")[1:-1] in html
+
+
+def test_the_usage_page_in_chinese():
+    from shangzhuang.quota.pages import RESOURCE_NAMES, SOURCE_NAMES
+
+    i18n.use("zh_CN")
+    words = {"source_names": {k: str(v) for k, v in SOURCE_NAMES.items()},
+             "resource_names": {k: str(v) for k, v in RESOURCE_NAMES.items()}}  # fmt: skip
+    i18n.use("en")
+    html = render_service(
+        QUOTA_TEMPLATES, "usage.html", "zh_CN", prefix="/services/quota/", static="/s/",
+        me="alice", account="default", site="Shangzhuang Workbench", apps=True, xsrf="x",
+        remaining=[{"resource": "gpu_hours", "hours": 12.4}, {"resource": "cpu_hours",
+                                                               "hours": None}],
+        resets=__import__("datetime").datetime.fromisoformat("2026-11-30T16:00:00+00:00"),
+        managed=["physics"], admin=True, **words,
+    )  # fmt: skip
+    text = visible_text(html)
+    assert "GPU 卡时：剩余 12.4 小时。" in text and "你的配额将于 12月1日 00:00 重置。" in text
+    assert not [w for w in english_left(text) if w not in {"default", "physics", "CSV", "Dask",
+                                                              "Lab", "Slurm"}]  # fmt: skip
+    assert json.dumps("按当前用量")[1:-1] in html  # the words the page's script shows

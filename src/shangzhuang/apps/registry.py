@@ -63,12 +63,15 @@ class Viewers:
         return out
 
     def describe(self) -> str:
+        """Who may view, in words (a shangzhuang.i18n.Message: the reader's language)."""
+        from shangzhuang.i18n import Message
+
         if self.public:
-            return "anyone with the link (no account needed)"
+            return Message("anyone with the link (no account needed)")
         if self.signed_in:
-            return "anyone signed in"
-        named = [*self.users, *(f"group {g}" for g in self.groups)]
-        return ", ".join(named) if named else "only you"
+            return Message("anyone signed in")
+        named = [*self.users, *(Message("group {group}", group=g) for g in self.groups)]
+        return Message("{names}", names=named) if named else Message("only you")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from tornado import web
 from shangzhuang.apps.hub_api import HubAPI, HubError
 from shangzhuang.apps.registry import App, AppError, Registry, Viewers, check_name
 from shangzhuang.apps.snapshot import decode
+from shangzhuang.i18n import Message, jinja_environment, request_language
 from shangzhuang.services import APIHandler as JSONHandler
 from shangzhuang.services import ServiceHandler, is_admin, run_service
 from shangzhuang.settings import Settings, load_settings
@@ -409,15 +410,18 @@ class OpenHandler(BaseHandler):
         try:
             app = self.app_or_404(owner, name)
         except web.HTTPError:
-            self.render("message.html", 404, title="No such app",
-                        message=f"There is no app {owner}/{name} (any more).")  # fmt: skip
+            self.render("message.html", 404, title=Message("No such app"),
+                        message=Message("There is no app {owner}/{name} (any more).",
+                                        owner=owner, name=name))  # fmt: skip
             return
         apps = self.apps
         if not apps.public(app):
             me = self.caller()
             if not app.may_view(me, self.apps.settings.apps.public_links):
-                message = f"{owner}'s app {name} is not shared with {me['name']}."
-                self.render("message.html", 403, title="Not shared with you", message=message)
+                message = Message("{owner}'s app {name} is not shared with {viewer}.",
+                                  owner=owner, name=name, viewer=me["name"])  # fmt: skip
+                self.render("message.html", 403, title=Message("Not shared with you"),
+                            message=message)  # fmt: skip
                 return
             if app.viewers.signed_in:
                 await apps.grant_visitor(app, me)
@@ -430,7 +434,8 @@ class OpenHandler(BaseHandler):
                 return
             problem = await apps.start(app)
             if problem:
-                self.render("message.html", 503, title=f"{app.name} can't start now",
+                self.render("message.html", 503,
+                            title=Message("{name} can't start now", name=app.name),
                             message=self.start_problem(app, problem))  # fmt: skip
                 return
             if await apps.hub.wait(owner, apps.server(app), self.settings["open_wait"]):
@@ -440,24 +445,26 @@ class OpenHandler(BaseHandler):
             if server and server.get("pending"):
                 self.render("starting.html", 202, app=apps.model(app, server, False))
                 return
-        self.render("message.html", 503, title=f"{app.name} can't start now",
-                    message="The app stopped while starting. Try again in a minute; "
-                    "if it keeps failing, tell its owner.")  # fmt: skip
+        self.render("message.html", 503, title=Message("{name} can't start now", name=app.name),
+                    message=Message("The app stopped while starting. Try again in a minute; "
+                                    "if it keeps failing, tell its owner."))  # fmt: skip
 
     def start_problem(self, app: App, problem: str) -> str:
         me = self.current_user or {}
         if me.get("name") == app.owner or is_admin(me):
             return problem  # the owner sees the hub's full reason (quota, GPUs...)
         if "quota" in problem.lower():
-            return f"{app.owner} has no compute quota left to run this app right now."
-        return (
+            return Message(
+                "{owner} has no compute quota left to run this app right now.", owner=app.owner
+            )
+        return Message(
             "The app could not start. Try again in a minute; if it keeps failing, tell its owner."
         )
 
 
 def make_app(settings: Settings, hub: HubAPI, prefix: str, hub_prefix: str = "/"):
     apps = Apps(settings, hub, prefix, hub_prefix)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+    env = jinja_environment(TEMPLATES)  # translated like the hub's (shangzhuang.i18n)
     app_path = r"([^/]+)/([a-z0-9][a-z0-9-]*)"
     return web.Application(
         [
@@ -473,6 +480,8 @@ def make_app(settings: Settings, hub: HubAPI, prefix: str, hub_prefix: str = "/"
         open_wait=60,
         cookie_secret=os.urandom(32),
         xsrf_cookies=True,
+        # Each request's language (cookie on the hub's host, Accept-Language): i18n.
+        transforms=[request_language(settings.site.language, settings.site.timezone)],
         # A publish carries the snapshot (base64): room for apps.max_snapshot_bytes.
         max_body_size=int(settings.apps.max_snapshot_bytes * 1.4) + 1024**2,
     )

@@ -27,10 +27,18 @@ def set_language_cookie(handler, language: str) -> None:
 
 
 class LanguageHandler(BaseHandler):
-    """POST /hub/language (language=zh_CN|en, with _xsrf): switch, then back to ?next."""
+    """POST /hub/language (language=zh_CN|en, with _xsrf): switch, then back to `next`."""
 
     def initialize(self, choices: i18n.LanguageChoices):
         self.choices = choices
+
+    async def get(self):
+        """The switch on a page of its own, for our services' pages (they can't hold the
+        hub's XSRF token): GET /hub/language?next=/services/apps/."""
+        html = await self.render_template(
+            "sz-language.html", next_url=self.get_next_url(default=self.hub.base_url)
+        )
+        self.finish(html)
 
     async def post(self):
         language = self.get_body_argument("language", "")

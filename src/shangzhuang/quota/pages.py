@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-import jinja2
 from jupyterhub.utils import url_path_join
 from pydantic import Field
 from tornado import web
 
+from shangzhuang.i18n import Message, jinja_environment
 from shangzhuang.quota import figures
 from shangzhuang.quota.openapi import operation, route
 from shangzhuang.quota.service import APIHandler
@@ -27,13 +27,14 @@ from shangzhuang.settings import RESOURCES
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-_jinja = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True
-)
+_jinja = jinja_environment(HERE / "templates")  # translated like the hub's (shangzhuang.i18n)
 
 # How sources and resources are named on the page (plain words, one place to translate).
-SOURCE_NAMES = {"lab": "Lab", "job": "Slurm job", "dask": "Dask worker", "app": "App"}
-RESOURCE_NAMES = {"gpu_hours": "GPU-hours", "cpu_hours": "CPU-hours"}
+SOURCE_NAMES = {
+    "lab": Message("Lab"), "job": Message("Slurm job"), "dask": Message("Dask worker"),
+    "app": Message("App"),
+}  # fmt: skip
+RESOURCE_NAMES = {"gpu_hours": Message("GPU-hours"), "cpu_hours": Message("CPU-hours")}
 
 
 _DATE = "an ISO 8601 date or time, such as 2026-11-01 (give since and until together)"
@@ -104,13 +105,9 @@ class UsagePage(UsageAccess):
         me = self.caller()
         balance = self.ledger.balance(me["name"])
         tz = ZoneInfo(self.ledger.tz)
-        resets = (
-            datetime.fromtimestamp(balance.period.end, tz).strftime("%A %-d %B %Y, %H:%M")
-            if balance.period.resets
-            else None
-        )
+        resets = datetime.fromtimestamp(balance.period.end, tz) if balance.period.resets else None
         remaining = [
-            {"name": RESOURCE_NAMES[r], "hours": rb.remaining, "limit": rb.binding}
+            {"resource": r, "hours": rb.remaining, "limit": rb.binding}
             for r, rb in balance.resources.items()
         ]
         prefix = self.settings["prefix"]
@@ -127,8 +124,11 @@ class UsagePage(UsageAccess):
             admin=self.is_admin(me),
             xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes)
             else self.xsrf_token,
-            source_names=SOURCE_NAMES,
-            resource_names=RESOURCE_NAMES,
+            # Words for the page's script (JSON): in the reader's language now.
+            source_names={k: str(v) for k, v in SOURCE_NAMES.items()},
+            resource_names={k: str(v) for k, v in RESOURCE_NAMES.items()},
+            site=self.settings["site"].site.name,
+            apps=self.settings["site"].apps.enabled,
         )  # fmt: skip
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(html)

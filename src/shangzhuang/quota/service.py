@@ -22,6 +22,7 @@ from jupyterhub.utils import url_path_join
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tornado import web
 
+from shangzhuang.i18n import request_language
 from shangzhuang.quota import open_ledger
 from shangzhuang.quota.alerts import Alerts, run_alerts
 from shangzhuang.quota.ledger import Ledger, QuotaError
@@ -283,6 +284,8 @@ def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) 
         metrics=metrics,
         cookie_secret=os.urandom(32),
         xsrf_cookies=False,
+        # Each request's language (cookie on the hub's host, Accept-Language): i18n.
+        transforms=[request_language(settings.site.language, settings.site.timezone)],
     )
 
 
