@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from shangzhuang.hub.containment import detect
+from shangzhuang.hub.containment import detect, firewall_chain
 from tests.integration.hub import RunningHub, workdir
 
 pytestmark = [
@@ -269,12 +269,24 @@ def test_a_hub_restart_keeps_sessions_in_their_cgroups(hub):
     before = cgroup_of(lab, "memory")
     assert before.endswith("/alice.lab"), before
     pid = detach(hub, "alice", ["sleep", "1000"])
+    # Her dashboard ports' rule, emptied meanwhile as a reboot of iptables would: the
+    # restarted hub puts it back for her running session.
+    chain, uid = firewall_chain(hub.state), pwd.getpwnam(f"{hub.prefix}alice").pw_uid
+    assert f"--uid-owner {uid}" in iptables_rules(chain)
+    subprocess.run(["iptables", "-w", "-F", chain], check=True)
     hub.restart()
     assert hub.wait_ready("alice")
     assert cgroup_of(lab, "memory") == before
+    assert f"--uid-owner {uid}" in iptables_rules(chain)
     hub.stop_server("alice")  # the restarted hub still finds and empties the cgroup
     assert not alive(pid) and not alive(lab)
     assert not Path("/sys/fs/cgroup/memory", before.lstrip("/")).exists()
+    assert iptables_rules(chain) == ""  # the chain went with its last session
+
+
+def iptables_rules(chain: str) -> str:
+    listed = subprocess.run(["iptables", "-w", "-S", chain], capture_output=True, text=True)
+    return listed.stdout
 
 
 def test_not_isolated_the_home_page_says_what_is_not_enforced():
