@@ -36,7 +36,7 @@ lint: install-test
 
 install: $(STAMP) $(USERENV_STAMP) $(LAB_STAMP) node_modules/.bin/configurable-http-proxy $(CJK_FONT)
 
-install-test: install $(TEST_STAMP) /usr/bin/chromium $(MYHOSTNAME)
+install-test: install $(TEST_STAMP) /usr/bin/chromium $(MYHOSTNAME) /usr/sbin/iptables
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { $(APT) update && $(APT) install -y --no-install-recommends python3-venv; }
@@ -70,6 +70,11 @@ $(LAB_STAMP): $(LAB_SOURCES) | $(STAMP)
 lab-catalog: $(TEST_STAMP)
 	cd $(LAB) && PATH=$(abspath $(BIN)):$$PATH jupyterlab-translate update . shangzhuang_lab -l zh_CN
 	cd $(LAB) && PATH=$(abspath $(BIN)):$$PATH jupyterlab-translate compile . shangzhuang_lab -l zh_CN
+
+# A root hub keeps each session's Dask dashboard ports to its own account with an iptables
+# rule (hub/containment.py); tests/security/test_dask.py attacks them.
+/usr/sbin/iptables:
+	$(APT) update && $(APT) install -y --no-install-recommends iptables
 
 $(CJK_FONT):
 	$(APT) update && $(APT) install -y --no-install-recommends fonts-noto-cjk
