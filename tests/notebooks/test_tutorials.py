@@ -163,3 +163,39 @@ def test_an_nbgitpuller_link_pulls_a_course_into_the_session(hub, student):
         headers={"Authorization": f"token {student}"}, timeout=60,
     )  # fmt: skip
     assert r.status_code == 200 and r.json()["type"] == "notebook"
+
+
+def test_a_chinese_student_gets_chinese_tutorials_and_a_chinese_lab(hub):
+    """A student who chose 中文 on the hub: the new home gets the zh-CN tutorials (shapes.py,
+    untranslated, as it is), the session's Lab defaults to Chinese with our catalog served and
+    no news prompt, and tutorial 01 runs there. Only 01 is run in Chinese: the others' code
+    is the English ones' (tests/unit/test_tutorial_translations.py), run above."""
+    s = hub.new_user("lin")
+    r = hub.form(s, "/hub/language", {"language": "zh_CN"}, allow_redirects=False)
+    assert r.status_code == 302, r.status_code
+    hub.spawn("lin", "cpu")
+    hub.wait_ready("lin")
+    token = hub.token_for("lin")
+    base, headers = hub.user_url("lin"), {"Authorization": f"token {token}"}
+
+    def get(path: str) -> dict:
+        r = requests.get(f"{base}{path}", headers=headers, timeout=60)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+        return r.json()
+
+    welcome = get("api/contents/tutorials/01-welcome.ipynb")["content"]
+    assert welcome["cells"][0]["source"].startswith("# 1. 欢迎使用上庄工作台")
+    assert "def make_shapes" in get("api/contents/tutorials/shapes.py")["content"]
+    # What the Lab reads at start (session.py's defaults, through Lab's own settings API).
+    locale = get("lab/api/settings/@jupyterlab/translation-extension:plugin")["schema"]
+    assert locale["properties"]["locale"]["default"] == "zh_CN"
+    news = get("lab/api/settings/@jupyterlab/apputils-extension:notification")["schema"]
+    assert news["properties"]["fetchNews"]["default"] == "false"
+    # The language pack and our catalog, as the Lab's translator fetches them.
+    catalog = get("lab/api/translations/zh_CN")["data"]
+    assert catalog["shangzhuang_lab"]["%1 left"] == ["剩余 %1"]
+    assert "jupyterlab" in catalog  # the zh-CN language pack's own
+
+    run = run_notebook(hub, "lin", token, "tutorials/01-welcome.ipynb")
+    assert "hub user: lin" in run.text and "Quota of lin (account default)" in run.text
+    assert "tutorials here: 01-welcome.ipynb, 02-train-on-a-gpu.ipynb" in run.text
