@@ -287,15 +287,23 @@ class WorkbenchSpawner(Spawner):
             raise SpawnException(str(e), reason="account", status_code=403) from None
 
     def copy_tutorials(self, account: pwd.struct_passwd | None = None) -> None:
-        """Give a new home the site's tutorials; a failure is logged, never fatal."""
+        """Give a new home the site's tutorials, in the user's language where the site has
+        them translated; a failure is logged, never fatal."""
         if not self.tutorials:
             return
         uid, gid = (account.pw_uid, account.pw_gid) if account else (-1, -1)
+        files = tutorials_in(self.tutorials, self.session_language())
         try:
-            copies = unix.copy_into_home(self.tutorials, self.home, self.tutorials_folder, uid, gid)
+            copies = unix.copy_into_home(files, self.home, self.tutorials_folder, uid, gid)
             self.log.info("%d tutorial(s) copied into %s's new home", len(copies), self.user.name)
         except OSError as e:
             self.log.warning("tutorials not copied into %s's new home: %s", self.user.name, e)
+
+    def session_language(self) -> str:
+        """The session's language, zh_CN or en: SHANGZHUANG_LANGUAGE of `environment`, which
+        the hub's config sets (a callable of the spawner: hub/language.py)."""
+        language = self.environment.get("SHANGZHUANG_LANGUAGE", "en")
+        return language(self) if callable(language) else language
 
     def user_env(self, env):
         env["USER"] = self.unix_name
@@ -311,6 +319,20 @@ class WorkbenchSpawner(Spawner):
         )
         env["VIRTUAL_ENV"] = sys.prefix
         return env
+
+
+# Where a tutorial's translation lives: beside it, in a folder named for the language.
+TUTORIAL_TRANSLATIONS = {"zh_CN": "zh-CN"}
+
+
+def tutorials_in(files: list[str], language: str) -> list[str]:
+    """Each tutorial's translation into `language` (FOLDER/zh-CN/NAME beside FOLDER/NAME)
+    where there is one, else the file itself (shapes.py, a site's untranslated notebook)."""
+    folder = TUTORIAL_TRANSLATIONS.get(language)
+    if folder is None:
+        return list(files)
+    translated = [Path(f).parent / folder / Path(f).name for f in files]
+    return [str(t) if t.is_file() else f for f, t in zip(files, translated, strict=True)]
 
 
 class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
