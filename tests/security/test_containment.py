@@ -298,7 +298,10 @@ def test_not_isolated_the_home_page_says_what_is_not_enforced():
     try:
         with RunningHub(base, run_as=account, gpus=0) as hub:
             home = hub.new_user("nina").get(f"{hub.url}/hub/home").text
-            # One sentence per threat: cores, memory, processes left behind, GPUs.
+            # One sentence per threat: files, kernels and Dask (schedulers and dashboards:
+            # test_kernels, test_dask), cores, memory, processes left behind, GPUs.
+            assert "each can read the others' files" in home
+            assert "connect to their kernels and Dask clusters" in home
             assert "cores, memory and process limits are not enforced" in home
             assert "processes a session leaves behind keep running after it stops" in home
             assert "GPUs are not locked to the session that holds them" in home
