@@ -172,6 +172,24 @@ def cgroup_cost(runs: int = 20) -> tuple[float, float]:
     return (med(made) - med(bare)) * 1000, med(removed) * 1000
 
 
+def firewall_cost(runs: int = 20) -> tuple[float, float]:
+    """Median ms of a session's dashboard ports rule (containment.DashboardFirewall), in a
+    chain of the bench's own: reserved at start (a block picked, the rule added), released
+    at stop (the rule and, with it the last one, the chain dropped)."""
+    from shangzhuang.hub.containment import DashboardFirewall, firewall_chain
+
+    firewall = DashboardFirewall(firewall_chain(f"/nonexistent/bench-{uuid.uuid4().hex}"))
+    kept, dropped = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        ports = firewall.reserve(os.getuid())
+        t1 = time.perf_counter()
+        firewall.release(ports, os.getuid())
+        kept.append(t1 - t0)
+        dropped.append(time.perf_counter() - t1)
+    return statistics.median(kept) * 1000, statistics.median(dropped) * 1000
+
+
 def kill_leftovers(unix_name: str) -> None:
     """Not contained, A's detached noise outlives its session: end it between phases."""
     subprocess.run(["pkill", "-KILL", "-u", unix_name], check=False)
@@ -208,7 +226,7 @@ def cgroup_high_water(pid: int) -> int:
 
 
 def section(spawn_rows: list[tuple[str, list[float]]], nb: dict, cost: tuple[float, float],
-            rounds: int, samples: int, elapsed: float) -> str:  # fmt: skip
+            fw: tuple[float, float], rounds: int, samples: int, elapsed: float) -> str:  # fmt: skip
     (c_label, c_times), (n_label, n_times) = spawn_rows
     c, n = statistics.median(c_times), statistics.median(n_times)
     per_round = ", ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(c_times, n_times, strict=True))
@@ -240,10 +258,12 @@ Per round ({c_label} / {n_label}, s): {per_round}.
 
 What containment itself adds to a session, measured in-process (20 runs, medians): its
 cgroup made with a profile's limits and the process started in it, {cost[0]:.1f} ms more
-than starting the process bare; at stop, killing and removing it, {cost[1]:.1f} ms. On a
-busy machine the spawn ratio above mostly measures scheduling: a contained session
-competes as one group weighted by its cores, while uncontained processes (the other
-work on the machine) each compete on their own.
+than starting the process bare; at stop, killing and removing it, {cost[1]:.1f} ms. Its
+Dask dashboard ports' iptables rule (both hubs have one: they run as root): {fw[0]:.1f} ms
+to reserve at start, {fw[1]:.1f} ms to drop at stop. On a busy machine the spawn ratio
+above mostly measures scheduling: a contained session competes as one group weighted by
+its cores, while uncontained processes (the other work on the machine) each compete on
+their own.
 
 Noisy neighbour (B on profile cpu; A on profile small, 1 core and 512 MB, runs 4 busy
 processes and a loop allocating 800 MB, detached from its kernel; B alone and B beside
@@ -291,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
             site.cleanup()
     cost = cgroup_cost()
     log(f"cgroup cost: made + joined {cost[0]:.1f} ms, emptied + removed {cost[1]:.1f} ms")
+    fw = firewall_cost()
+    log(f"dashboard rule: reserved {fw[0]:.1f} ms, dropped {fw[1]:.1f} ms")
     text = section(
-        list(times.items()), nb, cost, args.rounds, args.samples, time.monotonic() - t0
+        list(times.items()), nb, cost, fw, args.rounds, args.samples, time.monotonic() - t0
     )
     print(text)
     if not args.no_write:
