@@ -306,3 +306,30 @@ def test_the_usage_page_in_chinese():
     assert not [w for w in english_left(text) if w not in {"default", "physics", "CSV", "Dask",
                                                               "Lab", "Slurm"}]  # fmt: skip
     assert json.dumps("按当前用量")[1:-1] in html  # the words the page's script shows
+
+
+SIGNED_OUT = {"user": None, "services": [], "parsed_scopes": set()}
+PAGES = {
+    # page: what it is given besides the namespace every page gets
+    "sz-native-login.html": {**SIGNED_OUT, "login_error": i18n.Message(
+        "Invalid username or password."), "enable_signup": True, "next": ""},
+    "signup.html": {**SIGNED_OUT, "alert": "alert-success", "result_message": i18n.Message(
+        "You have signed up: you can log in once an admin approves you.")},
+    "spawn.html": {"url": "/hub/spawn", "spawner_options_form": "",
+                   "error_message": GpusBusy(wanted=1, total=2, free=0).message},
+    "spawn_pending.html": {"progress_url": "/hub/api/users/alice/server/progress"},
+    "error.html": {"status_code": 403, "status_message": "Forbidden",
+                   "message": i18n.Message("This form has expired: please try again.")},
+    "404.html": {"status_code": 404, "status_message": "Not Found"},
+    "sz-language.html": {"next_url": "/services/apps/"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_every_hub_page_in_chinese_has_no_english_sentence(page):
+    html = render(page, "zh_CN", **PAGES[page])
+    # HTTP(S): names; "Language": the switch page says it in both, for one who reads neither
+    allowed = {"HTTP", "HTTPS", "Language"}
+    english = [w for w in english_left(visible_text(html)) if w not in allowed]
+    assert not english, f"{page}: {english}"
+    assert '<html lang="zh-CN">' in html

@@ -57,9 +57,10 @@ from tornado.httputil import url_concat
 from traitlets import Integer, List, Unicode
 
 from shangzhuang.hub.accounts import UserAccounts  # a deleted user's account, home, quota
+from shangzhuang.i18n import Message  # refusals in the reader's language where shown
 
-WRONG = "Invalid username or password."
-EXPIRED = "This form has expired: please try again."
+WRONG = Message("Invalid username or password.")
+EXPIRED = Message("This form has expired: please try again.")
 # A failed try of a name waits at most this long before its password is checked: slowed,
 # never locked out (the owner may be trying from another address).
 NAME_DELAY_MAX = 3.0
@@ -192,7 +193,10 @@ class LoginHandler(Refusals, NativeLoginHandler):
         wait = auth.address_backoff.wait(address)
         if wait:
             seconds = math.ceil(wait)
-            message = f"Too many failed logins from your address: try again in {seconds} seconds."
+            message = Message(
+                "Too many failed logins from your address: try again in {seconds} seconds.",
+                seconds=seconds,
+            )
             await self.refuse(429, message, username)
             return
         delay = auth.name_backoff.wait(username)
@@ -209,8 +213,9 @@ class LoginHandler(Refusals, NativeLoginHandler):
         auth.address_backoff.failed(address)
         auth.name_backoff.failed(username)
         if self._sz_not_approved:  # only with the right password: tells nothing to others
-            message = (
-                f"{username} has signed up but is not approved yet: an admin must approve you."
+            message = Message(
+                "{name} has signed up but is not approved yet: an admin must approve you.",
+                name=username,
             )
         else:
             message = WRONG
@@ -244,7 +249,10 @@ class WorkbenchSignUpHandler(Refusals, SignUpHandler):
         if wait:
             await self.answer(
                 429,
-                f"Too many sign-ups from your address: try again in {_minutes(wait)} minutes.",
+                Message(
+                    "Too many sign-ups from your address: try again in {minutes} minutes.",
+                    minutes=_minutes(wait),
+                ),
             )
             return
         username = auth.normalize_username(self.get_body_argument("username", "", strip=False))
@@ -258,8 +266,11 @@ class WorkbenchSignUpHandler(Refusals, SignUpHandler):
         if not auth.open_signup and pending >= auth.max_pending_signups:
             await self.answer(
                 503,
-                f"Sign-up is closed for now: {pending} sign-ups are waiting for an admin's "
-                "approval. Try again later.",
+                Message(
+                    "Sign-up is closed for now: {pending} sign-ups are waiting for an admin's "
+                    "approval. Try again later.",
+                    pending=pending,
+                ),
             )
             return
         auth.signup_limit.add(address)
@@ -270,10 +281,12 @@ class WorkbenchSignUpHandler(Refusals, SignUpHandler):
         self.db.add(UserInfo(username=username, password=hashed, is_authorized=auth.open_signup))
         self.db.commit()
         if auth.open_signup:
-            await self.answer(200, "You have signed up: you can log in now.", ok=True)
+            await self.answer(200, Message("You have signed up: you can log in now."), ok=True)
         else:
             await self.answer(
-                200, "You have signed up: you can log in once an admin approves you.", ok=True
+                200,
+                Message("You have signed up: you can log in once an admin approves you."),
+                ok=True,
             )
 
 
@@ -485,27 +498,29 @@ class WorkbenchAuthenticator(UserAccounts, NativeAuthenticator):
         self.db.commit()
 
     def weak_password_message(self) -> str:
-        return (
-            f"Choose a password of at least {self.minimum_password_length} characters that "
-            "is not a common one."
+        return Message(
+            "Choose a password of at least {n} characters that is not a common one.",
+            n=self.minimum_password_length,
         )
 
     def taken(self, username: str) -> str:
-        return f"The name {username} is taken: choose another one."
+        return Message("The name {name} is taken: choose another one.", name=username)
 
     def signup_problem(self, username: str, password: str, confirmation: str) -> str:
         """Why this sign-up can't be, or "" when it can."""
         if username in self.admin_users or username in self.reserved_names:
-            return f"The name {username} is reserved on this site: choose another one."
+            return Message(
+                "The name {name} is reserved on this site: choose another one.", name=username
+            )
         if not username or not self.validate_username(username):
-            return (
+            return Message(
                 "A user name is 1-16 lower-case letters, digits, '-' and '_', starting with "
                 "a letter."
             )
         if self.user_exists(username):
             return self.taken(username)
         if password != confirmation:
-            return "The password and its confirmation differ."
+            return Message("The password and its confirmation differ.")
         if not self.is_password_strong(password):
             return self.weak_password_message()
         return ""
