@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     inst.add_argument("--config", required=True, help="the site config, e.g. "
                       "/etc/shangzhuang/site.toml (hub.separate_proxy = true)")  # fmt: skip
     inst.add_argument("--root", default="/", help="write the units under this folder (tests)")
-    inst.add_argument("--account", default="shangzhuang", help="the proxy's system account")
+    inst.add_argument("--account", help="the platform's system account (site.service_account)")
     inst.add_argument("--proxy-command", help="configurable-http-proxy (default: from PATH)")
     inst.add_argument("--tls-cert", type=Path, help="the certificate chain (PEM): wildcard")
     inst.add_argument("--tls-key", type=Path, help="its private key (PEM)")

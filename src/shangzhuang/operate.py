@@ -260,7 +260,6 @@ def upgrade_db(settings: Settings, say: Callable[[str], None] = print) -> Path |
 
 # --- install ------------------------------------------------------------------------------
 UNITS = Path(__file__).parent / "units"
-ACCOUNT = "shangzhuang"
 HUB_CONFIG = '''"""JupyterHub config for Shangzhuang (written by `shangzhuang install`): everything
 comes from the site config in $SHANGZHUANG_CONFIG."""
 
@@ -294,7 +293,7 @@ def install(
     config: Path,
     *,
     root: Path = Path("/"),
-    account: str = ACCOUNT,
+    account: str | None = None,
     proxy: str | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
@@ -321,6 +320,14 @@ def install(
     except SettingsError as e:
         raise OperateError(str(e)) from None
     hub = settings.hub
+    # One platform account: the proxy's unit runs as it, the hub's services too (config.py).
+    if account and account != settings.site.service_account:
+        wanted = settings.site.service_account
+        raise OperateError(
+            f"--account {account}, but site.service_account is {wanted!r} in {config}: "
+            "make them the same"
+        )
+    account = settings.site.service_account
     if not hub.separate_proxy:
         raise OperateError(f"{config}: set hub.separate_proxy = true (the proxy gets a service "
                            "of its own, so hub restarts drop no connection)")  # fmt: skip

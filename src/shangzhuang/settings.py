@@ -26,8 +26,13 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "hub_config" / "shangzhuang.toml"
-TUTORIALS = Path(__file__).resolve().parents[2] / "notebooks"  # the workbench's own tutorials
+# The embedded default config and the workbench's own tutorials: in the checkout, or in the
+# installed wheel, which carries them as package data (pyproject.toml's force-include).
+_CHECKOUT = Path(__file__).resolve().parents[2]
+_PACKAGED = Path(__file__).resolve().parent / "site"
+_FROM_WHEEL = (_PACKAGED / "shangzhuang.toml").is_file()
+DEFAULT_CONFIG = (_PACKAGED if _FROM_WHEEL else _CHECKOUT / "hub_config") / "shangzhuang.toml"
+TUTORIALS = (_PACKAGED if _FROM_WHEEL else _CHECKOUT) / "notebooks"
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -64,6 +69,10 @@ class Site(Section):
     # An image shown on every hub page and large on the login page (served at /hub/logo).
     # Relative paths are resolved against the folder of the config file.
     logo: PathStr | None = None
+    # The platform's unprivileged system account (`shangzhuang install` makes it): the proxy
+    # runs as it, and so do the apps service and the idle culler when the hub is root and
+    # the account exists (docs/operating.md, "What runs where").
+    service_account: str = "shangzhuang"
 
     @field_validator("timezone")
     @classmethod

@@ -44,6 +44,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.ports import free_port
 
+from .apps_kit import cli, write_app
 from .conftest import root_only
 from .hub import RunningHub, execute_request, interruptible, workdir
 
@@ -121,6 +122,9 @@ def fresh_venv(base: Path) -> Path:
         capture_output=True, text=True, check=True, env=outside_env(),
     ).stdout.strip()  # fmt: skip
     (Path(site) / "_checkout_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # ... and their data files (Voila's templates, the Lab extensions), as pip would put them.
+    (venv / "share").mkdir(exist_ok=True)
+    (venv / "share" / "jupyter").symlink_to(Path(sys.prefix) / "share" / "jupyter")
     # The dependencies' console scripts (jupyterhub-singleuser...), as pip would write them.
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points.select(group="console_scripts"):
@@ -155,7 +159,9 @@ class InstalledHub(RunningHub):
     """RunningHub's client side (forms, API, kernels) against an installed site over https."""
 
     def __init__(self, base: Path, account: str):
-        super().__init__(base, gpus=0, idle_timeout=3600)  # 3600: the culler runs
+        # 3600: the culler runs. Two tutorials, copied into new homes from the wheel.
+        tutorials = '[tutorials]\ncopy_to_new_homes = ["01-welcome.ipynb", "shapes.py"]\n'
+        super().__init__(base, gpus=0, idle_timeout=3600, extra_toml=tutorials)
         self.account = account  # the platform's system account: the proxy's
         self.venv = fresh_venv(base)
         etc = base / "etc" / "shangzhuang"
@@ -166,7 +172,7 @@ class InstalledHub(RunningHub):
         text = self.config.read_text().replace(
             'state_dir = "state"',
             f'state_dir = "{self.state}"\nseparate_proxy = true\npublic_url = "{self.url}"',
-        )
+        ).replace("[site]\n", f'[site]\nservice_account = "{account}"\n')
         self.config.unlink()
         self.config = etc / "site.toml"
         self.config.write_text(text)
@@ -343,22 +349,74 @@ def test_login_spawn_and_quota_through_the_tls_front_end(site):
     assert quota.json()["user"] == "ann"
 
 
-def test_the_proxy_runs_as_the_platform_account_the_hub_and_its_services_as_root(site):
+def test_the_proxy_culler_and_apps_service_run_as_the_platform_account(site, monkeypatch):
+    """The hub stays root (it makes accounts and starts sessions as them), and so does the
+    quota service (docs/operating.md says why); the rest run as the platform's account."""
     uid = pwd.getpwnam(site.account).pw_uid
     proxy = [p for p in psutil.Process(site.proxy.pid).children(recursive=True)
              if "configurable-http-proxy" in " ".join(p.cmdline())]  # fmt: skip
     assert proxy and all(p.uids().effective == uid for p in proxy)
     hub = psutil.Process(site.proc.pid)
     assert hub.uids().effective == 0
-    # The services stay root with the hub (docs/operating.md says why: the quota service
-    # shares its 0700 state folder, the apps service and the culler's arbiter read owners'
-    # group-only app folders).
-    services = [
-        p for p in hub.children()
-        if any(name in " ".join(p.cmdline()) for name in (
-            "jupyterhub_idle_culler", "shangzhuang.quota.service", "shangzhuang.apps.service"))
-    ]  # fmt: skip
-    assert len(services) == 3 and all(p.uids().effective == 0 for p in services)
+    services = {}
+    for p in hub.children():
+        for name in ("jupyterhub_idle_culler", "shangzhuang.quota.service",
+                     "shangzhuang.apps.service"):  # fmt: skip
+            if name in " ".join(p.cmdline()):
+                services[name] = p.uids()
+    assert services == {
+        "jupyterhub_idle_culler": (uid, uid, uid),
+        "shangzhuang.apps.service": (uid, uid, uid),
+        "shangzhuang.quota.service": (0, 0, 0),
+    }, services
+    # The apps service writes the registry as that account; the owner's group reads it
+    # (her app server starts, as her), and so does the culler (its arbiter reads app.json).
+    if "ann" not in [u["name"] for u in site.api("GET", "/users").json()]:
+        site.new_user("ann")
+    nb = write_app(site.base / "ann-work")
+    monkeypatch.setenv("SSL_CERT_FILE", str(site.ca))  # the CLI's client verifies the test CA
+    published = cli(site, site.token_for("ann"), "publish", str(nb), "--name", "dial")
+    assert published.returncode == 0, published.stdout + published.stderr
+    record = site.state.parent / "apps" / "ann" / "dial" / "app.json"
+    gid = pwd.getpwnam(f"{site.prefix}ann").pw_gid
+    assert (record.stat().st_uid, record.stat().st_gid) == (uid, gid)
+    site.wait(lambda: site.api("GET", "/users/ann").json()["servers"].get("app-dial", {})
+              .get("ready"), 120, "ann's app running")  # fmt: skip
+    read = subprocess.run(["runuser", "-u", site.account, "--", "cat", str(record)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert read.returncode == 0 and '"dial"' in read.stdout, read.stderr
+
+
+def test_the_wheel_carries_its_default_config_tutorials_and_templates(site):
+    """Package data, not the checkout: what the installed package finds, and the tutorials
+    a new user's home gets, come from the venv; psycopg is the `postgres` extra."""
+    python = site.venv / "bin" / "python"
+    found = json.loads(subprocess.run(
+        [str(python), "-c", "import json, importlib.metadata as m\n"
+         "from shangzhuang import settings\nfrom shangzhuang.hub import config\n"
+         "print(json.dumps({'config': str(settings.DEFAULT_CONFIG), 'tutorials': "
+         "str(settings.TUTORIALS), 'templates': str(config.HUB_TEMPLATES), "
+         "'extras': m.metadata('shangzhuang').get_all('Provides-Extra')}))"],
+        capture_output=True, text=True, check=True, cwd=site.base, env=outside_env(),
+    ).stdout)  # fmt: skip
+    assert "postgres" in found.pop("extras")
+    for what, path in found.items():
+        assert path.startswith(str(site.venv)) and Path(path).exists(), (what, path)
+    env = {k: v for k, v in outside_env().items() if k != "SHANGZHUANG_CONFIG"}
+    check = subprocess.run(
+        [str(site.venv / "bin" / "shangzhuang"), "check"], capture_output=True, text=True,
+        cwd=site.base, env=env, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0 and found["config"] in check.stdout, check.stdout + check.stderr
+
+    if "ann" not in [u["name"] for u in site.api("GET", "/users").json()]:
+        site.new_user("ann")
+    if not site.api("GET", "/users/ann").json()["servers"].get(""):
+        site.spawn("ann", "cpu")
+    site.wait_ready("ann")
+    copied = site.homes / f"{site.prefix}ann" / "tutorials"
+    for name in ("01-welcome.ipynb", "shapes.py"):
+        assert (copied / name).read_bytes() == (Path(found["tutorials"]) / name).read_bytes()
 
 
 ATTACK = """

@@ -241,10 +241,11 @@ class Registry:
         """Let the owner's Unix group read the app's folder (called as root at each start)."""
         owner_dir = self.folder / _owner_dir_name(owner)
         app_dir = self.app_dir(owner, name)
+        # The owner (-1: kept) is whoever writes the registry: the apps service's account.
         for path in (owner_dir, app_dir):
-            os.chown(path, os.getuid(), gid)
+            os.chown(path, -1, gid)
         for root, dirs, names in os.walk(app_dir):
             for d in dirs:
-                os.chown(os.path.join(root, d), os.getuid(), gid)
+                os.chown(os.path.join(root, d), -1, gid)
             for n in names:
-                os.chown(os.path.join(root, n), os.getuid(), gid)
+                os.chown(os.path.join(root, n), -1, gid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import sys
 from pathlib import Path
@@ -105,6 +106,8 @@ def configure(c, settings: Settings) -> None:
         from shangzhuang.services import ADMIN_SCOPE_WITHHELD
 
         logging.getLogger("JupyterHub").addFilter(ADMIN_SCOPE_WITHHELD)  # a user's: INFO
+    if settings.apps.enabled and host.service_account:
+        hand_over_apps_folder(settings, host.service_account)
     apply(c, hub_config(settings, host))
 
 
@@ -113,6 +116,34 @@ def prepare_state(settings: Settings) -> None:
     state = settings.hub.state_dir
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
+
+
+def hand_over_apps_folder(settings: Settings, account: str) -> None:
+    """The apps folder and what is in it owned by the account the apps service runs as
+    (groups kept: each owner's group reads their apps); 0711 as Registry makes it."""
+    uid = pwd.getpwnam(account).pw_uid
+    folder = settings.apps_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o711)
+    os.chown(folder, uid, -1)
+    for root, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(root, name), uid, -1)
+
+
+def service_account(settings: Settings, is_root: bool) -> str:
+    """site.service_account when the hub is root and the account exists, else ""."""
+    if not is_root or not settings.site.service_account:
+        return ""
+    try:
+        pwd.getpwnam(settings.site.service_account)
+    except KeyError:
+        logging.getLogger("JupyterHub").info(
+            "no account %s (site.service_account): the apps service and the idle culler run "
+            "as root", settings.site.service_account,
+        )  # fmt: skip
+        return ""
+    return settings.site.service_account
 
 
 def look_at_host(settings: Settings):
@@ -134,6 +165,7 @@ def look_at_host(settings: Settings):
         iptables=containment.iptables_works() if local and is_root else False,
         admin_password=password_file.read_text().strip() if password_file.exists() else "",
         reset_admin_password=os.environ.get("SHANGZHUANG_ADMIN_PASSWORD", ""),
+        service_account=service_account(settings, is_root),
         **signin_facts(settings),
     )
 

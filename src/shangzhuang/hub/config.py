@@ -300,6 +300,13 @@ def services(settings: Settings, host: Host) -> dict:
                 "scopes": ["servers", "shares", "read:users", "read:groups:name"],
             }
         )
+    # The apps service and the culler need nothing of root: as root, they run as the
+    # platform's account, which owns the apps folder (configure's hand_over_apps_folder).
+    # The quota service stays root (docs/operating.md says why).
+    unprivileged = {"user": host.service_account, "cwd": "/"} if host.service_account else {}
+    for service in listed:
+        if service["name"] == "apps":
+            service.update(unprivileged)
     # One idle culler: Lab sessions after hub.idle_timeout_seconds and, with apps, apps
     # after apps.idle_stop_seconds (always-on apps never), through its arbiter hook.
     timeout = settings.hub.idle_timeout_seconds
@@ -307,7 +314,7 @@ def services(settings: Settings, host: Host) -> dict:
         timeout = culler_timeout(settings)
     if timeout:
         command = [host.python, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}"]
-        culler = {"name": "idle-culler", "command": command}
+        culler = {"name": "idle-culler", "command": command, **unprivileged}
         if settings.apps.enabled:
             command += [f"--cull-every={max(1, timeout // 2)}", f"--config={CULLER_CONFIG}"]
             culler["environment"] = {"SHANGZHUANG_CONFIG": config}
