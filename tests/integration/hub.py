@@ -233,6 +233,7 @@ signups_per_address_per_hour = {signups_per_hour}
                 subprocess.run(["pkill", "-KILL", "-u", name], check=False)
                 subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
         self._remove_cgroups()
+        self._remove_dashboard_rules()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def _remove_cgroups(self, timeout: float = 10) -> None:
@@ -252,6 +253,17 @@ signups_per_address_per_hour = {signups_per_hour}
                     folders.remove(folder)
                 except OSError:  # a process still exiting
                     time.sleep(0.1)
+
+    def _remove_dashboard_rules(self) -> None:
+        """The iptables chain of sessions a hub left running when it died (their rules
+        would keep those dashboard ports reserved on this machine)."""
+        from shangzhuang.hub.containment import firewall_chain
+
+        if os.geteuid() != 0 or not shutil.which("iptables"):
+            return
+        chain = firewall_chain(self.state)
+        for args in (["-D", "OUTPUT", "-j", chain], ["-F", chain], ["-X", chain]):
+            subprocess.run(["iptables", "-w", *args], check=False, capture_output=True)
 
     # --- hub REST API ----------------------------------------------------------------
     def admin_token(self) -> str:
