@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,17 +24,22 @@ pynvml = pytest.importorskip("pynvml")
 
 def _gpus_module():
     """shangzhuang_lab/gpus.py from the source tree, by path: no jupyter_server needed, and
-    sys.path stays as it was (other tests check the installed package)."""
-    path = ROOT / "extensions" / "shangzhuang-lab" / "shangzhuang_lab" / "gpus.py"
-    spec = importlib.util.spec_from_file_location("shangzhuang_lab_gpus_source", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path stays as it was (other tests check the installed package). Its package is
+    loaded under another name first, for gpus.py's relative import of .i18n."""
+    package = ROOT / "extensions" / "shangzhuang-lab" / "shangzhuang_lab"
+    name = "shangzhuang_lab_source"
+    spec = importlib.util.spec_from_file_location(
+        name, package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[name])
+    return importlib.import_module(f"{name}.gpus")
 
 
 ROOT = Path(__file__).resolve().parents[2]
 _gpus = _gpus_module()
-NO_GPU, read_gpus = _gpus.NO_GPU, _gpus.read_gpus
+read_gpus = _gpus.read_gpus
+NO_GPU = "no GPU in this session"
 
 MiB = 2**20
 

@@ -224,6 +224,20 @@ async def test_a_cpu_session_has_no_gpu(jp_fetch, monkeypatch):
     assert body == {"gpus": [], "message": "no GPU in this session"}
 
 
+async def test_messages_in_the_sessions_language(jp_fetch, monkeypatch, quota):
+    """SHANGZHUANG_LANGUAGE=zh_CN (the hub's choice for this session): the server extension's
+    own messages come from the zh_CN catalog, the quota service's own words inside them stay."""
+    monkeypatch.setenv("SHANGZHUANG_LANGUAGE", "zh_CN")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("SHANGZHUANG_GPUS", "")
+    assert (await get_json(jp_fetch, "gpus"))["message"] == "本会话没有 GPU"
+    quota.fail_status = 500
+    e = await refused(jp_fetch, "quota")
+    assert json.loads(e.response.body)["message"] == (
+        "配额暂不可查：配额服务返回 500：the ledger is locked"
+    )
+
+
 def fake_nvml(count: int = 4):
     """NVML stand-in with `count` GPUs that differ in every figure (no NVML on CPU hosts;
     tests/gpu checks the real one)."""

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Mapping
 
-NO_GPU = "no GPU in this session"
+from .i18n import trans
 
 _init_lock = threading.Lock()
 _initialised = False
@@ -55,11 +55,12 @@ def read_gpus(env: Mapping[str, str] = os.environ) -> dict:
     Blocking (NVML calls): run it in a thread from the event loop."""
     ids = session_gpu_ids(env)
     if not ids:
-        return {"gpus": [], "message": NO_GPU}
+        return {"gpus": [], "message": trans.gettext("no GPU in this session")}
     try:
         nvml = _nvml()
     except Exception as e:  # no driver, no library: say so, the quota still shows
-        return {"gpus": [], "message": f"GPU figures unavailable: NVML could not start ({e})"}
+        message = trans.gettext("GPU figures unavailable: NVML could not start ({error})")
+        return {"gpus": [], "message": message.format(error=e)}
     gpus, problems = [], []
     for gid in ids:
         try:

@@ -19,6 +19,7 @@ from tornado.ioloop import IOLoop
 
 from .config import ShangzhuangLab
 from .gpus import read_gpus
+from .i18n import trans
 from .quota import QuotaService, QuotaUnavailable
 
 
@@ -34,7 +35,8 @@ class QuotaAPIHandler(APIHandler):
         self.set_status(e.status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"status": e.status, "message": f"quota unavailable: {e.message}"}))
+        message = trans.gettext("quota unavailable: {reason}").format(reason=e.message)
+        self.finish(json.dumps({"status": e.status, "message": message}))
 
     def write_json(self, data) -> None:
         self.set_header("Content-Type", "application/json")

@@ -19,6 +19,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 
+from .i18n import trans
+
 
 class AppsAPIHandler(APIHandler):
     def fail(self, status: int, message: str) -> None:
@@ -62,16 +64,19 @@ class PublishHandler(AppsAPIHandler):
         try:
             body = json.loads(self.request.body or b"{}")
         except ValueError:
-            return self.fail(400, "the body must be JSON")
+            return self.fail(400, trans.gettext("the body must be JSON"))
         if not isinstance(body, dict) or not isinstance(body.get("path"), str):
-            return self.fail(400, "path: the notebook to publish, relative to the server's root")
+            message = trans.gettext("path: the notebook to publish, relative to the server's root")
+            return self.fail(400, message)
         root = Path(self.contents_manager.root_dir).resolve()
         notebook = (root / body["path"].lstrip("/")).resolve()
         if not notebook.is_relative_to(root) or not notebook.is_file():
-            return self.fail(404, f"no notebook {body['path']!r} here")
+            message = trans.gettext("no notebook {path!r} here").format(path=body["path"])
+            return self.fail(404, message)
         files = body.get("files") or []
         if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-            return self.fail(400, "files: a list of paths or patterns beside the notebook")
+            message = trans.gettext("files: a list of paths or patterns beside the notebook")
+            return self.fail(400, message)
 
         def publish(client):
             from shangzhuang.apps.snapshot import collect

@@ -11,16 +11,20 @@ from urllib.parse import urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .config import ShangzhuangLab
+from .i18n import trans
 
 # Ages (seconds) of the windows searched for the newest charges, narrowest first: the
 # quota API lists charges oldest first, so a narrow window finds the newest cheaply.
 WINDOWS = (900, 3600, 6 * 3600, 86400, 7 * 86400, 35 * 86400, 400 * 86400, 10 * 366 * 86400)
 # Rows fetched per call while searching; more means the window is too wide.
 PAGE = 2000
-NOT_CONFIGURED = (
-    "this session was not given a quota service "
-    "($SHANGZHUANG_QUOTA_URL, or c.ShangzhuangLab.quota_url): the site has no quotas"
-)
+
+
+def not_configured() -> str:
+    return trans.gettext(
+        "this session was not given a quota service "
+        "($SHANGZHUANG_QUOTA_URL, or c.ShangzhuangLab.quota_url): the site has no quotas"
+    )
 
 
 class QuotaUnavailable(Exception):
@@ -40,7 +44,7 @@ class QuotaService:
 
     def url(self, path: str, **params) -> str:
         if not self.config.quota_url:
-            raise QuotaUnavailable(NOT_CONFIGURED)
+            raise QuotaUnavailable(not_configured())
         query = urlencode({k: v for k, v in params.items() if v is not None})
         return (
             self.config.quota_url.rstrip("/") + "/api/v1/" + path + ("?" + query if query else "")
@@ -66,31 +70,28 @@ class QuotaService:
             return await AsyncHTTPClient().fetch(req, **kw)
         except HTTPClientError as e:
             if e.code == 599:  # tornado's code for a timeout or a dropped connection
-                raise QuotaUnavailable(
-                    f"the quota service did not answer in {req.request_timeout:g} s"
-                ) from None
+                message = trans.gettext("the quota service did not answer in {seconds} s")
+                raise QuotaUnavailable(message.format(seconds=f"{req.request_timeout:g}")) from None
             raise QuotaUnavailable(
                 upstream_message(e.code, e.response), status_for(e.code)
             ) from None
         except OSError as e:  # refused, unreachable, DNS
-            raise QuotaUnavailable(
-                f"the quota service can't be reached ({e.strerror or e})"
-            ) from None
+            message = trans.gettext("the quota service can't be reached ({error})")
+            raise QuotaUnavailable(message.format(error=e.strerror or e)) from None
 
     async def get_json(self, path: str, **params) -> dict:
         resp = await self.fetch(self.request(path, **params))
         try:
             return json.loads(resp.body)
         except ValueError:
-            raise QuotaUnavailable(
-                "the quota service answered something that is not JSON", 502
-            ) from None
+            message = trans.gettext("the quota service answered something that is not JSON")
+            raise QuotaUnavailable(message, 502) from None
 
     async def me(self) -> dict:
         """GET me, plus what only this session knows: which running entry is this one,
         its profile and cost, and when it will be stopped at zero."""
         if not self.config.quota_url:  # a site without quotas: nothing to show, no polling
-            return {"enabled": False, "message": NOT_CONFIGURED}
+            return {"enabled": False, "message": not_configured()}
         me = await self.get_json("me")
         return {"enabled": True, **with_session(me, self.config, time.time())}
 
@@ -225,4 +226,8 @@ def upstream_message(code: int, response) -> str:
         message = json.loads(body).get("message")
     except (ValueError, AttributeError):
         message = None
-    return f"the quota service answered {code}" + (f": {message}" if message else "")
+    if message:
+        return trans.gettext("the quota service answered {code}: {message}").format(
+            code=code, message=message
+        )
+    return trans.gettext("the quota service answered {code}").format(code=code)
