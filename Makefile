@@ -101,7 +101,7 @@ i18n: $(STAMP)
 	$(BIN)/pybabel compile -D shangzhuang -d src/shangzhuang/locale -l zh_CN --statistics
 
 i18n-check: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q tests/unit/test_i18n.py
+	$(BIN)/python -m pytest -q tests/unit/test_i18n.py tests/lab/test_catalog.py
 
 clean:
 	rm -rf $(VENV) node_modules state $(LAB)/node_modules $(LAB)/lib $(LAB)/shangzhuang_lab/labextension
