@@ -271,12 +271,31 @@ def test_a_cluster_serves_its_dashboard_in_the_sessions_block(monkeypatch):
 
 def test_slurm_workers_serve_no_dashboard(monkeypatch, tmp_path):
     """A worker's dashboard would listen on every interface of a shared compute node."""
+    import dask
+    from dask_jobqueue import SLURMCluster
+    from distributed.security import Security
+
     from shangzhuang.cluster import WorkbenchCluster
+    from shangzhuang.hub import dask_environment
+    from shangzhuang.settings import parse_settings as site
 
     monkeypatch.chdir(tmp_path)  # dask-jobqueue writes temporary certificates here
     monkeypatch.delenv("SHANGZHUANG_DASHBOARD_PORTS", raising=False)
     with WorkbenchCluster(cores=1, memory="1G", worker_extra_args=["--lifetime", "1h"]) as c:
         assert "--lifetime 1h --no-dashboard" in c.job_script()
+    # A bare SLURMCluster() in a session, with the Dask config the hub hands it.
+    settings = site(
+        {"backend": {"kind": "slurm"}, "profiles": [{"name": "cpu", "cores": 1, "memory": "1G"}]},
+        tmp_path / "site.toml",
+    )
+    env = dask_environment(settings)
+    from_env = dask.config.collect_env({k: v for k, v in env.items() if isinstance(v, str)})
+    config = dask.config.merge(dask.config.config, from_env)  # as Dask does at import
+    tls = Security.temporary()  # a session's own credentials, in a session
+    with dask.config.set(config), SLURMCluster(cores=1, memory="1G", security=tls) as c:
+        assert c.job_script().count("--no-dashboard") == 1
+    with dask.config.set(config), WorkbenchCluster(cores=1, memory="1G") as c:
+        assert c.job_script().count("--no-dashboard") == 1
 
 
 @root_only

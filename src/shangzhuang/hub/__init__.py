@@ -193,6 +193,8 @@ def dask_environment(settings: Settings) -> dict:
         "LOG_DIRECTORY": in_home(cl.log_dir),
         # A bare SLURMCluster() speaks TLS with the session's credentials too.
         "SCHEDULER_OPTIONS": "{'protocol': 'tls://', 'dashboard_address': '127.0.0.1:0'}",
+        # ... and its workers serve no dashboard (one would listen on every interface).
+        "WORKER_EXTRA_ARGS": "['--no-dashboard']",
         "LOCAL_DIRECTORY": in_home(cl.local_dir),
     }
     if cl.interface:
