@@ -186,6 +186,26 @@ class Alert(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class QuotaRequest(Base):
+    """A user's request for more hours (the usage page, a quota refusal), decided by a
+    manager of their account or an admin: approved with a grant, or declined with a reason
+    the user reads."""
+
+    __tablename__ = "quota_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(100), index=True)
+    account: Mapped[str] = mapped_column(String(100), index=True)
+    resource: Mapped[str] = mapped_column(String(20))
+    hours: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(500))
+    created: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(10))  # open | deciding | approved | declined
+    decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    answer: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    grant_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
     service both write)."""
