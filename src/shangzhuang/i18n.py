@@ -208,12 +208,16 @@ def number(value: float, language: str | None = None, digits: int = 2) -> str:
     return format_decimal(value, format=pattern, locale=_babel_locale(language or current()))
 
 
+OWN_OFFSET = ""  # when(..., timezone=OWN_OFFSET): as the moment's own UTC offset says
+
+
 def when(moment: datetime | str, language: str | None = None, timezone: str | None = None) -> str:
     """A moment in the site's time zone: '12月1日 00:00' / '1 Dec, 00:00'."""
     language = language or current()
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment)
-    moment = moment.astimezone(ZoneInfo(timezone or _timezone.get()))
+    if timezone != OWN_OFFSET:
+        moment = moment.astimezone(ZoneInfo(timezone or _timezone.get()))
     locale = _babel_locale(language)
     date = format_skeleton("MMMd", moment, locale=locale)
     time = format_skeleton("Hm", moment, locale=locale)

@@ -333,3 +333,23 @@ def test_every_hub_page_in_chinese_has_no_english_sentence(page):
     english = [w for w in english_left(visible_text(html)) if w not in allowed]
     assert not english, f"{page}: {english}"
     assert '<html lang="zh-CN">' in html
+
+
+def test_the_notebook_helpers_report_in_the_sessions_language(monkeypatch):
+    from shangzhuang.quota.client import QuotaReport
+
+    report = QuotaReport({
+        "user": "lin", "account": "pku", "state": "low",
+        "period": {"start": "2026-11-01T00:00:00+08:00", "resets_at": "2026-12-01T00:00:00+08:00"},
+        "resources": {"gpu_hours": {"remaining": 12.4, "personal": None, "account": {
+            "used": 87.6, "allocated": 100, "granted": 0}}, "cpu_hours": {"remaining": None}},
+    })  # fmt: skip
+    monkeypatch.setenv("SHANGZHUANG_LANGUAGE", "zh_CN")  # what the hub gives the session
+    assert repr(report).splitlines() == [
+        "lin 的配额（计费账户 pku）：即将用完",
+        "  本周期自 11月1日 00:00 起，12月1日 00:00 重置",
+        "  GPU 卡时：剩余 12.4 · 账户已用 87.6 / 共 100",
+        "  CPU 核时：不限",
+    ]
+    monkeypatch.setenv("SHANGZHUANG_LANGUAGE", "en")
+    assert "  GPU hours: 12.4 left · account 87.6 used of 100" in repr(report).splitlines()

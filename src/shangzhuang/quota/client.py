@@ -7,29 +7,57 @@ import os
 import urllib.request
 
 
+def _states():
+    from shangzhuang.i18n import Message
+
+    return {"ok": Message("ok"), "low": Message("running low"), "exhausted": Message("used up")}
+
+
+def _used_of(limit: dict) -> dict:
+    return {"used": float(limit["used"]), "total": float(limit["allocated"] + limit["granted"])}
+
+
 class QuotaReport(dict):
-    """GET me's answer as a dict, with a repr a person can read."""
+    """GET me's answer as a dict, with a repr a person can read, in the session's language
+    ($SHANGZHUANG_LANGUAGE, which the hub sets: zh_CN or en)."""
 
     def __repr__(self) -> str:
+        from shangzhuang import i18n
+
+        language = os.environ.get(i18n.ENVIRONMENT, "en")
+
+        def say(message: i18n.Message) -> str:
+            return message.render(language)
+
+        def when(iso: str) -> str:  # in the site's time zone: the offset the service gave
+            return i18n.when(iso, language, timezone=i18n.OWN_OFFSET)
+
+        states = _states()
         period = self.get("period", {})
         resets = period.get("resets_at")
+        start = when(period["start"]) if period.get("start") else "—"
         lines = [
-            f"Quota of {self.get('user')} (account {self.get('account')}): {self.get('state')}",
-            f"  period from {period.get('start')}"
-            + (f", resets {resets}" if resets else ", no reset (grants only)"),
-        ]
+            say(i18n.Message("Quota of {user} (account {account}): {state}",
+                             user=self.get("user"), account=self.get("account"),
+                             state=states.get(self.get("state"), self.get("state")))),
+            "  " + say(i18n.Message("period from {start}, resets {resets}", start=start,
+                                    resets=when(resets)) if resets else
+                       i18n.Message("period from {start}, no reset (grants only)", start=start)),
+        ]  # fmt: skip
         for name, r in self.get("resources", {}).items():
+            resource = i18n.resource_name(name)
             if r.get("remaining") is None:
-                lines.append(f"  {name}: not limited")
+                lines.append("  " + say(i18n.Message("{resource}: not limited", resource=resource)))
                 continue
-            parts = [f"  {name}: {r['remaining']:.2f} left"]
-            for kind in ("account", "personal"):
-                if r.get(kind):
-                    lim = r[kind]
-                    parts.append(
-                        f"{kind} {lim['used']:.2f} used of {lim['allocated'] + lim['granted']:.2f}"
-                    )
-            lines.append(" · ".join(parts))
+            parts = [say(i18n.Message("{resource}: {left} left", resource=resource,
+                                      left=float(r["remaining"])))]  # fmt: skip
+            if lim := r.get("account"):
+                parts.append(say(i18n.Message("account {used} used of {total}",
+                                              **_used_of(lim))))  # fmt: skip
+            if lim := r.get("personal"):
+                parts.append(say(i18n.Message("personal {used} used of {total}",
+                                              **_used_of(lim))))  # fmt: skip
+            lines.append("  " + " · ".join(parts))
         return "\n".join(lines)
 
     def _repr_pretty_(self, p, cycle):  # IPython shows the readable form too

@@ -24,6 +24,6 @@ def test_a_newcomer_on_the_shipped_config_has_hours_left(tmp_path):
         assert balance.remaining("gpu_hours") == 10 and balance.remaining("cpu_hours") == 200
         assert balance.period.resets
         text = repr(QuotaReport(balance.as_dict()))
-        assert "gpu_hours: 10.00 left" in text and "not limited" not in text
+        assert "GPU hours: 10 left" in text and "not limited" not in text
     finally:
         engine.dispose()
