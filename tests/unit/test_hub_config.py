@@ -146,6 +146,16 @@ def test_services_and_their_roles(tmp_path, quota, apps, idle, names):
     assert "headers" not in tornado  # no HSTS on http
 
 
+def test_apps_service_and_culler_run_as_the_service_account_the_quota_service_as_root(tmp_path):
+    s = settings(tmp_path, apps={"enabled": True})
+    services = {x["name"]: x for x in hub_config(s, ROOT)["JupyterHub"]["services"]}
+    assert services["apps"]["user"] == services["idle-culler"]["user"] == "sz"
+    assert services["apps"]["cwd"] == "/"  # not the hub's 0700 state folder
+    assert "user" not in services["quota"]
+    as_hub = hub_config(s, Host(is_root=True))["JupyterHub"]["services"]  # no such account
+    assert not any("user" in service for service in as_hub)
+
+
 def test_https_adds_hsts_and_host_cookies(tmp_path):
     hub = hub_config(settings(tmp_path, hub={"public_url": "https://hub.example.org"}), ROOT)
     assert hub["JupyterHub"]["cookie_host_prefix_enabled"] is True
