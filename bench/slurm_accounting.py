@@ -67,7 +67,9 @@ class FakeSlurm:
         self.finished.append(f"{job_id}|{PREFIX}{user}|{start}|{end}|{tres}|COMPLETED")
 
     def squeue(self) -> str:
-        return "".join(f"{i}|{PREFIX}{u}|{s}|{t}|1|1|N/A|N/A|N/A|\n" for i, u, s, t in self.running)
+        # JobID, UserName, StartTime, the TRES fields, RestartCnt
+        rows = (f"{i}|{PREFIX}{u}|{s}|{t}|1|1|N/A|N/A|N/A|0|\n" for i, u, s, t in self.running)
+        return "".join(rows)
 
     def sacct(self, since: float, until: float) -> str:
         first = bisect.bisect_left(self.ends, int(since))

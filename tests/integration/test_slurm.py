@@ -414,6 +414,42 @@ def test_gpus_are_charged_per_job_with_gpus_flag_and_across_nodes(hub, slurm):
                  f"job {j} settled")  # fmt: skip
 
 
+def test_each_run_of_a_requeued_job_is_charged_once(hub, slurm):
+    hub.new_user("rita")
+    (job,) = submit(hub, slurm, "rita", "--requeue", "--wrap", "sleep 5")
+
+    def sampled():  # seconds of the first run the meter charged (1 core)
+        return charges(hub, "rita").get(f"job:{job}", {}).get("cpu_hours", 0) * 3600
+
+    hub.wait(lambda: sampled() >= 2, 60, "2 s of the first run sampled")
+    slurm.cmd("scontrol", "requeue", job)
+    # Slurm holds a requeued job back for two minutes: once it is pending again, let it
+    # start again now.
+    hub.wait(lambda: slurm.cmd("squeue", "-h", "-j", job, "-o", "%T").strip() == "PENDING",
+             30, "the job pending again")  # fmt: skip
+    slurm.cmd("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+    def runs():  # start, end, cpus of each run as Slurm's accounting has them
+        out = slurm.cmd("sacct", "-n", "-X", "-P", "--duplicates", "-j", job,
+                        "-o", "Start,End,AllocTRES,State")  # fmt: skip
+        rows = [line.split("|") for line in out.splitlines()]
+        if len(rows) != 2 or rows[-1][3] != "COMPLETED":
+            return None
+        return [(datetime.fromisoformat(start).timestamp(), datetime.fromisoformat(end).timestamp(),
+                 float(dict(kv.split("=", 1) for kv in tres.split(","))["cpu"]))
+                for start, end, tres, _ in rows]  # fmt: skip
+
+    (s1, e1, c1), (s2, e2, c2) = hub.wait(runs, 90, "both runs in sacct")
+    assert e1 - s1 >= 2 and e2 - s2 >= 5
+    expected = {f"job:{job}": c1 * (e1 - s1) / 3600, f"job:{job}@{int(s2)}": c2 * (e2 - s2) / 3600}
+
+    def settled():
+        got = {k: v.get("cpu_hours", 0.0) for k, v in charges(hub, "rita").items()}
+        return got if got == pytest.approx(expected, abs=1e-8) else None
+
+    hub.wait(settled, 60, f"each run settled: {expected}")
+
+
 def test_at_zero_a_job_submitted_onto_idle_nodes_never_starts_and_runs_after_a_grant(hub, slurm):
     hub.new_user("zoe")  # 0.0005 cpu_hours: 1.8 s of one core
     (first,) = submit(hub, slurm, "zoe", "--wrap", "sleep 3")

@@ -9,6 +9,11 @@ the same jobs (an overlapping window, a restarted quota service) changes nothing
 
 Each pass reads the jobs that ended since the last pass (a watermark in the ledger, minus
 `slack` for records slurmdbd receives late), so its cost does not grow with the history.
+
+A requeued job runs again under the same JobID: `sacct --duplicates` has one row per run
+(the earlier ones REQUEUED), and each run is its own consumer, charged once: the first
+run is `job:ID`, a later one `job:ID@START` (`rerun_consumer`), as the meter names it when
+squeue's RestartCnt is above 0.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from shangzhuang.quota.ledger import Ledger
@@ -32,7 +37,8 @@ SACCT_FIELDS = ("JobIDRaw", "User", "Start", "End", "AllocTRES", "State")
 DELIMITER = "|"
 # Times as epoch seconds: no time zone to guess.
 TIME_ENV = {"SLURM_TIME_FORMAT": "%s"}
-NOT_FINISHED = {"PENDING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING", "REQUEUE_HOLD"}
+# (A REQUEUED row is a run that ended: the job waits to run again, a row of its own.)
+NOT_FINISHED = {"PENDING", "RUNNING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD"}
 WATERMARK = "slurm-sacct"
 
 
@@ -57,6 +63,23 @@ def tres_rates(tres: str) -> dict[str, float]:
     if "gres/gpu" in items:
         rates["gpu_hours"] = float(items["gres/gpu"])
     return rates
+
+
+def rerun_consumer(consumer: str, start: float) -> str:
+    """The consumer of a requeued job's later run (`job:ID` -> `job:ID@START`)."""
+    return f"{consumer}@{int(start)}"
+
+
+def runs(jobs: list[FinishedJob], first_starts: dict[str, float]) -> list[FinishedJob]:
+    """Each run of a requeued job as its own consumer: the job's first run keeps `job:ID`,
+    a later one gets `rerun_consumer`. The first run is the one the ledger already has as
+    `job:ID` (`first_starts`: its start), or else the earliest here."""
+    out, first = [], dict(first_starts)
+    for job in sorted(jobs, key=lambda j: j.start):
+        if first.setdefault(job.consumer, job.start) != job.start:
+            job = replace(job, consumer=rerun_consumer(job.consumer, job.start))
+        out.append(job)
+    return out
 
 
 def gres_gpus(gres: str) -> int:
@@ -126,7 +149,7 @@ class SlurmAccounting:
 
     async def sacct(self, since: float, until: float) -> str:
         args = [
-            "sacct", "--allusers", "--allocations", "--noheader", "--parsable2",
+            "sacct", "--allusers", "--allocations", "--duplicates", "--noheader", "--parsable2",
             f"--delimiter={DELIMITER}", f"--format={','.join(SACCT_FIELDS)}",
             f"--starttime={_local(since)}", f"--endtime={_local(until)}",
         ]  # fmt: skip
@@ -153,7 +176,9 @@ class SlurmAccounting:
                     self.disabled_said = True
                 return 0
             raise
-        settled = self.ledger.settle(parse_sacct(text, self.prefix))
+        jobs = parse_sacct(text, self.prefix)
+        jobs = runs(jobs, self.ledger.starts(sorted({j.consumer for j in jobs})))
+        settled = self.ledger.settle(jobs)
         # Only after the settle committed: a crash in between reads the window again.
         self.ledger.set_watermark(WATERMARK, now)
         return settled

@@ -489,6 +489,17 @@ class Ledger:
                     out[(period.start, resource)] = (s, e, rate * (e - s) / 3600.0)
         return out
 
+    def starts(self, consumers: list[str]) -> dict[str, float]:
+        """When each of these consumers started, for those the ledger has."""
+        out = {}
+        with self._read() as conn:
+            for i in range(0, len(consumers), 500):
+                rows = select(Consumer.id, Consumer.started).where(
+                    Consumer.id.in_(consumers[i : i + 500])
+                )
+                out.update(conn.execute(rows).all())
+        return out
+
     def watermark(self, name: str) -> float | None:
         with self._read() as conn:
             return conn.scalar(select(Watermark.value).where(Watermark.name == name))

@@ -14,13 +14,20 @@ import asyncio
 import json
 import logging
 import os
+from dataclasses import replace
 from datetime import datetime
 from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from shangzhuang.apps import app_consumer, is_app_server
-from shangzhuang.quota.accounting import TIME_ENV, SlurmAccounting, gres_gpus, tres_rates
+from shangzhuang.quota.accounting import (
+    TIME_ENV,
+    SlurmAccounting,
+    gres_gpus,
+    rerun_consumer,
+    tres_rates,
+)
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.meter import Running, UsageSource, job_consumer, lab_consumer
 from shangzhuang.settings import Settings
@@ -169,8 +176,10 @@ class SlurmJobs:
     # several nodes count (squeue's %b is per node and misses --gpus).
     # The GPUs asked for (per job, node or task), for a Slurm that does not track gres/gpu
     # in its TRES (no AccountingStorageTRES=gres/gpu): then tres-alloc has no GPUs.
-    FIELDS = ("JobID", "UserName", "StartTime", "tres-alloc", "NumNodes", "NumTasks",
-              "tres-per-job", "tres-per-node", "tres-per-task")  # fmt: skip
+    TRES = ("tres-alloc", "NumNodes", "NumTasks", "tres-per-job", "tres-per-node",
+            "tres-per-task")  # fmt: skip
+    # RestartCnt: a requeued job's later run is a consumer of its own (accounting.py).
+    FIELDS = ("JobID", "UserName", "StartTime", *TRES, "RestartCnt")
     FORMAT = ",".join(f"{f}:|" for f in FIELDS)  # width 0 (never cut), "|" after each
 
     def __init__(self, settings: Settings, ledger=None):
@@ -200,10 +209,10 @@ class SlurmJobs:
             if len(fields) != len(self.FIELDS) + 1 or fields[-1]:
                 log.warning("squeue line skipped: %r", line[:300])
                 continue
-            job_id, unix_user, start, *tres = fields[:-1]
+            job_id, unix_user, start, *tres, restarts = fields[:-1]
             if not unix_user.startswith(self.prefix) or unix_user == self.prefix:
                 continue  # not a workbench user's job
-            if not job_id.isdigit() or not start.isdigit():
+            if not job_id.isdigit() or not start.isdigit() or not restarts.isdigit():
                 log.warning("squeue line skipped: %r", line[:300])
                 continue
             jobs.append(
@@ -215,6 +224,9 @@ class SlurmJobs:
                     rates=job_rates(*tres),
                 )
             )
+            if int(restarts) > 0:  # a requeued job's later run
+                run = rerun_consumer(jobs[-1].consumer, float(start))
+                jobs[-1] = replace(jobs[-1], consumer=run)
         return jobs
 
     async def settle(self, now: float) -> int:
@@ -222,7 +234,7 @@ class SlurmJobs:
         return await self.accounting.settle(now) if self.accounting else 0
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
-        await self._run("scancel", consumer.removeprefix("job:"))
+        await self._run("scancel", consumer.removeprefix("job:").split("@")[0])  # a rerun too
 
     async def hold_pending(self, now: float) -> tuple[int, int]:
         """At zero, new work does not start: a user's pending jobs that need a resource at
@@ -238,12 +250,13 @@ class SlurmJobs:
         if self.at_zero_file:  # first: it holds jobs at submit even while squeue fails
             balances = ledger.balances(ledger.users(), now)
             self.write_at_zero(balances)
-        columns = ",".join(f"{f}:|" for f in ("JobID", "UserName", "Reason", *self.FIELDS[3:]))
+        names = ("JobID", "UserName", "Reason", *self.TRES)
+        columns = ",".join(f"{f}:|" for f in names)
         out = await self._run("squeue", "-h", "-t", "PENDING", "-O", columns)
         pending: dict[str, list[tuple[str, str, dict]]] = {}
         for line in out.splitlines():
             fields = line.split("|")
-            if len(fields) != len(self.FIELDS) + 1 or fields[-1] or not fields[0].isdigit():
+            if len(fields) != len(names) + 1 or fields[-1] or not fields[0].isdigit():
                 continue
             job_id, unix_user, reason, *tres = fields[:-1]
             if unix_user.startswith(self.prefix) and unix_user != self.prefix:

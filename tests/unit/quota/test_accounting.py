@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from shangzhuang.quota.accounting import FinishedJob, parse_sacct, tres_rates
+from shangzhuang.quota.accounting import FinishedJob, parse_sacct, runs, tres_rates
 from shangzhuang.quota.sources import SlurmJobs
 from shangzhuang.settings import Settings
 
@@ -58,13 +58,15 @@ def test_squeue_parse_takes_no_user_text_and_counts_all_gpus():
     source = SlurmJobs(Settings.model_validate(site))
     prefix = source.prefix
     out = (
-        f"7|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=2,billing=2,gres/gpu=2|2|2|N/A|gres:gpu:1|N/A|\n"
+        f"7|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=2,billing=2,gres/gpu=2|2|2|N/A|gres:gpu:1|N/A|0|\n"
         # what a job name with a newline forged under the old format: now a bad line
         f"999|{prefix}victim|{int(T0)}|4|gres/gpu:8\n"
         # a Slurm without AccountingStorageTRES=gres/gpu: the GPUs asked for count
-        f"8|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=2|2|2|N/A|gres:gpu:1|N/A|\n"
-        f"9|{prefix}eve|{int(T0)}|cpu=1,mem=1G,node=1|1|1|gres:gpu:2|N/A|N/A|\n"
-        f"10|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=1|1|2|N/A|N/A|gres:gpu:1|\n"
+        f"8|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=2|2|2|N/A|gres:gpu:1|N/A|0|\n"
+        f"9|{prefix}eve|{int(T0)}|cpu=1,mem=1G,node=1|1|1|gres:gpu:2|N/A|N/A|0|\n"
+        f"10|{prefix}eve|{int(T0)}|cpu=2,mem=1G,node=1|1|2|N/A|N/A|gres:gpu:1|0|\n"
+        # a requeued job's second run: a consumer of its own
+        f"11|{prefix}eve|{int(T0)}|cpu=1,mem=1G,node=1,gres/gpu=2|1|1|N/A|N/A|N/A|1|\n"
     )
     jobs = source.parse(out)
     assert [(j.consumer, j.user) for j in jobs] == [
@@ -72,10 +74,11 @@ def test_squeue_parse_takes_no_user_text_and_counts_all_gpus():
         ("job:8", "eve"),
         ("job:9", "eve"),
         ("job:10", "eve"),
+        (f"job:11@{int(T0)}", "eve"),
     ]
     for j in jobs:
         assert j.rates["gpu_hours"] == 2.0, j
-    assert [j.rates["cpu_hours"] for j in jobs] == [2.0, 2.0, 1.0, 2.0]
+    assert [j.rates["cpu_hours"] for j in jobs] == [2.0, 2.0, 1.0, 2.0, 1.0]
 
 
 def test_settling_without_accounted_gpus_keeps_the_sampled_gpus(ledger):
@@ -211,3 +214,23 @@ def test_the_at_zero_file_lists_users_at_zero_and_a_submit_hold_is_released_afte
     assert ("scontrol", "release", "31") in slurm.ran
     assert ("scontrol", "release", "32") not in slurm.ran
     assert "user sz-carol" not in slurm.at_zero_file.read_text()
+
+
+def test_each_run_of_a_requeued_job_is_charged_once(ledger):
+    """sacct --duplicates: one row per run, the earlier ones REQUEUED. The first run is
+    job:ID (as the meter sampled it), a later one job:ID@START (squeue's RestartCnt > 0)."""
+    text = (
+        f"5|sz-bob|{int(T0)}|{int(T0) + 10}|cpu=1,node=1|REQUEUED\n"
+        f"5|sz-bob|{int(T0) + 200}|Unknown|cpu=1,node=1|PENDING\n"
+    )
+    first = runs(parse_sacct(text, "sz-"), ledger.starts(["job:5"]))
+    assert [(j.consumer, j.end - j.start) for j in first] == [("job:5", 10)]
+    assert ledger.settle(first) == 1
+    # The second run ends; a later pass reads both rows (an overlapping window).
+    text = text.replace("Unknown|cpu=1,node=1|PENDING", f"{int(T0) + 230}|cpu=1,node=1|COMPLETED")
+    both = runs(parse_sacct(text, "sz-"), ledger.starts(["job:5"]))
+    assert [j.consumer for j in both] == ["job:5", f"job:5@{int(T0) + 200}"]
+    assert ledger.settle(both) == 1  # the first run was final already
+    assert totals(ledger, "bob")["cpu_hours"] == pytest.approx(40 / 3600)
+    assert ledger.settle(runs(parse_sacct(text, "sz-"), ledger.starts(["job:5"]))) == 0
+    assert totals(ledger, "bob")["cpu_hours"] == pytest.approx(40 / 3600)
