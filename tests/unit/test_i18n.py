@@ -322,6 +322,10 @@ PAGES = {
                    "message": i18n.Message("This form has expired: please try again.")},
     "404.html": {"status_code": 404, "status_message": "Not Found"},
     "sz-language.html": {"next_url": "/services/apps/"},
+    "not_running.html": {"server_name": "", "spawn_url": "/hub/spawn/alice", "failed": True,
+                         "failed_message": GpusBusy(wanted=1, total=2, free=0).message},
+    "stop_pending.html": {},
+    "logout.html": {**SIGNED_OUT},
 }  # fmt: skip
 
 
