@@ -1,6 +1,8 @@
-"""Lab load to a visible launcher, with and without the shangzhuang-lab extension.
+"""Lab load to a visible launcher, with and without the shangzhuang-lab extension; or, with
+`--mode language`, in Chinese (the zh-CN language pack and our catalog) and in English.
 
-    .venv/bin/python bench/lab_load.py [--rounds 5] [--loads 2] [--no-write]
+    .venv/bin/python bench/lab_load.py [--mode extension|language] [--rounds 5] [--loads 2]
+                                       [--no-write]
 
 One workbench (`shangzhuang up` under a temp folder, tests/integration/hub.py's RunningHub,
 with a [quota] so that the extension has figures to show) and two users on the "cpu"
@@ -24,6 +26,12 @@ service) beside the quota service's GET me (through the proxy), 100 sequential e
 
 Prints a markdown table and writes it to docs/benchmarks.md (section
 "## Lab extension (bench/lab_load.py)"; other sections are kept).
+
+`--mode language`: two users with the extension, `lab-zh` who chose 中文 on the hub (her
+session's Lab opens in zh_CN: the language pack's catalogs and ours are fetched and
+applied before the launcher shows) and `lab-en`; the same timed loads, and the status
+item's first figures for both. Checked: her status item reads "剩余 ...", his "... left".
+Section "## Lab in Chinese (bench/lab_load.py --mode language)".
 """
 
 from __future__ import annotations
@@ -52,8 +60,10 @@ from report import write_section  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Lab extension (bench/lab_load.py)"
+LANGUAGE_HEADING = "## Lab in Chinese (bench/lab_load.py --mode language)"
 GOAL = 1.05
 WITH, WITHOUT = "lab-with", "lab-without"
+ZH, EN = "lab-zh", "lab-en"
 PASSWORD = "correct-horse-9"
 QUOTA = """
 [quota.accounts.default]
@@ -147,8 +157,11 @@ def latency_ms(url: str, token: str, n: int = 100) -> float:
     return statistics.median(times)
 
 
-def measure(browser, hub: RunningHub, name: str, loads: int) -> tuple[list[float], list[float]]:
+def measure(
+    browser, hub: RunningHub, name: str, loads: int, with_item: bool | None = None
+) -> tuple[list[float], list[float]]:
     """Seconds to a visible launcher for `loads` navigations, and to the status item (if any)."""
+    with_item = name == WITH if with_item is None else with_item
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     try:
@@ -161,7 +174,7 @@ def measure(browser, hub: RunningHub, name: str, loads: int) -> tuple[list[float
         for _ in range(loads):
             page.goto(f"{hub.url}/user/{name}/lab", wait_until="commit")
             launcher.append(page.wait_for_function(LAUNCHER_VISIBLE, timeout=120_000).json_value())
-            if name == WITH:
+            if with_item:
                 item.append(page.wait_for_function(ITEM_SHOWN, timeout=60_000).json_value())
             else:
                 page.wait_for_timeout(1500)  # what the extension would have had to show up
@@ -190,7 +203,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--loads", type=int, default=2, help="timed loads per round and user")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--mode", choices=["extension", "language"], default="extension")
     args = ap.parse_args()
+    if args.mode == "language":
+        return main_language(args)
 
     from playwright.sync_api import sync_playwright
 
@@ -298,6 +314,100 @@ service's own GET me through the proxy p50 {me_ms:.1f} ms (100 sequential reques
     print(section)
     if not args.no_write:
         write_section(HEADING, section)
+        print(f"written to {DOC.relative_to(ROOT)}")
+
+
+def main_language(args) -> None:
+    """Lab in Chinese (language pack + our catalog) against Lab in English, both with the
+    extension: the same rounds and loads as the extension mode."""
+    global CHROMIUM_VERSION
+    from playwright.sync_api import sync_playwright
+
+    t_start, load_start = time.monotonic(), os.getloadavg()[0]
+    hub = RunningHub(workdir(), quota=QUOTA)
+    hub.start()
+    try:
+        for name, language in ((ZH, "zh_CN"), (EN, "en")):
+            s = hub.new_user(name, PASSWORD)
+            hub.form(s, "/hub/language", {"language": language}, allow_redirects=False)
+            hub.spawn(name, "cpu")
+            hub.wait_ready(name)
+            quiet_lab(hub, name, hub.token_for(name))
+        runs: dict[str, list[float]] = {ZH: [], EN: []}
+        items: dict[str, list[float]] = {ZH: [], EN: []}
+        per_round = []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            CHROMIUM_VERSION = browser.version
+            for r in range(args.rounds):
+                got = {}
+                for name in (ZH, EN) if r % 2 == 0 else (EN, ZH):
+                    launcher, item = measure(browser, hub, name, args.loads, with_item=True)
+                    runs[name] += launcher
+                    items[name] += item
+                    got[name] = statistics.median(launcher)
+                per_round.append(got)
+                print(f"round {r + 1}: zh {got[ZH]:.2f} s, en {got[EN]:.2f} s", flush=True)
+            # The languages took: each status item in its user's language.
+            for name, word in ((ZH, "剩余"), (EN, "left")):
+                context = browser.new_context()
+                page = context.new_page()
+                page.goto(f"{hub.url}/hub/login?next=/user/{name}/lab")
+                page.fill("#username_input", name)
+                page.fill("#password_input", PASSWORD)
+                page.click("#login_submit")
+                page.wait_for_function(ITEM_SHOWN, timeout=120_000)
+                text = page.locator(".sz-quota-status").inner_text()
+                assert word in text, (name, text)
+                context.close()
+            browser.close()
+    finally:
+        hub.cleanup()
+    elapsed, load_end = time.monotonic() - t_start, os.getloadavg()[0]
+
+    med = {n: statistics.median(v) for n, v in runs.items()}
+    item = {n: statistics.median(v) for n, v in items.items()}
+    ratio = med[ZH] / med[EN]
+    paired = statistics.median(g[ZH] / g[EN] for g in per_round)
+    n = len(runs[ZH])
+    tbl = "\n".join(
+        [
+            "| | 中文 (zh_CN) | English | ratio (zh/en) |",
+            "|---|---:|---:|---:|",
+            f"| Lab load to visible launcher, median of {n} (s) | {med[ZH]:.2f} | "
+            f"{med[EN]:.2f} | {ratio:.3f} |",
+            f"| median of the per-round ratios | | | {paired:.3f} |",
+            f"| fastest / slowest (s) | {min(runs[ZH]):.2f} / {max(runs[ZH]):.2f} | "
+            f"{min(runs[EN]):.2f} / {max(runs[EN]):.2f} | |",
+            f"| status bar item shows its figures, median (s) | {item[ZH]:.2f} | {item[EN]:.2f} "
+            f"| {item[ZH] / item[EN]:.3f} |",
+        ]
+    )
+    rounds_txt = ", ".join(f"{g[ZH]:.2f} / {g[EN]:.2f}" for g in per_round)
+    met = "met" if ratio <= GOAL else "**missed**"
+    section = f"""{LANGUAGE_HEADING}
+
+Goal: Lab load in Chinese (jupyterlab-language-pack-zh-CN and shangzhuang-lab's zh_CN
+catalog) at most {GOAL:.2f}× the English one (ratio ≤ {GOAL:.2f}): {met}.
+
+One workbench, two users on the "cpu" profile, both with the extension: `lab-zh` chose
+中文 on the hub (her session's Lab defaults to zh_CN: session.py), `lab-en` chose English.
+Checked at the end: her status item reads "剩余 …", his "… left". Chromium through
+Playwright; per round and user a new browser context, a login and one untimed first load,
+then {args.loads} timed loads to a visible `.jp-Launcher` (performance.now()). {args.rounds}
+rounds, the users' order alternating.
+
+Measured {dt.datetime.now().strftime("%Y-%m-%d %H:%M")} on {machine()}.
+The run took {elapsed / 60:.1f} min; 1-minute load average {load_start:.2f} at its start,
+{load_end:.2f} at its end (above ~0.5 is other work on the machine).
+
+{tbl}
+
+Per round, median of its loads (zh / en, s): {rounds_txt}.
+"""
+    print(section)
+    if not args.no_write:
+        write_section(LANGUAGE_HEADING, section)
         print(f"written to {DOC.relative_to(ROOT)}")
 
 
