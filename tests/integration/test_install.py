@@ -122,9 +122,11 @@ def fresh_venv(base: Path) -> Path:
         capture_output=True, text=True, check=True, env=outside_env(),
     ).stdout.strip()  # fmt: skip
     (Path(site) / "_checkout_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    # ... and their data files (Voila's templates, the Lab extensions), as pip would put them.
-    (venv / "share").mkdir(exist_ok=True)
-    (venv / "share" / "jupyter").symlink_to(Path(sys.prefix) / "share" / "jupyter")
+    # ... and their data files as pip would put them: Voila's templates and the Lab extensions
+    # (share/jupyter), the server extensions' enabling JSON, JupyterLab's too (etc/jupyter).
+    for data in ("share", "etc"):
+        (venv / data).mkdir(exist_ok=True)
+        (venv / data / "jupyter").symlink_to(Path(sys.prefix) / data / "jupyter")
     # The dependencies' console scripts (jupyterhub-singleuser...), as pip would write them.
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points.select(group="console_scripts"):
@@ -417,6 +419,14 @@ def test_the_wheel_carries_its_default_config_tutorials_and_templates(site):
     copied = site.homes / f"{site.prefix}ann" / "tutorials"
     for name in ("01-welcome.ipynb", "shapes.py"):
         assert (copied / name).read_bytes() == (Path(found["tutorials"]) / name).read_bytes()
+    # Her Lab has the workbench's extension, installed (from its wheel; here the checkout's
+    # .venv lends it, see fresh_venv), not the extension's source folder.
+    token = site.token_for("ann")
+    lab = requests.get(f"{site.user_url('ann')}lab", timeout=60,
+                       headers={"Authorization": f"token {token}"})  # fmt: skip
+    assert lab.status_code == 200 and '"shangzhuang-lab"' in lab.text, lab.status_code
+    where = site.run_code("ann", "import shangzhuang_lab; print(shangzhuang_lab.__file__)", token)
+    assert "site-packages" in where and not where.startswith(str(ROOT / "extensions")), where
 
 
 ATTACK = """
