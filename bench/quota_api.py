@@ -88,9 +88,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.integration.hub import RunningHub, workdir  # noqa: E402
 
+from shangzhuang.quota.consumers import Consumer  # noqa: E402
 from shangzhuang.quota.db import make_engine, migrate  # noqa: E402
 from shangzhuang.quota.ledger import Ledger, rates_of  # noqa: E402
-from shangzhuang.quota.meter import Meter, Running, lab_consumer  # noqa: E402
+from shangzhuang.quota.meter import Meter, Running  # noqa: E402
 from shangzhuang.quota.periods import period_at  # noqa: E402
 from shangzhuang.settings import Settings, load_settings  # noqa: E402
 
@@ -203,7 +204,7 @@ def seed(path: Path, settings: Settings, n_users: int, n_records: int, now: floa
             started = round(now - HISTORY + rng.random() * (HISTORY - k * SAMPLE - 60), 3)
         acct = account_of[user]
         rates = [(r, v) for r, v in profiles[profile].items() if v > 0]
-        cid = lab_consumer(user, "", started)
+        cid = str(Consumer.session("lab", user, "", started))
         if cid in cids:
             continue
         cids.add(cid)
@@ -428,7 +429,7 @@ def running_sessions(settings: Settings, n_users: int, n: int, now: float) -> li
         started = round(now - rng.uniform(60, 7200), 3)
         out.append(
             Running(
-                consumer=lab_consumer(user, "", started), user=user, source="lab",
+                consumer=str(Consumer.session("lab", user, "", started)), user=user, source="lab",
                 started=started, rates=rates_of(profile), profile=profile.name,
                 groups=(accounts[idx % len(accounts)],),
             )

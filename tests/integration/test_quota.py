@@ -255,3 +255,60 @@ def test_api_fuzzed_from_openapi_never_errors(hub):
 
         never_5xx()
     assert len(seen) > 100 and any(c >= 400 for c in seen) and any(c < 300 for c in seen)
+
+
+def loop_lags_over(hub, seconds: float) -> float:
+    """How many times the hub's event loop has stalled longer than SECONDS since it started,
+    from JupyterHub's own `jupyterhub_event_loop_interval_seconds` histogram."""
+    text = hub.api("GET", "/metrics", hub.admin_token()).text
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("jupyterhub_event_loop_interval_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = float(line.rsplit(" ", 1)[1])
+    assert seconds in buckets, sorted(buckets)
+    return buckets[float("inf")] - buckets[seconds]
+
+
+def test_the_hub_never_waits_on_the_ledger(hub):
+    """A spawn and a stop while the ledger is locked for writing (as by a long meter
+    write): the hub's loop never stalls, as the quota service alone waits on the database.
+    Seen red with the ledger in the hub's process (before issue 16): the spawn's ledger
+    write froze the hub, whose API then answered nothing for 30 s (the probe timed out).
+    Slurm's commands are not part of it: the hub runs them as asyncio subprocesses."""
+    import sqlite3
+    import threading
+
+    hub.new_user("lena")
+    stalls = loop_lags_over(hub, 0.5)
+    probes: list[float] = []
+    locked = threading.Event()
+
+    def hold_lock(seconds: float) -> None:
+        ledger = sqlite3.connect(hub.state / "quota.sqlite", timeout=30, isolation_level=None)
+        ledger.execute("BEGIN IMMEDIATE")  # the meter and the quota service's writes wait
+        locked.set()
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:  # meanwhile, the hub's own API answers at once
+                t0 = time.monotonic()
+                hub.api("GET", "/")
+                probes.append(time.monotonic() - t0)
+                time.sleep(0.05)
+        finally:
+            ledger.execute("ROLLBACK")
+            ledger.close()
+
+    for action in ("spawn", "stop"):
+        holder = threading.Thread(target=hold_lock, args=(3,))
+        holder.start()
+        locked.wait(10)
+        if action == "spawn":
+            hub.spawn("lena", "cpu")  # its quota check waits on the service: < 5 s
+            hub.wait_ready("lena")
+        else:
+            hub.stop_server("lena")  # its close too (or queued)
+        holder.join()
+        locked.clear()
+    assert loop_lags_over(hub, 0.5) == stalls, f"probes of the hub's API: max {max(probes):.2f} s"
+    assert max(probes) < 2, probes  # generous on a busy machine; frozen, it was the lock's 3 s

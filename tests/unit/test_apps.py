@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from shangzhuang.apps import app_consumer, is_app_server
+from shangzhuang.apps import is_app_server
 from shangzhuang.apps.client import parse_share
 from shangzhuang.apps.culling import culler_timeout, make_arbiter
 from shangzhuang.apps.registry import App, AppError, Registry, Viewers, check_path
 from shangzhuang.apps.snapshot import collect, decode
 from shangzhuang.apps.spawn import NoConfirmClients
+from shangzhuang.quota.consumers import Consumer
 from shangzhuang.settings import SettingsError, parse_settings
 
 PROFILES = [{"name": "cpu", "cores": 2, "memory": "4G"}, {"name": "gpu", "cores": 1,
@@ -174,7 +175,7 @@ def test_no_confirm_clients_are_services_and_published_apps(tmp_path):
 
 
 def test_app_ids():
-    assert app_consumer("olga", "app-demo", 1.5) == "app:olga/app-demo@1500"
+    assert str(Consumer.session("app", "olga", "app-demo", 1.5)) == "app:olga/app-demo@1500"
     assert is_app_server("app-demo", "app-") and not is_app_server("app-", "app-")
     assert not is_app_server("lab", "app-")
 

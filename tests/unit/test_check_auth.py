@@ -502,7 +502,6 @@ def test_configure_ldap(tmp_path):
         {"match": "cn=tsinghua,ou=groups,dc=example,dc=org", "account": "tsinghua"}
     ]
     assert (a.fallback_account, a.site_name) == ("default", "Test")
-    assert a.quota_config == str(tmp_path / "shangzhuang.toml")
 
 
 def test_configure_oidc_discovers_and_reads_the_secret(tmp_path, discovery_server, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from html.parser import HTMLParser
 
@@ -179,10 +180,10 @@ def test_resources_shown_beside_each_profile():
 def test_the_spawners_form_shows_its_pool():
     pool = pool_with(2, 1)
     spawner = make_spawner(pool, profiles=PROFILES)
-    page = Parsed(spawner.options_form(spawner))
+    page = Parsed(asyncio.run(spawner.options_form(spawner)))
     assert page.disabled() == ["gpu-2"]
     pool.release("someone/")
-    assert Parsed(spawner.options_form(spawner)).disabled() == []
+    assert Parsed(asyncio.run(spawner.options_form(spawner))).disabled() == []
 
 
 def test_the_form_answer_names_a_profile():

@@ -97,7 +97,7 @@ def test_ldap_takes_its_search_password_from_the_host(tmp_path):
     assert (ldap["lookup_dn"], ldap["lookup_dn_search_password"]) == (True, "directory-secret")
     assert (ldap["tls_strategy"], ldap["server_port"]) == ("on_connect", 636)
     assert config["Authenticator"]["manage_groups"] is True
-    assert ldap["quota_config"] == str(tmp_path / "site.toml")
+    assert config["UserAccounts"]["quota_url"].endswith("/services/quota/")  # LDAP's base
     assert "WorkbenchAuthenticator" not in config
 
 
@@ -123,8 +123,8 @@ def test_slurm_sessions(tmp_path):
 @pytest.mark.parametrize(
     "quota, apps, idle, names",
     [
-        (True, False, 3600, ["quota", "idle-culler"]),
-        (True, True, 3600, ["quota", "apps", "idle-culler"]),
+        (True, False, 3600, ["quota", "workbench-hub", "idle-culler"]),
+        (True, True, 3600, ["quota", "workbench-hub", "apps", "idle-culler"]),
         (False, True, 0, ["apps", "idle-culler"]),  # apps still stop when idle
         (False, False, 0, []),
     ],

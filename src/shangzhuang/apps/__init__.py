@@ -12,11 +12,6 @@
 from __future__ import annotations
 
 
-def app_consumer(user: str, server: str, started: float) -> str:
-    """The ledger's id of one run of an app server (source "app"; the hub and meter agree)."""
-    return f"app:{user}/{server}@{int(round(started * 1000))}"
-
-
 def is_app_server(server_name: str, prefix: str) -> bool:
     """Named servers whose name starts with the apps prefix run published apps."""
     return bool(prefix) and server_name.startswith(prefix) and len(server_name) > len(prefix)

@@ -8,6 +8,7 @@ import pwd
 import shutil
 import sys
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:  # keep `shangzhuang.hub.gpus` importable without pydantic (GP
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 ADMIN_PASSWORD_FILE = "admin-password"
+QUOTA_TOKEN_FILE = "quota-hub-token"  # api_client.HUB_CLIENT's
 SESSION_LAUNCHER = Path(__file__).resolve().parents[1] / "session.py"
 NOT_ISOLATED = (
     "This hub does not run as root, so every session runs as the same Unix account: "
@@ -115,6 +117,10 @@ def prepare_state(settings: Settings) -> None:
     """The hub's state folder, never readable by user sessions."""
     state = settings.hub.state_dir
     state.mkdir(parents=True, exist_ok=True)
+    token = state / QUOTA_TOKEN_FILE  # the hub's token for the quota service, made once
+    if settings.quota.enabled and not token.exists():
+        token.touch(mode=0o600)
+        token.write_text(token_hex(32))
     os.chmod(state, 0o700)
 
 
@@ -156,6 +162,7 @@ def look_at_host(settings: Settings):
     local = settings.backend.kind == "local"
     is_root = os.geteuid() == 0
     password_file = settings.hub.state_dir / ADMIN_PASSWORD_FILE
+    state, quota = settings.hub.state_dir, settings.quota.enabled
     return Host(
         is_root=is_root,
         python=sys.executable,
@@ -164,6 +171,7 @@ def look_at_host(settings: Settings):
         cgroups=containment.detect() if local and is_root else "",
         iptables=containment.iptables_works() if local and is_root else False,
         admin_password=password_file.read_text().strip() if password_file.exists() else "",
+        quota_token=(state / QUOTA_TOKEN_FILE).read_text().strip() if quota else "",
         reset_admin_password=os.environ.get("SHANGZHUANG_ADMIN_PASSWORD", ""),
         service_account=service_account(settings, is_root),
         **signin_facts(settings),
@@ -220,14 +228,22 @@ def in_home(path: str):
     return for_spawner
 
 
-def home_quota(settings: Settings):
-    """For the home page: the signed-in user's balance (None when they have none yet)."""
+def home_quota(url: str, token: str):
+    """For the home page: `quota()` there is the signed-in user's balance, asked of the
+    quota service when the page shows it (None when it does not answer)."""
+    from shangzhuang.quota.api_client import QuotaRefused, QuotaUnavailable, hub_quota
 
     def for_user(user):
         if user is None:
             return None
-        from shangzhuang.quota import open_ledger
 
-        return open_ledger(settings).balance(user.name).as_dict()
+        async def balance() -> dict | None:
+            try:
+                return await hub_quota(url, token).balance(user.name)
+            except (QuotaUnavailable, QuotaRefused) as e:
+                logging.getLogger("JupyterHub").warning("home page without quota: %s", e)
+                return None
+
+        return balance
 
     return for_user

@@ -34,6 +34,7 @@ from tornado import web
 from traitlets import Enum, Unicode
 
 from shangzhuang.hub.unix import FIRST_USER_UID, RETIRED, RETIRED_COMMENT
+from shangzhuang.quota.api_client import QuotaAPI, QuotaRefused, QuotaUnavailable, hub_quota
 
 TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -57,9 +58,16 @@ class UserAccounts(Authenticator):
     apps_dir = Unicode("", help="The apps folder (apps.folder): owners' published apps.").tag(
         config=True
     )
-    site_config = Unicode("", help="The site config; when set, the ledger is told.").tag(
-        config=True
-    )
+    quota_url = Unicode(
+        "", help="The quota service's URL; when set, it is told of logins and deletions."
+    ).tag(config=True)
+    quota_token = Unicode(
+        "", help="The hub's token for the quota service (api_client.HUB_CLIENT's)."
+    ).tag(config=True)
+
+    @property
+    def quota(self) -> QuotaAPI | None:
+        return hub_quota(self.quota_url, self.quota_token) if self.quota_url else None
 
     async def delete_user(self, user) -> None:
         # JupyterHub 6.1.1 stops only the default server before calling this, and fails
@@ -71,6 +79,17 @@ class UserAccounts(Authenticator):
                 f"{user.name} still has running servers ({', '.join(sorted(running))}): "
                 "stop them before deleting the user",
             )
+        # The quota record first: a name signed up again must not inherit it, so without
+        # the quota service nothing is deleted (api_client's rule).
+        if self.quota is not None:
+            try:
+                tomb = await self.quota.set_apart(user.name)
+            except (QuotaUnavailable, QuotaRefused) as e:
+                raise web.HTTPError(
+                    503, f"{user.name} is not deleted: the quota service, which keeps their "
+                    f"usage apart, is not answering ({e}); try again in a minute",
+                ) from None  # fmt: skip
+            self.log.info("quota record of deleted user %s kept as %s", user.name, tomb)
         await maybe_future(super().delete_user(user))
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         if self.on_delete != "keep":
@@ -78,11 +97,6 @@ class UserAccounts(Authenticator):
             if self.apps_dir:
                 apps = Path(self.apps_dir, quote(user.name, safe=""))  # the registry's layout
                 await asyncio.to_thread(self._retire_folder, apps, f"apps/{user.name}-{stamp}")
-        if self.site_config:
-            from shangzhuang.hub.spawners import site_ledger
-
-            tomb = await asyncio.to_thread(site_ledger(self.site_config).set_apart, user.name)
-            self.log.info("quota record of deleted user %s kept as %s", user.name, tomb)
 
     def retire_home(self, name: str, stamp: str) -> None:
         """Archive or remove the user's home, and delete their Unix account (as root)."""

@@ -29,6 +29,7 @@ from shangzhuang.hub import (
     services_on_the_hub_host,
     sign_in_on_the_hub_host,
 )
+from shangzhuang.quota.api_client import HUB_CLIENT
 
 if TYPE_CHECKING:
     from shangzhuang.settings import Settings
@@ -55,6 +56,7 @@ class Host:
     signin_secret: str = ""  # the LDAP search password or the OIDC client secret
     oidc_endpoints: dict = field(default_factory=dict)  # discovered from auth.oidc.issuer
     service_account: str = ""  # the platform's unprivileged account (site.service_account)
+    quota_token: str = ""  # the hub's token for the quota service (state folder)
 
 
 def merge(*parts: dict) -> dict:
@@ -135,7 +137,9 @@ def proxy_and_hub(settings: Settings, host: Host) -> dict:
 def sessions(settings: Settings, host: Host) -> dict:
     """What every Lab session gets, whatever runs it."""
     accounts, state = settings.backend.accounts, settings.hub.state_dir
-    quota_config = str(Path(settings.source).resolve()) if settings.quota.enabled else ""
+    # The hub's spawners and authenticator ask the quota service (quota/api_client.py).
+    quota = {"quota_url": f"{quota_url(settings)}/services/quota/", "quota_token": host.quota_token}
+    quota = quota if settings.quota.enabled else {}
     environment = dask_environment(settings)
     # The session's language (zh_CN or en), for its Lab (session.py): hub/language.py.
     environment[i18n.ENVIRONMENT] = language.session_language(
@@ -153,7 +157,7 @@ def sessions(settings: Settings, host: Host) -> dict:
         "home_root": str(accounts.home_root),
         "tutorials": [str(p) for p in settings.tutorials.files],
         "tutorials_folder": settings.tutorials.folder,
-        "site_config": quota_config,
+        **quota,
     }
     if settings.apps.enabled:
         spawner["app_server_prefix"] = settings.apps.server_prefix  # no renames into or out
@@ -166,7 +170,7 @@ def sessions(settings: Settings, host: Host) -> dict:
             "home_root": str(accounts.home_root),
             "archive_dir": str(state / "archived-homes"),
             "apps_dir": str(settings.apps_folder) if settings.apps.enabled else "",
-            "site_config": quota_config,
+            **quota,
         },
         "Spawner": {
             # The session launcher (kernels on IPC sockets, Dask TLS credentials), which
@@ -279,6 +283,15 @@ def services(settings: Settings, host: Host) -> dict:
                 "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
             }
         )
+        # The hub's own token for the quota service: spawns, logins, deletions, home page.
+        listed.append({"name": HUB_CLIENT, "api_token": host.quota_token})
+        roles.append(
+            {
+                "name": f"{HUB_CLIENT}-service",
+                "services": [HUB_CLIENT],
+                "scopes": ["access:services!service=quota"],
+            }
+        )
     if settings.apps.enabled:
         listed.append(
             {
@@ -369,7 +382,8 @@ def pages(settings: Settings, host: Host) -> dict:
         if not_enforced:
             template_vars["announcement_home"] = " ".join(not_enforced)
     if settings.quota.enabled:
-        template_vars["quota"] = home_quota(settings)
+        template_vars["quota"] = home_quota(f"{quota_url(settings)}/services/quota/",
+                                            host.quota_token)  # fmt: skip
         template_vars["quota_warn"] = settings.quota.warn_fraction
     if settings.apps.enabled:
         paths.append(str(APPS_TEMPLATES))

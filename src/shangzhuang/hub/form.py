@@ -18,20 +18,19 @@ class Choice:
 
 
 def choices(
-    profiles: list[Profile], pool: GpuPool | None, balance=None, min_hours: float = 0.0
+    profiles: list[Profile], pool: GpuPool | None, affordable: dict | None = None
 ) -> list[Choice]:
     """Each profile with whether it can start right now, and why not.
 
-    `balance` (a quota Balance) greys out what it can't pay for `min_hours`.
+    `affordable` (the quota service's answer for the user, by profile name) greys out
+    what their quota can't pay for.
     """
-    from shangzhuang.quota.ledger import rates_of
-
     out = []
     free = len(pool.free()) if pool is not None else 0
     for p in profiles:
-        short = balance.can_afford(rates_of(p), min_hours) if balance is not None else []
+        short = ((affordable or {}).get(p.name) or {}).get("short") or {}
         if pool is None:  # a batch system queues what it can't start now
-            why = _not_enough(balance, short) if short else ""
+            why = _not_enough(short) if short else ""
             out.append(Choice(p, not short, why))
         elif p.gpus and pool.total == 0:
             out.append(Choice(p, False, Message("this node has no GPU")))
@@ -42,14 +41,15 @@ def choices(
             busy = Message("{free} of {total} GPUs free", free=free, total=pool.total)
             out.append(Choice(p, False, busy))
         elif short:
-            out.append(Choice(p, False, _not_enough(balance, short)))
+            out.append(Choice(p, False, _not_enough(short)))
         else:
             out.append(Choice(p, True))
     return out
 
 
-def _not_enough(balance, short: list[str]) -> Message:
-    left = [hours(r, round(balance.remaining(r), 2)) for r in short]
+def _not_enough(short: dict[str, float]) -> Message:
+    """SHORT: what is left of each resource that can't pay (the quota service's answer)."""
+    left = [hours(r, round(remaining, 2)) for r, remaining in short.items()]
     return Message("not enough quota ({left} left)", left=left)
 
 

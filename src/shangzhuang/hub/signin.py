@@ -4,7 +4,7 @@
 At every login the user's institution (directory groups, an LDAP attribute, or an OIDC
 claim) is mapped by the site's rules to a quota account. The user's JupyterHub groups are
 managed by the sign-in and hold exactly that account, which the spawner and the quota meter
-read, and the quota ledger is told at once, so a user who moves institution is charged to
+read, and the quota service is told at once, so a user who moves institution is charged to
 the new account from that login on.
 
 A refused login says why: the password was wrong, the user is not allowed on this site, or
@@ -24,7 +24,6 @@ import urllib.error
 import urllib.request
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ldap3
@@ -128,17 +127,9 @@ class SiteSignIn(UserAccounts):
         config=True
     )
 
-    quota_config = Unicode(
-        "",
-        help="""The site config whose quota ledger is told a user's account at each login.
-        Empty: no ledger (the quota is off).""",
+    quota_timeout = Float(
+        5, help="Seconds a login waits for the quota service before going ahead without it."
     ).tag(config=True)
-
-    ledger_timeout = Float(
-        5, help="Seconds a login waits for the quota ledger before going ahead without it."
-    ).tag(config=True)
-
-    _ledger_cache = None
 
     @property
     def institution(self) -> Institution:
@@ -162,28 +153,17 @@ class SiteSignIn(UserAccounts):
         account = self.institution.account_for(values, self.fallback_account)
         authentication["groups"] = [account]  # manage_groups: the hub's groups follow
         self.log.info("%s signs in, charged to account %s", name, account)
-        if self.quota_config:
-            await self._tell_ledger(name, account)
+        if self.quota is not None:
+            await self._tell_quota(name, account)
         return await super().run_post_auth_hook(handler, authentication)
 
-    def _set_account(self, name: str, institution_account: str) -> None:
-        from shangzhuang.quota import open_ledger
-        from shangzhuang.settings import load_settings
-
-        if self._ledger_cache is None:
-            self._ledger_cache = open_ledger(load_settings(self.quota_config))
-        ledger = self._ledger_cache
+    async def _tell_quota(self, name: str, account: str) -> None:
         # A per-user account set in [quota.users] still wins, as everywhere else.
-        ledger.set_account(name, ledger.account_for(name, [institution_account]))
-
-    async def _tell_ledger(self, name: str, account: str) -> None:
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(self._set_account, name, account), self.ledger_timeout
-            )
+            await asyncio.wait_for(self.quota.set_account(name, [account]), self.quota_timeout)
         except Exception as e:  # the login goes ahead; spawns and the meter set it again
             self.log.warning(
-                "quota ledger unavailable at %s's login, account %s not recorded yet: %s",
+                "quota service unavailable at %s's login, account %s not recorded yet: %s",
                 name, account, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
             )  # fmt: skip
 
@@ -528,8 +508,6 @@ def signin_config(settings: Settings, host) -> dict:
         account_rules=[r.model_dump(exclude_none=True) for r in institution.rules],
         fallback_account=institution.fallback or settings.quota.default_account,
     )
-    if settings.quota.enabled and settings.source:
-        traits["quota_config"] = str(Path(settings.source).resolve())
     authenticator["manage_groups"] = True  # a user's hub group is their account
     return {
         "JupyterHub": {"authenticator_class": cls},

@@ -15,7 +15,6 @@ import sys
 import time
 from contextlib import contextmanager
 from datetime import UTC
-from functools import cache
 from pathlib import Path
 
 import batchspawner
@@ -23,7 +22,6 @@ from jupyterhub.spawner import LocalProcessSpawner, Spawner, SpawnException, set
 from tornado import web
 from traitlets import Bool, Instance, Integer, List, Unicode, default
 
-from shangzhuang.apps import app_consumer
 from shangzhuang.hub import form, unix
 from shangzhuang.hub.containment import (
     DashboardFirewall,
@@ -36,18 +34,9 @@ from shangzhuang.hub.containment import (
     session_name,
 )  # fmt: skip
 from shangzhuang.hub.gpus import Gpu, GpuPool, GpusBusy, grant_device, revoke_device, shared_pool
-from shangzhuang.quota.ledger import rates_of
-from shangzhuang.quota.meter import job_consumer, lab_consumer
-from shangzhuang.settings import Profile, load_settings
-
-
-@cache
-def site_ledger(path: str):
-    """The quota ledger of the hub process (one per site config)."""
-    from shangzhuang.quota import open_ledger
-
-    return open_ledger(load_settings(path))
-
+from shangzhuang.quota.api_client import QuotaAPI, QuotaRefused, QuotaUnavailable, hub_quota
+from shangzhuang.quota.consumers import Consumer
+from shangzhuang.settings import Profile
 
 # What the home page says when a session hit its memory limit (plain sentences to translate).
 MEMORY_HIT = (
@@ -91,15 +80,21 @@ class WorkbenchSpawner(Spawner):
 
     @default("options_form")
     def _form(self):
-        return lambda spawner: form.render(spawner.profile_choices())
+        async def options_form(spawner):
+            return form.render(await spawner.profile_choices())
 
-    def profile_choices(self) -> list[form.Choice]:
-        ledger = self.ledger
-        if ledger is None:
-            return form.choices(self.profiles, self.gpu_pool)
-        balance = ledger.balance(self.user.name)
-        hours = ledger.policy.min_minutes_to_spawn / 60
-        return form.choices(self.profiles, self.gpu_pool, balance, hours)
+        return options_form
+
+    async def profile_choices(self) -> list[form.Choice]:
+        """The form's choices; what the quota can't pay for is greyed out (when the quota
+        service does not answer, nothing is: the spawn itself asks again)."""
+        affordable = None
+        if self.quota is not None:
+            try:
+                affordable = (await self.quota.affordable(self.user.name))["profiles"]
+            except (QuotaUnavailable, QuotaRefused) as e:
+                self.log.warning("spawn form of %s without quota: %s", self.user.name, e)
+        return form.choices(self.profiles, self.gpu_pool, affordable)
 
     def options_from_form(self, formdata):
         return {"profile": formdata.get("profile", [""])[0]}
@@ -157,9 +152,13 @@ class WorkbenchSpawner(Spawner):
             f"Unknown profile {name!r}; this site offers: {known}.", reason="bad-profile"
         )
 
-    site_config = Unicode(
+    quota_url = Unicode(
         "",
-        help="The site config file; when set, spawns are metered and checked against quota.",
+        help="""The quota service's URL (http://127.0.0.1:PORT/services/quota/); when set,
+        spawns are checked against quota and metered, by asking it.""",
+    ).tag(config=True)
+    quota_token = Unicode(
+        "", help="The hub's token for the quota service (api_client.HUB_CLIENT's)."
     ).tag(config=True)
 
     consumer = Unicode("", help="The ledger's id of the running session (kept in state).")
@@ -167,59 +166,53 @@ class WorkbenchSpawner(Spawner):
     usage_source = Unicode("lab", help="The ledger's source of this server: lab or app.")
 
     @property
-    def ledger(self):
-        return site_ledger(self.site_config) if self.site_config else None
+    def quota(self) -> QuotaAPI | None:
+        return hub_quota(self.quota_url, self.quota_token) if self.quota_url else None
 
-    def check_quota(self, profile: Profile) -> None:
-        """Refuse a spawn the balance can't pay for `min_minutes_to_spawn`, saying why."""
-        ledger = self.ledger
-        if ledger is None:
-            return
-        minutes = ledger.policy.min_minutes_to_spawn
-        ledger.set_account(self.user.name, ledger.account_for(self.user.name, self.group_names))
-        balance = ledger.balance(self.user.name)
-        rates = rates_of(profile)
-        short = balance.can_afford(rates, minutes / 60)
-        if not short:
-            return
-        left = ", ".join(f"{balance.remaining(r):.2f} {r}" for r in short)
-        cost = " + ".join(f"{v:g} {r}" for r, v in rates.items() if v)
-        resets = balance.as_dict()["period"]["resets_at"]
-        when = (
-            f"Your quota resets at {resets} ({ledger.tz})" if resets else "This site has no reset"
-        )
-        raise SpawnException(
-            f"Not enough quota to start {profile.name}: {left} left in account "
-            f"{balance.account}. {profile.name} costs {cost} per hour and needs at least "
-            f"{minutes:g} minutes. {when}; an admin can grant more.",
-            reason="quota",
-            status_code=403,
-        )
+    async def check_quota(self, profile: Profile) -> str:
+        """Refuse a spawn the balance can't pay for (the quota service's rule and message);
+        refuse it too when the quota service does not answer (fail closed). Returns the
+        user's account ("" without quota)."""
+        if self.quota is None:
+            return ""
+        try:
+            account = await self.quota.set_account(self.user.name, self.group_names)
+            terms = (await self.quota.affordable(self.user.name))["profiles"][profile.name]
+        except (QuotaUnavailable, QuotaRefused, KeyError) as e:
+            self.log.warning("spawn of %s refused, quota unknown: %s", self.user.name, e)
+            raise SpawnException(
+                "The quota service is not answering, so no session can start now: "
+                "try again in a minute, or tell the site's admins if it lasts.",
+                reason="quota-unavailable",
+                status_code=503,
+            ) from None
+        if not terms["affordable"]:
+            raise SpawnException(terms["message"], reason="quota", status_code=403)
+        return account
 
     @property
     def group_names(self) -> list[str]:
         return [g.name for g in getattr(self.user, "groups", [])]
 
-    def open_consumer(self, profile: Profile, consumer: str = "", started: float = 0) -> None:
+    async def open_consumer(self, profile: Profile, consumer: Consumer | None = None,
+                            started: float = 0) -> None:  # fmt: skip
         """Start metering this session (by default from the moment the hub started it)."""
-        if self.ledger is None:
+        if self.quota is None:
             return
-        if not consumer:
+        if consumer is None:
             hub_started = self.orm_spawner.started if self.orm_spawner else None
             started = hub_started.replace(tzinfo=UTC).timestamp() if hub_started else time.time()
-            make_id = app_consumer if self.usage_source == "app" else lab_consumer
-            consumer = make_id(self.user.name, self.name, started)
-        self.consumer = consumer
-        self.ledger.open(
-            consumer, user=self.user.name, account=self.ledger.account_of(self.user.name),
-            source=consumer.split(":")[0], started=started, rates=rates_of(profile),
-            profile=profile.name,
-        )  # fmt: skip
+            consumer = Consumer.session(self.usage_source, self.user.name, self.name, started)
+        self.consumer = str(consumer)
+        await self.quota.open(consumer, self.user.name, profile.name, started)
+
+    _closing: asyncio.Event | None = None  # set once the close was tried
 
     def close_consumer(self, stopped_now: bool) -> None:
         """Stopped by the hub: charge up to now. Found dead: up to the meter's last mark."""
-        if self.consumer and self.ledger is not None:
-            self.ledger.close(self.consumer, time.time() if stopped_now else None)
+        if self.consumer and self.quota is not None:
+            end = time.time() if stopped_now else None
+            self._closing = self.quota.close(Consumer.parse(self.consumer), end)
         self.consumer = ""
 
     # --- state: the ledger's consumer survives a hub restart ---------------------------
@@ -254,6 +247,9 @@ class WorkbenchSpawner(Spawner):
             await super().stop(now=now)
         finally:
             self._stopping = False
+        if self._closing is not None:  # the stop answers once its charge is in (or queued)
+            await self._closing.wait()
+            self._closing = None
 
     def apply_profile(self, profile: Profile) -> None:
         """Limits the session sees as MEM_LIMIT and CPU_LIMIT (read by jupyter-resource-usage)."""
@@ -546,7 +542,7 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
     async def start(self):
         profile = self.profile
         self.apply_profile(profile)
-        self.check_quota(profile)
+        await self.check_quota(profile)
         if self.isolated:
             account = await self.unix_account()
         else:
@@ -561,7 +557,7 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
             # e.message is a shangzhuang.i18n.Message: shown in each reader's language.
             raise SpawnException(e.message, reason="gpus-busy", status_code=503) from None
         try:
-            self.open_consumer(profile)
+            await self.open_consumer(profile)
             for gpu in gpus:
                 if account is not None:
                     grant_device(gpu, account.pw_uid, account.pw_gid)
@@ -700,7 +696,7 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
     async def start(self):
         profile = self.profile
         self.apply_profile(profile)
-        self.check_quota(profile)
+        quota_account = await self.check_quota(profile)
         account = await self.unix_account()
         await self._make_log_folder()
         self.req_gid = str(account.pw_gid)
@@ -709,7 +705,7 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
         self.req_nprocs = str(max(1, int(profile.cores)))
         self.req_memory = f"{profile.memory // 1024**2}M"
         self.req_ngpus = str(profile.gpus) if profile.gpus else ""
-        self.req_account = self.ledger.account_of(self.user.name) if self.ledger else ""
+        self.req_account = quota_account
         if self.req_account:  # the session's Dask workers are charged to it too
             self.environment["DASK_JOBQUEUE__SLURM__ACCOUNT"] = self.req_account
         try:
@@ -719,7 +715,7 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
             raise SpawnException(
                 f"Slurm refused the session: {e}", reason="slurm", status_code=503
             ) from None
-        self.open_consumer(profile, job_consumer(self.job_id), time.time())
+        await self.open_consumer(profile, Consumer.job(self.job_id), time.time())
         return ip, port
 
     async def _make_log_folder(self) -> None:

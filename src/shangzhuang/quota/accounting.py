@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from shangzhuang.quota.consumers import Consumer
 from shangzhuang.quota.ledger import Ledger
-from shangzhuang.quota.meter import job_consumer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def tres_rates(tres: str) -> dict[str, float]:
 
 def rerun_consumer(consumer: str, start: float) -> str:
     """The consumer of a requeued job's later run (`job:ID` -> `job:ID@START`)."""
-    return f"{consumer}@{int(start)}"
+    return str(Consumer.job(Consumer.parse(consumer).job_id, start))
 
 
 def runs(jobs: list[FinishedJob], first_starts: dict[str, float]) -> list[FinishedJob]:
@@ -127,7 +127,7 @@ def _parse_line(line: str, prefix: str) -> FinishedJob | None:
     if finish < begin or begin <= 0:
         raise ValueError(f"start {start} after end {end}")
     return FinishedJob(
-        consumer=job_consumer(job_id),
+        consumer=str(Consumer.job(job_id)),
         user=unix_user[len(prefix) :],
         start=begin,
         end=finish,

@@ -20,16 +20,6 @@ from shangzhuang.quota.ledger import Ledger
 log = logging.getLogger(__name__)
 
 
-def lab_consumer(user: str, server: str, started: float) -> str:
-    """The ledger's id of one run of a Lab server (the hub and the meter must agree)."""
-    return f"lab:{user}/{server}@{int(round(started * 1000))}"
-
-
-def job_consumer(job_id: str) -> str:
-    """The ledger's id of a batch job (a Lab session on Slurm, or a Dask worker)."""
-    return f"job:{job_id}"
-
-
 @dataclass(frozen=True)
 class Running:
     """A consumer seen running: charged from `started` at `rates` (resource -> per hour)."""

@@ -46,6 +46,29 @@ class GrantRequest(Input):
     reason: str = Field(min_length=1)
 
 
+class AccountRequest(Input):
+    """The hub tells a user's groups (at login, at spawn): their account follows from them."""
+
+    groups: list[str] = Field(default_factory=list, max_length=1000)
+
+
+class OpenRequest(Input):
+    """The hub started a session (or its Slurm job runs): meter it from `started`."""
+
+    consumer: str = Field(description="the ledger's id, such as lab:ada/@1764500000000")
+    user: str = Field(min_length=1)
+    profile: str = Field(description="the profile it runs with (its rates)")
+    started: float = Field(gt=0, description="seconds since the epoch")
+
+
+class CloseRequest(Input):
+    """The hub stopped a session (`end`, exact) or found it dead (`end` null: charged to
+    the meter's last mark)."""
+
+    consumer: str
+    end: float | None = None
+
+
 # --- answers (JSON schemas) -----------------------------------------------------------
 
 _limit = {

@@ -25,12 +25,17 @@ from tornado import web
 from shangzhuang.i18n import request_language
 from shangzhuang.quota import open_ledger
 from shangzhuang.quota.alerts import Alerts, run_alerts
-from shangzhuang.quota.ledger import Ledger, QuotaError
+from shangzhuang.quota.api_client import HUB_CLIENT
+from shangzhuang.quota.consumers import Consumer
+from shangzhuang.quota.ledger import Ledger, QuotaError, rates_of
 from shangzhuang.quota.meter import Meter
 from shangzhuang.quota.openapi import (
     BALANCE,
     BALANCE_PAGE,
+    AccountRequest,
+    CloseRequest,
     GrantRequest,
+    OpenRequest,
     UsageQuery,
     UsersQuery,
     document,
@@ -82,9 +87,19 @@ class APIHandler(JSONHandler):
     def is_admin(self, model: dict) -> bool:
         return is_admin(model)
 
+    def is_hub(self, model: dict) -> bool:
+        """Is the caller the hub itself (its token-only service, api_client.HUB_CLIENT)?"""
+        return model.get("kind") == "service" and model.get("name") == HUB_CLIENT
+
+    def hub_only(self) -> dict:
+        me = self.caller()
+        if not self.is_hub(me):
+            raise web.HTTPError(403, "only the hub may do this")
+        return me
+
     def self_or_admin(self, name: str) -> dict:
         me = self.caller()
-        if me.get("name") != name and not self.is_admin(me):
+        if me.get("name") != name and not (self.is_admin(me) or self.is_hub(me)):
             raise web.HTTPError(403, f"you may read your own quota, not {name}'s")
         return me
 
@@ -134,6 +149,90 @@ class UserHandler(APIHandler):
     def get(self, name):
         self.self_or_admin(name)
         self.write_json(self.ledger.balance(name).as_dict())
+
+
+class UserAccountHandler(APIHandler):
+    @operation("Set a user's account from their groups (the hub, at login and spawn)",
+               body=AccountRequest)  # fmt: skip
+    def post(self, name, body: AccountRequest):
+        self.hub_only()
+        account = self.ledger.account_for(name, body.groups)
+        self.ledger.set_account(name, account)
+        self.write_json({"user": name, "account": account})
+
+
+class AffordableHandler(APIHandler):
+    @operation("Which profiles a user can start now (self, admin or the hub)")
+    def get(self, name):
+        self.self_or_admin(name)
+        self.write_json(affordable(self.ledger, self.site, name))
+
+
+def affordable(ledger: Ledger, site: Settings, user: str) -> dict:
+    """The spawn rule, in one place: a profile starts only when the balance pays for it
+    for `quota.min_minutes_to_spawn`; else a message that says what is left, what it
+    costs and when the quota resets."""
+    minutes = ledger.policy.min_minutes_to_spawn
+    balance = ledger.balance(user)
+    resets = balance.as_dict()["period"]["resets_at"]
+    when = f"Your quota resets at {resets} ({ledger.tz})" if resets else "This site has no reset"
+    profiles = {}
+    for profile in site.profiles:
+        rates = rates_of(profile)
+        short = balance.can_afford(rates, minutes / 60)
+        left = ", ".join(f"{balance.remaining(r):.2f} {r}" for r in short)
+        cost = " + ".join(f"{v:g} {r}" for r, v in rates.items() if v)
+        message = (
+            f"Not enough quota to start {profile.name}: {left} left in account "
+            f"{balance.account}. {profile.name} costs {cost} per hour and needs at least "
+            f"{minutes:g} minutes. {when}; an admin can grant more."
+        )
+        profiles[profile.name] = {
+            "affordable": not short, "short": {r: balance.remaining(r) for r in short},
+            "message": message if short else "",
+        }  # fmt: skip
+    return {"user": user, "account": balance.account, "min_minutes": minutes,
+            "profiles": profiles}  # fmt: skip
+
+
+class SetApartHandler(APIHandler):
+    @operation("Keep a deleted user's record apart under a tombstone name (the hub)")
+    def post(self, name):
+        self.hub_only()
+        self.write_json({"user": name, "tombstone": self.ledger.set_apart(name)})
+
+
+class ConsumersHandler(APIHandler):
+    @operation("Start metering a session (the hub, at spawn)", body=OpenRequest, status=201)
+    def post(self, body: OpenRequest):
+        self.hub_only()
+        consumer = self.consumer(body.consumer)
+        profile = next((p for p in self.site.profiles if p.name == body.profile), None)
+        if profile is None:
+            raise web.HTTPError(400, f"profile: no profile {body.profile!r} on this site")
+        account = self.ledger.account_of(body.user)
+        opened = self.ledger.open(
+            str(consumer), user=body.user, account=account, source=consumer.source,
+            started=body.started, rates=rates_of(profile), profile=profile.name,
+        )  # fmt: skip
+        self.write_json(
+            {"consumer": str(consumer), "account": account, "opened": opened}, status=201
+        )
+
+    def consumer(self, text: str) -> Consumer:
+        try:
+            return Consumer.parse(text)
+        except ValueError as e:
+            raise web.HTTPError(400, f"consumer: {e}") from None
+
+
+class CloseHandler(ConsumersHandler):
+    @operation("Stop metering a session (the hub, at stop)", body=CloseRequest)
+    def post(self, body: CloseRequest):
+        self.hub_only()
+        consumer = str(self.consumer(body.consumer))
+        self.ledger.close(consumer, body.end)
+        self.write_json({"consumer": consumer, "closed": True})
 
 
 class UsersHandler(APIHandler):
@@ -258,6 +357,11 @@ API = [
     ("/me", MeHandler),
     ("/users", UsersHandler),
     ("/users/{name}", UserHandler),
+    ("/users/{name}/account", UserAccountHandler),
+    ("/users/{name}/affordable", AffordableHandler),
+    ("/users/{name}/set-apart", SetApartHandler),
+    ("/consumers", ConsumersHandler),
+    ("/consumers/close", CloseHandler),
     ("/accounts/{name}", AccountHandler),
     ("/grants", GrantsHandler),
     ("/usage", UsageHandler),

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from shangzhuang.apps import app_consumer, is_app_server
+from shangzhuang.apps import is_app_server
 from shangzhuang.quota.accounting import (
     TIME_ENV,
     SlurmAccounting,
@@ -28,8 +28,9 @@ from shangzhuang.quota.accounting import (
     rerun_consumer,
     tres_rates,
 )
+from shangzhuang.quota.consumers import Consumer
 from shangzhuang.quota.ledger import rates_of
-from shangzhuang.quota.meter import Running, UsageSource, job_consumer, lab_consumer
+from shangzhuang.quota.meter import Running, UsageSource
 from shangzhuang.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,6 @@ class LabSessions:
     """Lab servers as the hub reports them: a `UsageSource` for the meter."""
 
     name = "lab"
-    consumer_id = staticmethod(lab_consumer)
 
     def counts(self, server: str) -> bool:
         """Is this server one of this source's? (App servers are charged by `AppServers`.)"""
@@ -107,7 +107,9 @@ class LabSessions:
                 profile = self.profile_of(user["name"], server, s)
                 out.append(
                     Running(
-                        consumer=self.consumer_id(user["name"], server, started.timestamp()),
+                        consumer=str(Consumer.session(
+                            self.name, user["name"], server, started.timestamp()
+                        )),
                         user=user["name"], source=self.name, started=started.timestamp(),
                         rates=rates_of(profile), profile=profile.name,
                         groups=tuple(user.get("groups") or ()),
@@ -122,7 +124,7 @@ class LabSessions:
         return self.settings.profiles[0]  # what the spawner starts when none was named
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
-        server = consumer.split("/", 1)[1].rsplit("@", 1)[0]
+        server = Consumer.parse(consumer).server
         path = (
             f"/users/{quote(user)}/server"
             if not server
@@ -136,7 +138,6 @@ class AppServers(LabSessions):
     profile the app was published with."""
 
     name = "app"
-    consumer_id = staticmethod(app_consumer)
 
     def __init__(self, settings: Settings, hub: HubAPI):
         super().__init__(settings, hub)
@@ -217,7 +218,7 @@ class SlurmJobs:
                 continue
             jobs.append(
                 Running(
-                    consumer=job_consumer(job_id),
+                    consumer=str(Consumer.job(job_id)),
                     user=unix_user[len(self.prefix) :],
                     source="job",
                     started=float(start),
@@ -234,7 +235,7 @@ class SlurmJobs:
         return await self.accounting.settle(now) if self.accounting else 0
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
-        await self._run("scancel", consumer.removeprefix("job:").split("@")[0])  # a rerun too
+        await self._run("scancel", Consumer.parse(consumer).job_id)  # a rerun's job too
 
     async def hold_pending(self, now: float) -> tuple[int, int]:
         """At zero, new work does not start: a user's pending jobs that need a resource at

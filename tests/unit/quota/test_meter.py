@@ -9,9 +9,10 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
+from shangzhuang.quota.consumers import Consumer
 from shangzhuang.quota.db import Charge
 from shangzhuang.quota.ledger import Ledger
-from shangzhuang.quota.meter import Meter, Running, TickReport, lab_consumer
+from shangzhuang.quota.meter import Meter, Running, TickReport
 from tests.unit.quota.conftest import TZ, at, policy
 
 H = 3600.0
@@ -32,7 +33,7 @@ class FakeSource:
 
     def start(self, user: str, started: float, gpus: float = 0, cores: float = 1,
               groups: tuple[str, ...] = (), server: str = "") -> str:  # fmt: skip
-        cid = lab_consumer(user, server, started)
+        cid = str(Consumer.session("lab", user, server, started))
         self.items[cid] = Running(
             consumer=cid, user=user, source=self.name, started=started,
             rates={"gpu_hours": gpus, "cpu_hours": cores}, profile="p", groups=groups,

@@ -25,9 +25,10 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
+from shangzhuang.quota.consumers import Consumer as ConsumerId
 from shangzhuang.quota.db import Charge, Consumer, JournalEntry, Total, make_engine, migrate
 from shangzhuang.quota.ledger import Ledger
-from shangzhuang.quota.meter import Meter, Running, lab_consumer
+from shangzhuang.quota.meter import Meter, Running
 from shangzhuang.settings import Quota
 from tests.unit.quota.conftest import TZ, at
 
@@ -126,7 +127,7 @@ class Metering(RuleBasedStateMachine):
     # --- the hub ---------------------------------------------------------------------------
     @rule(user=st.sampled_from(USERS), profile=st.sampled_from(PROFILES))
     def spawn(self, user, profile):
-        cid = lab_consumer(user, "", self.now)
+        cid = str(ConsumerId.session("lab", user, "", self.now))
         if user in self.hub_state or cid in self.runs:  # one server each; ids are unique
             return
         self.hub.set_account(user, self.hub.account_for(user))

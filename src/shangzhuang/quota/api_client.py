@@ -1,0 +1,160 @@
+"""The hub's side of the quota service: every question the hub asks about quota, over the
+service's API v1, asynchronously and with a timeout. The quota service is the only
+process that opens the ledger; the hub never waits on the ledger's database.
+
+What happens when the quota service does not answer (README, "Quota"):
+- a spawn is refused (fail closed): "the quota service is not answering";
+- starting and stopping a session's metering is delivered later (fail open, no charge
+  lost): the calls wait in order in this process and are retried until answered; should
+  the hub stop before that, the meter opens what runs from the hub's own start time and
+  closes what vanished at its last mark (at most one sampling interval unbilled);
+- a login goes ahead (the spawn sets the user's account again);
+- deleting a user is refused, changing nothing, so a new user of the same name never
+  inherits the old one's usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cache
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from shangzhuang.quota.consumers import Consumer
+
+log = logging.getLogger("shangzhuang.quota.api_client")
+
+# The hub's own token-only JupyterHub service: the quota service answers its hub-only
+# endpoints (account, consumers, set-apart) to this caller alone.
+HUB_CLIENT = "workbench-hub"
+
+
+class QuotaUnavailable(Exception):
+    """The quota service did not answer in time, or answered with a server error."""
+
+
+class QuotaRefused(Exception):
+    """The quota service answered no (4xx); `message` is its reason, for people."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class QuotaAPI:
+    """The quota service's API v1 as the hub calls it, with the hub's token."""
+
+    def __init__(self, url: str, token: str, timeout: float = 5.0, retry_every: float = 5.0):
+        self.url = url.rstrip("/") + "/api/v1"
+        self.token = token
+        self.timeout = timeout
+        self.retry_every = retry_every
+        self.undelivered: list[_Call] = []  # opens and closes, oldest first
+        self._delivering: asyncio.Task | None = None
+
+    async def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        request = HTTPRequest(
+            self.url + path, method=method,
+            body=json.dumps(body) if body is not None else None,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+            connect_timeout=self.timeout, request_timeout=self.timeout, follow_redirects=False,
+        )  # fmt: skip
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            if e.response is None or e.code >= 500:
+                raise QuotaUnavailable(f"the quota service answered {e.code}") from None
+            raise QuotaRefused(e.code, _message(e.response.body) or str(e)) from None
+        except (TimeoutError, OSError) as e:
+            raise QuotaUnavailable(f"the quota service is not answering ({e})") from None
+        return json.loads(response.body or b"{}")
+
+    # --- questions (the caller decides what an unavailable service means) ---------------
+    async def balance(self, user: str) -> dict:
+        return await self.call("GET", f"/users/{_name(user)}")
+
+    async def affordable(self, user: str) -> dict:
+        """Each profile: can the user start it now, and if not, the message saying why."""
+        return await self.call("GET", f"/users/{_name(user)}/affordable")
+
+    async def set_account(self, user: str, groups: list[str]) -> str:
+        """The user's account from their groups (a per-user account in [quota.users] wins)."""
+        answer = await self.call("POST", f"/users/{_name(user)}/account", {"groups": groups})
+        return answer["account"]
+
+    async def set_apart(self, user: str) -> str:
+        answer = await self.call("POST", f"/users/{_name(user)}/set-apart", {})
+        return answer["tombstone"]
+
+    # --- metering: delivered in order, retried until answered ---------------------------
+    async def open(self, consumer: Consumer, user: str, profile: str, started: float) -> None:
+        """Meter a session from `started` (returns once tried: delivered, or queued)."""
+        body = {"consumer": str(consumer), "user": user, "profile": profile, "started": started}
+        await self.submit("/consumers", body).wait()
+
+    def close(self, consumer: Consumer, end: float | None) -> asyncio.Event:
+        """Stop metering a session (at `end`; None: at the meter's last mark). Callable
+        from JupyterHub's synchronous clear_state: the returned event is set once tried."""
+        return self.submit("/consumers/close", {"consumer": str(consumer), "end": end})
+
+    def submit(self, path: str, body: dict) -> asyncio.Event:
+        call = _Call(path, body)
+        self.undelivered.append(call)
+        if self._delivering is None:
+            self._delivering = asyncio.ensure_future(self._deliver_all())
+        return call.tried
+
+    async def _deliver_all(self) -> None:
+        try:
+            while not await self._deliver_waiting():
+                await asyncio.sleep(self.retry_every)
+        finally:
+            self._delivering = None
+
+    async def _deliver_waiting(self) -> bool:
+        """Deliver what waits, in order; False when the quota service stopped answering."""
+        while self.undelivered:
+            call = self.undelivered[0]
+            try:
+                await self.call("POST", call.path, call.body)
+            except QuotaRefused as e:  # a bad call stays bad: log it, don't block the rest
+                log.error("quota service refused %s %s: %s", call.path, call.body, e.message)
+            except QuotaUnavailable as e:
+                log.warning("%d metering call(s) wait for the quota service: %s",
+                            len(self.undelivered), e)  # fmt: skip
+                for waiting in self.undelivered:
+                    waiting.tried.set()
+                return False
+            self.undelivered.pop(0)
+            call.tried.set()
+        return True
+
+
+@dataclass
+class _Call:
+    path: str
+    body: dict
+    tried: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@cache
+def hub_quota(url: str, token: str) -> QuotaAPI:
+    """The hub process's one client (one queue of undelivered metering calls)."""
+    return QuotaAPI(url, token)
+
+
+def _name(user: str) -> str:
+    from urllib.parse import quote
+
+    return quote(user, safe="")
+
+
+def _message(body: bytes | None) -> str:
+    try:
+        return json.loads(body or b"{}").get("message", "")
+    except (ValueError, AttributeError):
+        return ""
