@@ -197,5 +197,6 @@ def test_a_chinese_student_gets_chinese_tutorials_and_a_chinese_lab(hub):
     assert "jupyterlab" in catalog  # the zh-CN language pack's own
 
     run = run_notebook(hub, "lin", token, "tutorials/01-welcome.ipynb")
-    assert "hub user: lin" in run.text and "Quota of lin (account default)" in run.text
+    # The session's language reaches the notebook helpers too (shangzhuang.quota()'s report).
+    assert "hub user: lin" in run.text and "lin 的配额（计费账户 default）" in run.text, run.text
     assert "tutorials here: 01-welcome.ipynb, 02-train-on-a-gpu.ipynb" in run.text
