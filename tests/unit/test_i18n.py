@@ -325,6 +325,8 @@ PAGES = {
     "not_running.html": {"server_name": "", "spawn_url": "/hub/spawn/alice", "failed": True,
                          "failed_message": GpusBusy(wanted=1, total=2, free=0).message},
     "stop_pending.html": {},
+    "token.html": {"api_tokens": [], "oauth_clients": [], "token_expires_in_max_seconds": 0},
+    "token.html#max": {"token_expires_in_max_seconds": 2 * 86400},
     "login.html": {**SIGNED_OUT, "login_service": "北大统一认证", "authenticator_login_url": "/x",
                    "login_error": i18n.Message("Invalid username or password.")},
     "login.html#ldap": {**SIGNED_OUT, "login_service": None, "login_term_url": "/terms",
