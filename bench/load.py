@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tests.integration.hub import RunningHub, workdir  # noqa: E402
+from tests.integration.hub import ADMIN, RunningHub, workdir  # noqa: E402
 from tests.journey import charged_vs_ran  # noqa: E402
 
 from report import machine as report_machine  # noqa: E402
@@ -123,8 +123,8 @@ class Memory:
             now: dict[str, int] = defaultdict(int)
             for p in list(self.seen.values()):
                 try:
-                    if p.is_running():
-                        now[role(p, pid or 0)] += p.memory_info().rss
+                    if p.is_running() and (what := role(p, pid or 0)) != "gone":
+                        now[what] += p.memory_info().rss
                 except psutil.Error:
                     pass
             for k, v in now.items():
@@ -172,9 +172,12 @@ def lag_p99(before: dict[float, float], after: dict[float, float]) -> float | No
 
 # --- a prober: how long was each part down -------------------------------------------
 class Prober:
+    """Asks each check every 0.25 s: the spans it failed, and its slowest good answer."""
+
     def __init__(self, checks: dict[str, callable]):
         self.checks = checks
         self.down: dict[str, list[tuple[float, float]]] = defaultdict(list)  # name: spans
+        self.slowest: dict[str, float] = defaultdict(float)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -183,11 +186,14 @@ class Prober:
         since: dict[str, float | None] = dict.fromkeys(self.checks)
         while not self._stop.wait(0.25):
             for name, check in self.checks.items():
+                t0 = time.time()
                 try:
                     ok = check()
                 except Exception:
                     ok = False
                 now = time.time()
+                if ok:
+                    self.slowest[name] = max(self.slowest[name], now - t0)
                 if not ok and since[name] is None:
                     since[name] = now
                 elif ok and since[name] is not None:
@@ -217,9 +223,10 @@ class Workbench:
     def start(self, names: list[str]) -> None:
         self.hub.start()
         self.memory = Memory(self.pid)
-        for name in names:
+        admin = self.hub.login(ADMIN, self.hub.password_of_admin())
+        for name in names:  # signed up, and approved by the admin on /hub/authorize
             self.hub.signup(name, PASSWORD)
-            self.hub.approve(name)
+            self.hub.form(admin, f"/hub/authorize/{name}", {}, allow_redirects=False)
 
     def token(self) -> str:
         return self.hub.admin_token()
@@ -319,7 +326,9 @@ def inject(fault: str, wb: Workbench, pg) -> str:
         db.close()
         return f"the lock's holder, after {LOCK_SECONDS} s"
     if fault == "postgres":
-        pg.pg_ctl("-m", "fast", "-w", "restart")
+        # -l: without it the restarted server writes to pg_ctl's stdout, which tests/
+        # postgres.py captures, and pg_ctl's caller waits for that pipe to close forever.
+        pg.pg_ctl("-m", "fast", "-w", "-l", str(pg.log), "restart")
         return "pg_ctl restart"
     raise ValueError(fault)
 
@@ -349,10 +358,11 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
     spy = None
     if profile_hub:
         spy_out = base / "hub.pyspy"
+        spy_seconds = int(len(names) / rate) + 10
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(side.pid()),
              "-f", "raw", "-o", str(spy_out),
-             "-d", str(int(len(names) / rate) + 10), "-r", "50"],
+             "-d", str(spy_seconds), "-r", "50"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
 
@@ -363,6 +373,7 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
     hist_burst = None
     fault_note = None
     fault_at = None
+    fault_seconds = 0.0  # how long the fault itself took (the hub's start, the lock, pg_ctl)
     while locust.poll() is None:
         rs = records()
         opened = {r["user"] for r in rs if r.get("kind") == "open Lab"} | {
@@ -377,6 +388,7 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
             fault_at = time.time()
             log(f"  injecting {fault}")
             fault_note = inject(fault, side, pg)
+            fault_seconds = time.time() - fault_at
             if fault == "hub":
                 token = side.token()
         time.sleep(0.5)
@@ -387,7 +399,7 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
     spy_summary = ""
     if spy:
         spy.wait(120)
-        spy_summary = summarise_pyspy(base / "hub.pyspy")
+        spy_summary = summarise_pyspy(base / "hub.pyspy", spy_seconds)
 
     rs = records()
     reqs = [r for r in rs if "kind" in r]
@@ -412,7 +424,9 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
         "lag run": lag_p99(hist0, hist1),
         "memory": dict(side.memory.peak),
         "down": {k: prober.longest(k) for k in checks},
+        "slowest": dict(prober.slowest),
         "restarted by": fault_note,
+        "fault seconds": fault_seconds,
         "pyspy": spy_summary,
     }  # fmt: skip
     if extras:
@@ -449,8 +463,10 @@ def ledger_check(wb: Workbench, journeys: list[dict]) -> dict:
     }  # fmt: skip
 
 
-def summarise_pyspy(path: Path, top: int = 8) -> str:
-    """Top frames of the hub's samples (raw collapsed stacks): where its loop goes."""
+def summarise_pyspy(path: Path, seconds: float, top: int = 8) -> str:
+    """Top frames of the hub's samples (raw collapsed stacks): where its loop goes.
+
+    py-spy leaves out idle samples (waiting in epoll), so the samples are the busy ones."""
     if not path.exists():
         return "(py-spy wrote nothing)"
     self_time: Counter = Counter()
@@ -465,9 +481,12 @@ def summarise_pyspy(path: Path, top: int = 8) -> str:
         frames = stack.split(";")
         self_time[frames[-1]] += n
         for f in set(frames):
-            if "site-packages/jupyterhub" in f or "shangzhuang" in f:
+            if "jupyterhub/" in f or "shangzhuang/" in f or "tornado/" in f:
                 inclusive[f] += n
-    lines = [f"{total} samples at 50 Hz. Top frames by own time:", ""]
+    lines = [f"{total} busy samples (any thread, not waiting in epoll) of {int(seconds * 50)} "
+             f"(50 Hz for {seconds:.0f} s). Top frames by own time:", ""]  # fmt: skip
+    if not total:
+        return lines[0]
     lines += [f"- {100 * n / total:.0f}% `{f}`" for f, n in self_time.most_common(top)]
     lines += ["", "JupyterHub's and our frames by time spent in or under them:", ""]
     lines += [f"- {100 * n / total:.0f}% `{f}`" for f, n in inclusive.most_common(top)]
@@ -507,17 +526,20 @@ def side_table(results: list[dict]) -> str:
 
 def fault_table(results: list[dict]) -> str:
     lines = [
-        "| fault | brought back by | hub down s | quota API down s | failed requests "
-        "(kinds) over s | journeys complete | ledger: charged - ran, s (min / max) "
-        "| charges counted twice |",
-        "|---|---|---:|---:|---|---:|---|---:|",
+        "| fault | brought back by (the fault's own s) | hub down s | quota API down s "
+        "| slowest good answer s: hub / quota API | failed requests (kinds) over s "
+        "| journeys complete "
+        "| ledger: charged - ran, s (min / max) | charges counted twice |",
+        "|---|---|---:|---:|---|---|---:|---|---:|",
     ]
     for r in results:
         led = r["ledger"]
         kinds = ", ".join(f"{k} {n}" for k, n in r["failed kinds"].items()) or "-"
         lines.append(
-            f"| {r['fault']} | {r['restarted by']} | {r['down'].get('hub', 0):.1f} | "
-            f"{r['down'].get('quota API', 0):.1f} | {r['failed']} ({kinds}) over "
+            f"| {r['fault']} | {r['restarted by']} ({r['fault seconds']:.1f} s) | "
+            f"{r['down'].get('hub', 0):.1f} | "
+            f"{r['down'].get('quota API', 0):.1f} | {r['slowest'].get('hub', 0):.2f} / "
+            f"{r['slowest'].get('quota API', 0):.2f} | {r['failed']} ({kinds}) over "
             f"{r['failed span']:.1f} | {r['journeys ok']}/{r['users']} | "
             f"{led['min diff s']:+.1f} / {led['max diff s']:+.1f}"
             + (f" ({led['unchecked']} unchecked)" if led["unchecked"] else "")
@@ -630,7 +652,8 @@ def report(args, sides, faulted, uptime, uptime_end, elapsed) -> str:
         parts += [
             f"### Faults ({args.fault_users} users, one fresh workbench per fault)", "",
             "Injected once every user has run their cell and idles. Down s: the longest "
-            "span the prober (every 0.25 s) saw /hub/health or the quota API's /me fail. "
+            "span the prober (every 0.25 s, 5 s timeout) saw /hub/health or the quota API's "
+            "/me fail; slowest: its slowest answer that came. "
             "Ledger: per session, charged cpu_hours / 2 cores x 3600 minus (stop - the hub's "
             "`started`), in seconds; 'counted twice': overlapping charges of one session.",
             "", fault_table(faulted), "",
