@@ -8,6 +8,7 @@ from datetime import date, timedelta
 import pytest
 import requests
 
+from shangzhuang.i18n import number
 from tests.integration.hub import ADMIN, RunningHub, workdir
 
 pytestmark = pytest.mark.integration
@@ -145,5 +146,37 @@ def test_an_admin_sees_the_estate_for_any_dates(hub, browser, artifacts):
         form.locator("button[type=submit]").click()
         form.locator(".sz-estate-error").filter(has_text="since before until").wait_for()
         page.screenshot(path=str(artifacts / "usage-page-admin.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_a_request_for_more_is_approved_and_her_page_shows_it(hub, browser, artifacts):
+    """uma asks for 5 more CPU-hours through the page's form; mara approves it on hers; uma's
+    page, reloaded once, shows the request approved and 5 hours more left."""
+    left = admin_get(hub, "users/uma")["resources"]["cpu_hours"]["remaining"]
+    context, page = open_usage(browser, hub, "uma")
+    try:
+        ask = page.locator("#sz-ask")
+        ask.locator("select[name=resource]").select_option("cpu_hours")
+        ask.locator("input[name=hours]").fill("5")
+        ask.locator("input[name=reason]").fill("a longer sweep")
+        ask.locator("button[type=submit]").click()
+        ask.locator(".sz-ask-result").filter(has_text="Your request is sent").wait_for()
+        page.locator("#sz-my-requests tbody tr", has_text="waiting").wait_for()
+        manager, mpage = open_usage(browser, hub, "mara")
+        try:
+            row = mpage.locator("#sz-to-decide tbody tr", has_text="a longer sweep")
+            row.locator("input").fill("fine")
+            row.locator("button[name=approve]").click()
+            mpage.locator(".sz-decide-result").filter(has_text="Decided.").wait_for()
+            page.screenshot(path=str(artifacts / "usage-page-request-decided.png"))
+        finally:
+            manager.close()
+        now = admin_get(hub, "users/uma")["resources"]["cpu_hours"]["remaining"]
+        assert now == pytest.approx(left + 5, abs=0.01)
+        page.reload()
+        page.locator("#sz-my-requests tbody tr", has_text="approved").wait_for()
+        assert f"{number(now, 'en')} hours left" in page.locator("#sz-remaining").inner_text()
+        page.screenshot(path=str(artifacts / "usage-page-request.png"), full_page=True)
     finally:
         context.close()

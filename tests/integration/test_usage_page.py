@@ -152,3 +152,56 @@ def test_metrics_count_used_hours_and_the_dashboard_reads_them(hub):
     exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
     wanted = {m for e in exprs for m in re.findall(r"shangzhuang_[a-z_]+", e)}
     assert wanted and wanted <= exported, wanted - exported
+
+
+def ask_more(hub, browser: requests.Session, xsrf: str, path: str, body: dict):
+    """What the page's script posts: the browser's cookie and the page's XSRF token."""
+    return browser.post(
+        f"{hub.url}/services/quota/api/v1/{path}", json=body,
+        headers={"X-XSRFToken": xsrf}, timeout=30,
+    )  # fmt: skip
+
+
+def test_a_request_for_more_is_approved_or_declined_and_the_user_sees_it(hub):
+    # the spawn page, where a quota refusal shows, links to the request form
+    uma, page = open_page(hub, "uma", "correct-horse-9")
+    assert 'id="request"' in page and 'id="sz-ask"' in page
+    spawn = uma.get(f"{hub.url}/hub/spawn", timeout=60)
+    assert 'href="/services/quota/#request"' in spawn.text, spawn.text[-3000:]
+    uma_xsrf = re.search(r'data-xsrf="([^"]+)"', page).group(1)
+
+    gpu_before = balance(hub, "uma")["resources"]["gpu_hours"]["remaining"]
+    r = ask_more(hub, uma, uma_xsrf, "requests",
+                 {"resource": "gpu_hours", "hours": 3, "reason": "a thesis deadline"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    first = r.json()
+
+    # her manager sees it on her page, with a form to decide it, and approves it
+    mara, page = open_page(hub, "mara", "correct-horse-9")
+    assert 'id="sz-to-decide"' in page
+    mara_xsrf = re.search(r'data-xsrf="([^"]+)"', page).group(1)
+    to_decide = page_json(hub, mara, "requests")["to_decide"]
+    assert [(q["id"], q["user"], q["hours"]) for q in to_decide] == [(first["id"], "uma", 3)]
+    r = ask_more(hub, mara, mara_xsrf, f"requests/{first['id']}/approve", {"reason": "ok"})
+    assert r.status_code == 200, r.text
+    assert balance(hub, "uma")["resources"]["gpu_hours"]["remaining"] == pytest.approx(
+        gpu_before + 3, abs=0.01
+    )
+    grants = requests.get(
+        f"{hub.url}/services/quota/api/v1/grants",
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    ).json()  # fmt: skip
+    assert [(g["by"], g["account"], g["amount"]) for g in grants] == [("mara", "physics", 3)]
+    assert "a thesis deadline" in grants[0]["reason"]
+
+    # a second one is declined: uma reads why
+    r = ask_more(hub, uma, uma_xsrf, "requests",
+                 {"resource": "cpu_hours", "hours": 500, "reason": "a big sweep"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    second = r.json()["id"]
+    r = ask_more(hub, mara, mara_xsrf, f"requests/{second}/decline", {"reason": "too big"})
+    assert r.status_code == 200, r.text
+    mine = page_json(hub, uma, "requests?state=all")["mine"]
+    assert [(q["id"], q["state"], q["answer"]) for q in mine] == [
+        (second, "declined", "too big"), (first["id"], "approved", "ok"),
+    ]  # fmt: skip

@@ -131,3 +131,52 @@ def test_cross_site_cap_post_without_xsrf_is_refused(hub):
     r = browser.post(url, json=body, headers={"X-XSRFToken": xsrf}, timeout=30)
     assert r.status_code == 200, r.text
     assert cap_of(hub, "vic") == 1
+
+
+def post_request(hub, token: str, path: str, body: dict) -> requests.Response:
+    return requests.post(
+        f"{hub.url}/services/quota/api/v1/{path}", json=body,
+        headers={"Authorization": f"token {token}"}, timeout=30,
+    )  # fmt: skip
+
+
+def test_requests_for_more_stay_in_their_account_and_nobody_decides_their_own(hub):
+    """uma (physics) asks for more; vic (a chem user), cole (chem's manager) and uma herself
+    try to read and decide it; mara (physics' manager) tries to approve her own request and
+    to approve uma's from a page on another site (her cookie, no XSRF token)."""
+    uma, vic, cole, mara = (hub.token_for(n) for n in ("uma", "vic", "cole", "mara"))
+    ask = {"resource": "gpu_hours", "hours": 5, "reason": "a deadline"}
+    r = post_request(hub, uma, "requests", ask)
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    r = post_request(hub, mara, "requests", ask)
+    assert r.status_code == 201, r.text
+    maras = r.json()["id"]
+
+    for stranger in (vic, cole):
+        seen = get(hub, "requests?state=all", stranger).json()
+        assert seen == {"mine": [], "to_decide": []}, seen
+    for who in (vic, cole, uma):
+        for decision in ("approve", "decline"):
+            r = post_request(hub, who, f"requests/{rid}/{decision}", {"reason": "x"})
+            assert r.status_code == 404, (decision, r.status_code, r.text)
+    assert get(hub, "requests", uma).json()["to_decide"] == []
+
+    r = post_request(hub, mara, f"requests/{maras}/approve", {"reason": "mine"})
+    assert r.status_code == 403, r.text
+    assert "your own request" in r.json()["message"]
+
+    browser, xsrf = manager_browser(hub, "mara")
+    url = f"{hub.url}/services/quota/api/v1/requests/{rid}/approve"
+    r = browser.post(url, json={"reason": "forged"}, timeout=30)
+    assert r.status_code in (401, 403), r.text
+
+    # nothing was decided, nothing granted
+    states = {
+        q["id"]: q["state"] for q in get(hub, "requests", hub.admin_token()).json()["to_decide"]
+    }
+    assert states == {rid: "open", maras: "open"}
+    assert get(hub, "grants", hub.admin_token()).json() == []
+    # the page's own token decides it
+    r = browser.post(url, json={"reason": "fine"}, headers={"X-XSRFToken": xsrf}, timeout=30)
+    assert r.status_code == 200, r.text

@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from shangzhuang.quota.db import Alert
 from shangzhuang.quota.ledger import Ledger, _insert
+from shangzhuang.quota.managers import managers_of
 from shangzhuang.quota.periods import iso
 from shangzhuang.settings import QuotaAlerts
 
@@ -38,6 +39,11 @@ CAP_TEXT = (
 )
 POOL_SUBJECT = "Quota: the account {name} has used {percent}% of its {resource}"
 CAP_SUBJECT = "Quota: {name} has used {percent}% of their {resource} cap"
+REQUEST_SUBJECT = "Quota: {user} asks for {hours:g} more {resource}"
+REQUEST_TEXT = (
+    "{user} asks for {hours:g} more {resource} for the account {account} this period: "
+    "{reason}. Approve or decline it on the usage page."
+)
 MAX_ATTEMPTS = 50
 
 
@@ -104,6 +110,8 @@ class Alerts:
 
     # --- delivering ------------------------------------------------------------------
     def message(self, a) -> dict:
+        if a.kind == "request":
+            return self.request_message(a)
         fields = {
             "name": a.name, "resource": a.resource, "percent": round(a.threshold * 100),
             "used": a.used, "total": a.total,
@@ -116,11 +124,27 @@ class Alerts:
             "subject": (POOL_SUBJECT if a.kind == "account" else CAP_SUBJECT).format(**fields),
         }  # fmt: skip
 
+    def request_message(self, a) -> dict:
+        """A request for more hours (quota/requests.py; its alert's threshold is its id)."""
+        from shangzhuang.quota.requests import Requests  # it builds on the service's handlers
+
+        req = Requests(self.ledger).get(int(a.threshold))
+        fields = {
+            "user": req["user"], "account": req["account"], "hours": req["hours"],
+            "resource": req["resource"], "reason": req["reason"],
+        }  # fmt: skip
+        return {
+            "kind": "request", "request": req["id"], "user": req["user"],
+            "account": req["account"], "resource": req["resource"], "hours": req["hours"],
+            "reason": req["reason"], "text": REQUEST_TEXT.format(**fields),
+            "subject": REQUEST_SUBJECT.format(**fields),
+        }  # fmt: skip
+
     def recipients(self, a) -> list[str]:
-        """Hub users who get the mail: the account's managers, or the capped user."""
-        if a.kind == "account":
-            acct = self.ledger.policy.accounts.get(a.name)
-            return list(acct.managers) if acct else []
+        """Hub users who get the mail: the account's managers (a pool, a request), or the
+        capped user."""
+        if a.kind in ("account", "request"):
+            return managers_of(self.ledger, a.name)
         return [a.name]
 
     async def deliver(self) -> int:

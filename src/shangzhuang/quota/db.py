@@ -206,6 +206,17 @@ class QuotaRequest(Base):
     grant_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class Manager(Base):
+    """A manager of an account set by an admin on the usage page; the config's
+    (`[quota.accounts.X] managers`) are apart, and stay."""
+
+    __tablename__ = "managers"
+    account: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user: Mapped[str] = mapped_column(String(100), primary_key=True)
+    set_by: Mapped[str] = mapped_column(String(100))
+    at: Mapped[float] = mapped_column(Float)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
     service both write)."""

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from shangzhuang.quota.db import Charge, JournalEntry, Member, Stop, Total
 from shangzhuang.quota.ledger import Ledger
+from shangzhuang.quota.managers import managed_by  # the page lists what its reader manages
 from shangzhuang.quota.periods import FOREVER, Period, iso
 from shangzhuang.settings import RESOURCES
 
@@ -25,15 +26,6 @@ DAY = 86400.0
 RATE_WINDOW = 7 * DAY
 # A site without periods ("none") shows usage in windows of this many days.
 WINDOW_DAYS = 30
-
-
-def managers_of(ledger: Ledger, account: str) -> list[str]:
-    return list(ledger.policy.accounts[account].managers)
-
-
-def managed_by(ledger: Ledger, user: str) -> list[str]:
-    """The accounts `user` manages (set in `[quota.accounts.X] managers`)."""
-    return sorted(a for a, acct in ledger.policy.accounts.items() if user in acct.managers)
 
 
 def window(ledger: Ledger, back: int = 0, now: float | None = None) -> Period:

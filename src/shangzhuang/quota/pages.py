@@ -20,6 +20,7 @@ from tornado import web
 
 from shangzhuang.i18n import Message, jinja_environment
 from shangzhuang.quota import figures
+from shangzhuang.quota import requests as quota_requests
 from shangzhuang.quota.openapi import operation, route
 from shangzhuang.quota.service import APIHandler
 from shangzhuang.services import Input
@@ -217,6 +218,7 @@ API = [
     ("/accounts/{account}/burn", BurnHandler),
     ("/accounts/{account}/caps", CapsHandler),
     ("/estate", EstateHandler),
+    *quota_requests.API,  # asking for more (quota/requests.py)
 ]
 
 
