@@ -143,6 +143,7 @@ def build(n_running: int, n_finished: int, now: float, db: Path):
         for k in range(n_running)
     ]  # fmt: skip
     source = BenchJobs(site, ledger, slurm)
+    source.at_zero_file = db.parent / "at-zero"  # for job_submit.lua, as a site sets it
     meter = Meter(ledger, [source], grace_seconds=300)
     return ledger, slurm, source, meter, hist_seconds
 
@@ -228,8 +229,9 @@ reconciliation charges. `squeue` and `sacct` are stood in for by text in their o
 (no Slurm here can hold 100,000 jobs); the parsing, the ledger and the meter are the
 project's code. Each tick: squeue parse, charges of the 1,000 running jobs, enforcement,
 one reconciliation pass (sacct window: the watermark minus 10 min of slack, about
-{big["lines"]:.0f} lines, the running jobs included), the holds check of 100 pending jobs
-(users with quota left: nothing held), journal posting. Median of
+{big["lines"]:.0f} lines, the running jobs included), the at-zero file for Slurm's
+job_submit.lua (the balances of the ledger's 1,000 users, written and renamed), the holds
+check of 100 pending jobs (users with quota left: nothing held), journal posting. Median of
 {args.ticks} ticks (max in brackets).
 
 | finished jobs | meter tick: wall | tick: CPU | reconciliation: wall | reconciliation: CPU |
