@@ -481,9 +481,8 @@ def test_at_zero_a_job_submitted_onto_idle_nodes_never_starts_and_runs_after_a_g
     mine = subprocess.run(["runuser", "-u", unix, "--", "scontrol", "release", job],
                           env=slurm.env, capture_output=True, text=True)  # fmt: skip
     assert mine.returncode != 0, mine.stdout
-    # It stays held across the meter's ticks (1 s) while she is at zero, and never ran.
-    time.sleep(3)
-    assert shown()[:2] == ["PENDING", "JobHeldAdmin"]
+    # The meter's next tick makes it an admin hold; it stays held while she is at zero.
+    hub.wait(lambda: shown()[:2] == ["PENDING", "JobHeldAdmin"], 30, "the meter's admin hold")
     r = requests.post(
         f"{hub.url}/services/quota/api/v1/grants", headers=admin, timeout=30,
         json={"user": "zoe", "resource": "cpu_hours", "amount": 1, "reason": "course"},
