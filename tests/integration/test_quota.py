@@ -54,8 +54,8 @@ def test_refused_granted_warned_stopped_and_granted_again(hub):
     assert r.status_code == 403, r.text
     msg = r.json()["message"]
     assert "Not enough quota to start cpu" in msg
-    assert "0.00 cpu_hours left in account default" in msg
-    assert "costs 2 cpu_hours per hour" in msg and "Your quota resets at" in msg
+    assert "0 CPU-hours left in account default" in msg
+    assert "costs 2 CPU-hours per hour" in msg and "Your quota resets on" in msg
 
     admin = hub.admin_token()
     grant = {"user": "quinn", "resource": "cpu_hours", "amount": 0.01, "reason": "test"}
@@ -222,7 +222,8 @@ def test_home_page_and_spawn_form_show_quota(hub):
     home = browser.get(f"{hub.url}/hub/home").text
     assert 'id="sz-quota"' in home and "Resets at" in home
     form = browser.get(f"{hub.url}/hub/spawn").text
-    assert "2 cpu_hours per hour" in form and "1 gpu_hours + 1 cpu_hours per hour" in form
+    # the figures in words (issue 14), not the config's keys
+    assert "2 CPU-hours per hour" in form and "1 GPU-hour + 1 CPU-hour per hour" in form
 
 
 

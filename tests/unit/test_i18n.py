@@ -363,3 +363,27 @@ def test_the_notebook_helpers_report_in_the_sessions_language(monkeypatch):
     ]
     monkeypatch.setenv("SHANGZHUANG_LANGUAGE", "en")
     assert "  GPU hours: 12.4 left · account 87.6 used of 100" in repr(report).splitlines()
+
+
+def test_a_spawn_refused_for_quota_says_what_is_left_and_when_it_resets():
+    cpu = Profile(name="cpu", cores=2, memory=4 * 1024**3)
+    reply = {"account": "pku-physics", "min_minutes": 3, "resets_at": "2026-11-30T16:00:00+00:00",
+             "profiles": {"cpu": {"affordable": False, "short": {"cpu_hours": 0.004}}}}  # fmt: skip
+    i18n.use("en", "Asia/Shanghai")  # the hub's request: the site's time zone
+    try:
+        refusal = form.quota_refusal(cpu, reply)
+    finally:
+        i18n.use("en", "UTC")
+    assert refusal == (
+        "Not enough quota to start cpu: 0 CPU-hours left in account pku-physics. cpu costs "
+        "2 CPU-hours per hour and needs at least 3 minutes. Your quota resets on 1 Dec, 00:00. "
+        "An admin can grant more."
+    )
+    i18n.use("zh_CN", "Asia/Shanghai")
+    try:
+        assert str(refusal) == (
+            "配额不足，无法启动 cpu：计费账户 pku-physics 剩余 0 CPU 核时。cpu 的用量为每小时 "
+            "2 CPU 核时，至少需要够用 3 分钟。你的配额将于 12月1日 00:00 重置。管理员可以追加配额。"
+        )
+    finally:
+        i18n.use("en", "UTC")

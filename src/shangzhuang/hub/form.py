@@ -53,6 +53,27 @@ def _not_enough(short: dict[str, float]) -> Message:
     return Message("not enough quota ({left} left)", left=left)
 
 
+def quota_refusal(profile: Profile, reply: dict) -> Message:
+    """A spawn refused for quota, from the quota service's answer (GET users/NAME/affordable):
+    what is left, what the profile costs, when the quota resets, in the reader's language."""
+    from datetime import datetime
+
+    terms = reply["profiles"][profile.name]
+    left = [hours(r, round(remaining, 2)) for r, remaining in terms["short"].items()]
+    resets = reply.get("resets_at")
+    when = (
+        Message("Your quota resets on {moment}.", moment=datetime.fromisoformat(resets))
+        if resets
+        else Message("This site has no periodic reset.")
+    )
+    return Message(
+        "Not enough quota to start {profile}: {left} left in account {account}. {profile} "
+        "costs {cost} and needs at least {minutes} minutes. {when} An admin can grant more.",
+        profile=profile.name, left=left, account=reply["account"], cost=cost(profile),
+        minutes=float(reply["min_minutes"]), when=when,
+    )  # fmt: skip
+
+
 def cost(p: Profile) -> Message:
     """'1 GPU-hour + 8 CPU-hours per hour' / '每小时 1 GPU 卡时 + 8 CPU 核时'."""
     from shangzhuang.quota.ledger import rates_of

@@ -34,6 +34,7 @@ from shangzhuang.hub.containment import (
     session_name,
 )  # fmt: skip
 from shangzhuang.hub.gpus import Gpu, GpuPool, GpusBusy, grant_device, revoke_device, shared_pool
+from shangzhuang.i18n import Message
 from shangzhuang.quota.api_client import QuotaAPI, QuotaRefused, QuotaUnavailable, hub_quota
 from shangzhuang.quota.consumers import Consumer
 from shangzhuang.settings import Profile
@@ -177,17 +178,22 @@ class WorkbenchSpawner(Spawner):
             return ""
         try:
             account = await self.quota.set_account(self.user.name, self.group_names)
-            terms = (await self.quota.affordable(self.user.name))["profiles"][profile.name]
+            reply = await self.quota.affordable(self.user.name)
+            terms = reply["profiles"][profile.name]
         except (QuotaUnavailable, QuotaRefused, KeyError) as e:
             self.log.warning("spawn of %s refused, quota unknown: %s", self.user.name, e)
             raise SpawnException(
-                "The quota service is not answering, so no session can start now: "
-                "try again in a minute, or tell the site's admins if it lasts.",
+                Message(
+                    "The quota service is not answering, so no session can start now: "
+                    "try again in a minute, or tell the site's admins if it lasts."
+                ),
                 reason="quota-unavailable",
                 status_code=503,
             ) from None
         if not terms["affordable"]:
-            raise SpawnException(terms["message"], reason="quota", status_code=403)
+            # In the reader's language where it is shown (the spawn page, its progress).
+            refusal = form.quota_refusal(profile, reply)
+            raise SpawnException(refusal, reason="quota", status_code=403)
         return account
 
     @property

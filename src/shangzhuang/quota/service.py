@@ -192,7 +192,7 @@ def affordable(ledger: Ledger, site: Settings, user: str) -> dict:
             "message": message if short else "",
         }  # fmt: skip
     return {"user": user, "account": balance.account, "min_minutes": minutes,
-            "profiles": profiles}  # fmt: skip
+            "resets_at": resets, "profiles": profiles}  # fmt: skip
 
 
 class SetApartHandler(APIHandler):
