@@ -94,7 +94,7 @@ node_modules/.bin/configurable-http-proxy: package.json
 # translator), compile the .mo the wheel carries. i18n-check fails on a missing or stale one.
 POT := $(VENV)/shangzhuang.pot
 i18n: $(STAMP)
-	$(BIN)/pybabel extract -F babel.cfg -k Message -k Plural:1,2 --add-comments=TRANSLATORS: \
+	$(BIN)/pybabel extract -F babel.cfg -k Message -k Plural:1,2 -k N_ --add-comments=TRANSLATORS: \
 	  --no-location --sort-output --project shangzhuang -o $(POT) src
 	$(BIN)/pybabel update -D shangzhuang -i $(POT) -d src/shangzhuang/locale -l zh_CN \
 	  --no-fuzzy-matching --ignore-obsolete -w 100

@@ -187,6 +187,15 @@ def resource_name(resource: str) -> Message:
     return Message("{resource}", resource=resource.replace("_", " "))
 
 
+def sentences(messages: list[Message]) -> Message:
+    """Sentences one after another: 'A. B.' / 'A。B。' (Chinese puts no space between)."""
+    joined = messages[0]
+    for then in messages[1:]:
+        # TRANSLATORS: one sentence after another
+        joined = Message("{first} {then}", first=joined, then=then)
+    return joined
+
+
 def _shown(value, language: str) -> str:
     if isinstance(value, Message):
         return value.render(language)

@@ -29,7 +29,8 @@ PO = i18n.LOCALE_DIR / "zh_CN" / "LC_MESSAGES" / "shangzhuang.po"
 MO = PO.with_suffix(".mo")
 HUB_TEMPLATES = ROOT / "src" / "shangzhuang" / "hub" / "templates"
 UPSTREAM_TEMPLATES = Path(jupyterhub.__file__).parents[4] / "share" / "jupyterhub" / "templates"
-KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "Message": None, "Plural": (1, 2)}
+KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "Message": None, "Plural": (1, 2),
+            "N_": None}  # fmt: skip
 PLACEHOLDER = re.compile(r"\{\w+\}|%\(\w+\)s")
 
 
@@ -387,3 +388,29 @@ def test_a_spawn_refused_for_quota_says_what_is_left_and_when_it_resets():
         )
     finally:
         i18n.use("en", "UTC")
+
+
+def test_slurm_queue_reasons_in_the_readers_language():
+    from shangzhuang.hub.spawners import REASONS
+
+    waiting = i18n.Message("Waiting in the Slurm queue: {why}, {n} job(s) ahead of it.",
+                           why=REASONS["Resources"], n=3)  # fmt: skip
+    assert waiting.startswith("Waiting in the Slurm queue: the nodes are busy")
+    assert waiting.render("zh_CN") == (
+        "正在 Slurm 队列中等待：节点繁忙（正在等待 CPU 核、内存或 GPU 空出），前面还有 3 个作业。"
+    )
+
+
+def test_the_hubs_own_warnings_in_the_readers_language(tmp_path):
+    """What a hub not run as root (or without cgroups, iptables) tells everyone on its home
+    page: Messages from the config, in each reader's language, one sentence after another."""
+    from shangzhuang import hub as hub_module
+
+    said = i18n.sentences([i18n.Message(hub_module.NOT_CONTAINED),
+                           i18n.Message(hub_module.DASHBOARDS_OPEN)])  # fmt: skip
+    assert said == f"{hub_module.NOT_CONTAINED} {hub_module.DASHBOARDS_OPEN}"  # English
+    chinese = said.render("zh_CN")
+    assert chinese.startswith("本 Hub 上的会话没有隔离") and "。本 Hub 上的 Dask 仪表盘" in chinese
+    page = render("home.html", "zh_CN", announcement_home=i18n.Message(hub_module.NOT_ISOLATED),
+                  default_server=None, allow_named_servers=False, url="/user/alice/")  # fmt: skip
+    assert "本 Hub 没有以 root 运行" in page

@@ -19,7 +19,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 ADMIN_PASSWORD_FILE = "admin-password"
 QUOTA_TOKEN_FILE = "quota-hub-token"  # api_client.HUB_CLIENT's
 SESSION_LAUNCHER = Path(__file__).resolve().parents[1] / "session.py"
-NOT_ISOLATED = (
+
+
+def N_(message: str) -> str:
+    """Marks a message for the catalog (`make i18n`); shangzhuang.i18n.Message(it) shows it
+    in the reader's language. Not translated here: this module loads without Babel."""
+    return message
+
+
+NOT_ISOLATED = N_(
     "This hub does not run as root, so every session runs as the same Unix account: "
     "users are not isolated from each other: each can read the others' files and connect "
     "to their kernels and Dask clusters. Nor are sessions contained: the profiles' "
@@ -67,18 +75,18 @@ def sign_in_on_the_hub_host(hub_url: str, at_login=None):
     return hook
 
 
-NOT_CONTAINED = (
+NOT_CONTAINED = N_(
     "Sessions on this hub are not contained (backend.local.containment.cgroups is off, or "
     "this machine has no cgroup file system): the profiles' cores, memory and process "
     "limits are not enforced, and processes a session leaves behind keep running after "
     "it stops."
 )
-GPUS_BY_FILE_MODE = (
+GPUS_BY_FILE_MODE = N_(
     "GPUs on this hub are guarded by their device files' owner and mode only (cgroup v2 "
     "without systemd has no device rules): a device node re-created with an open mode "
     "would let another session use a GPU it does not hold."
 )
-DASHBOARDS_OPEN = (
+DASHBOARDS_OPEN = N_(
     "Dask dashboards on this hub are not protected (iptables is missing or does not work "
     "here): any user of this machine can read the dashboard of another's cluster, its "
     "task stream, logs and call stacks included."

@@ -369,18 +369,19 @@ def pages(settings: Settings, host: Host) -> dict:
     template_vars = {"site_name": site.name, "site_logo": site.logo is not None}
     paths = [str(HUB_TEMPLATES)]
     if not host.is_root:
-        template_vars["announcement_home"] = NOT_ISOLATED
-        template_vars["announcement_spawn"] = NOT_ISOLATED
+        # Messages: in the reader's language where the pages show them
+        template_vars["announcement_home"] = i18n.Message(NOT_ISOLATED)
+        template_vars["announcement_spawn"] = i18n.Message(NOT_ISOLATED)
     elif settings.backend.kind != "slurm":
         template_vars["memory_notices"] = memory_notices
         spawner = local_sessions(settings, host)["LocalSpawner"]
-        not_enforced = [NOT_CONTAINED] if not spawner["cgroups"] else []
+        not_enforced = [i18n.Message(NOT_CONTAINED)] if not spawner["cgroups"] else []
         if spawner["cgroups"] == "v2" and host.gpus:
-            not_enforced.append(GPUS_BY_FILE_MODE)
+            not_enforced.append(i18n.Message(GPUS_BY_FILE_MODE))
         if not spawner.get("dashboard_chain"):
-            not_enforced.append(DASHBOARDS_OPEN)
+            not_enforced.append(i18n.Message(DASHBOARDS_OPEN))
         if not_enforced:
-            template_vars["announcement_home"] = " ".join(not_enforced)
+            template_vars["announcement_home"] = i18n.sentences(not_enforced)
     if settings.quota.enabled:
         template_vars["quota"] = home_quota(f"{quota_url(settings)}/services/quota/",
                                             host.quota_token)  # fmt: skip

@@ -790,17 +790,23 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
         while True:
             status = self.job_status or ""
             if self.state_isrunning():
-                yield {"message": "The Slurm job is running; starting JupyterLab..."}
+                # str(): in the language of whoever reads the spawn page's progress
+                yield {"message": str(Message("The Slurm job is running; starting JupyterLab..."))}
                 return
             if self.state_ispending():
                 reason = status.split()[1] if len(status.split()) > 1 else "Priority"
                 ahead, total = await self._queue_position()
-                where = f", {ahead} job(s) ahead of it" if total else ""
-                yield {
-                    "message": f"Waiting in the Slurm queue: {REASONS.get(reason, reason)}{where}."
-                }
+                why = REASONS.get(reason, reason)
+                waiting = (
+                    Message("Waiting in the Slurm queue: {why}, {n} job(s) ahead of it.",
+                            why=why, n=ahead)
+                    if total
+                    else Message("Waiting in the Slurm queue: {why}.", why=why)
+                )  # fmt: skip
+                yield {"message": str(waiting)}
             elif self.job_id:
-                yield {"message": f"Slurm job {self.job_id} submitted..."}
+                submitted = Message("Slurm job {job} submitted...", job=self.job_id)
+                yield {"message": str(submitted)}
             await asyncio.sleep(1)
 
     async def _queue_position(self) -> tuple[int, int]:
@@ -819,10 +825,10 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
 
 # Slurm's pending reasons, as a person would say them.
 REASONS = {
-    "Resources": "the nodes are busy (waiting for cores, memory or GPUs to free up)",
-    "Priority": "jobs with higher priority are ahead of it",
-    "ReqNodeNotAvail": "the nodes it needs are not available",
-    "PartitionDown": "its partition is down",
-    "AssocGrpGRES": "its account's GPU limit is reached",
-    "QOSMaxGRESPerUser": "your GPU limit is reached",
+    "Resources": Message("the nodes are busy (waiting for cores, memory or GPUs to free up)"),
+    "Priority": Message("jobs with higher priority are ahead of it"),
+    "ReqNodeNotAvail": Message("the nodes it needs are not available"),
+    "PartitionDown": Message("its partition is down"),
+    "AssocGrpGRES": Message("its account's GPU limit is reached"),
+    "QOSMaxGRESPerUser": Message("your GPU limit is reached"),
 }
