@@ -180,3 +180,21 @@ def test_a_request_for_more_is_approved_and_her_page_shows_it(hub, browser, arti
         page.screenshot(path=str(artifacts / "usage-page-request.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_an_admin_makes_a_manager_on_the_page(hub, browser):
+    context, page = open_usage(browser, hub, ADMIN, hub.password_of_admin())
+    try:
+        section = page.locator("section[data-account=physics]")
+        shown = section.locator(".sz-managers")
+        form = section.locator("form.sz-manager")
+        form.locator("input[name=user]").fill("uma")
+        form.locator("button[name=add]").click()
+        form.locator(".sz-manager-result").filter(has_text="The managers are set.").wait_for()
+        shown.filter(has_text="Managers: mara, uma.").wait_for()
+        assert admin_get(hub, "accounts/physics/managers")["managers"] == ["mara", "uma"]
+        form.locator("button[name=remove]").click()
+        shown.filter(has_text="Managers: mara.").wait_for()
+        assert admin_get(hub, "accounts/physics/managers")["managers"] == ["mara"]
+    finally:
+        context.close()

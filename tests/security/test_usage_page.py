@@ -180,3 +180,34 @@ def test_requests_for_more_stay_in_their_account_and_nobody_decides_their_own(hu
     # the page's own token decides it
     r = browser.post(url, json={"reason": "fine"}, headers={"X-XSRFToken": xsrf}, timeout=30)
     assert r.status_code == 200, r.text
+
+
+def test_only_admins_set_managers(hub):
+    """uma makes herself a manager of her account, mara (its manager) makes uma one, cole
+    (chem's manager) makes himself one of physics: all refused; an admin's change holds."""
+    tokens = {n: hub.token_for(n) for n in ("uma", "mara", "cole")}
+
+    def set_manager(token, account, user, manager=True):
+        return post_request(hub, token, f"accounts/{account}/managers",
+                            {"user": user, "manager": manager})  # fmt: skip
+
+    for who, account, user in (
+        ("uma", "physics", "uma"), ("mara", "physics", "uma"), ("cole", "physics", "cole"),
+        ("mara", "chem", "mara"), ("cole", "chem", "mara"),
+    ):  # fmt: skip
+        r = set_manager(tokens[who], account, user)
+        assert r.status_code == 403, (who, account, user, r.status_code, r.text)
+    assert get(hub, "accounts/physics/burn", tokens["uma"]).status_code == 403
+    assert get(hub, "accounts/physics/managers", hub.admin_token()).json()["managers"] == ["mara"]
+
+    admin = hub.admin_token()
+    r = set_manager(admin, "physics", "uma")
+    assert r.status_code == 200, r.text
+    assert r.json()["managers"] == ["mara", "uma"]
+    assert get(hub, "accounts/physics/burn", tokens["uma"]).status_code == 200
+    assert get(hub, "accounts/chem/burn", tokens["uma"]).status_code == 403
+    assert set_manager(admin, "physics", "uma", False).status_code == 200
+    assert get(hub, "accounts/physics/burn", tokens["uma"]).status_code == 403
+    r = set_manager(admin, "physics", "mara", False)  # a manager from the config
+    assert r.status_code == 400, r.text
+    assert "[quota.accounts.physics] managers" in r.json()["message"]

@@ -13,6 +13,7 @@ import time
 
 from sqlalchemy import delete, insert, select
 
+from shangzhuang.i18n import Message
 from shangzhuang.quota.db import Manager
 from shangzhuang.quota.ledger import Ledger, QuotaError
 
@@ -56,9 +57,12 @@ def set_manager(
         raise QuotaError(f"unknown account {account!r}")
     if not manager and user in ledger.policy.accounts[account].managers:
         raise QuotaError(
-            f"{user} is a manager of {account} in the site's config "
-            f"([quota.accounts.{account}] managers): remove them there."
-        )
+            Message(
+                "{user} is a manager of {account} in the site's config "
+                "([quota.accounts.{account}] managers): remove them there.",
+                user=user, account=account,
+            )
+        )  # fmt: skip
     with ledger._write() as conn:
         conn.execute(delete(Manager).where(Manager.account == account, Manager.user == user))
         if manager:

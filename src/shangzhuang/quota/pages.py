@@ -19,8 +19,9 @@ from pydantic import Field
 from tornado import web
 
 from shangzhuang.i18n import Message, jinja_environment
-from shangzhuang.quota import figures
+from shangzhuang.quota import figures, managers
 from shangzhuang.quota import requests as quota_requests
+from shangzhuang.quota.ledger import QuotaError
 from shangzhuang.quota.openapi import operation, route
 from shangzhuang.quota.service import APIHandler
 from shangzhuang.services import Input
@@ -68,7 +69,7 @@ class UsageAccess(APIHandler):
     """Access rules of the usage page and its figures."""
 
     def manages(self, me: dict, account: str) -> bool:
-        return me.get("name") in self.ledger.policy.accounts[account].managers
+        return managers.manages(self.ledger, me.get("name"), account)
 
     def may_read_user(self, name: str) -> dict:
         me = self.caller()
@@ -189,6 +190,47 @@ class CapsHandler(UsageAccess):
         self.write_json(self.ledger.balance(user).as_dict())
 
 
+class ManagerChange(Input):
+    """Make a user a manager of the account (manager true), or no longer one (false)."""
+
+    user: str = Field(min_length=1, max_length=100)
+    manager: bool
+
+
+class ManagersHandler(UsageAccess):
+    """GET|POST api/v1/accounts/NAME/managers: who manages NAME (its managers, admins);
+    admins add and remove managers (those of the config stay: quota/managers.py)."""
+
+    def answer(self, account: str) -> None:
+        configured = self.ledger.policy.accounts[account].managers
+        self.write_json({
+            "account": account, "managers": managers.managers_of(self.ledger, account),
+            "from_config": sorted(configured),
+        })  # fmt: skip
+
+    @operation("An account's managers (its managers, admins)")
+    def get(self, account):
+        self.may_manage(account)
+        self.answer(account)
+
+    @operation("Make a user a manager of an account, or no longer one (admins)",
+               body=ManagerChange)  # fmt: skip
+    def post(self, account, body: ManagerChange):
+        me = self.admin()
+        if account not in self.ledger.policy.accounts:
+            raise web.HTTPError(404, f"no account {account!r}")
+        if body.manager and body.user not in self.ledger.users():
+            raise web.HTTPError(400, str(Message(
+                "No user {user} is known to the quota service yet: they appear at their "
+                "first sign-in.", user=body.user,
+            )))  # fmt: skip
+        try:
+            managers.set_manager(self.ledger, account, body.user, body.manager, me["name"])
+        except QuotaError as e:
+            raise web.HTTPError(400, str(e)) from None
+        self.answer(account)
+
+
 class EstateHandler(UsageAccess):
     """GET api/v1/estate?back=N (or since/until)&format=json|csv: admins only."""
 
@@ -217,6 +259,7 @@ API = [
     ("/usage/daily", DailyHandler),
     ("/accounts/{account}/burn", BurnHandler),
     ("/accounts/{account}/caps", CapsHandler),
+    ("/accounts/{account}/managers", ManagersHandler),
     ("/estate", EstateHandler),
     *quota_requests.API,  # asking for more (quota/requests.py)
 ]
