@@ -813,11 +813,20 @@ class Settings(Section):
         """Where published apps live: apps.folder, else "apps" beside the state folder."""
         return self.apps.folder or self.hub.state_dir.parent / "apps"
 
-    def profile(self, name: str) -> Profile:
-        for p in self.profiles:
-            if p.name == name:
-                return p
-        raise KeyError(name)
+    def profile(self, name: str | None) -> Profile:
+        return find_profile(self.profiles, name)
+
+
+def find_profile(profiles: list[Profile], name: str | None) -> Profile:
+    """The profile named NAME; none named ("" or None) is the first, which a spawn with no
+    profile starts. KeyError for a name the site does not offer, saying which it does."""
+    if not name:
+        return profiles[0]
+    for p in profiles:
+        if p.name == name:
+            return p
+    offered = ", ".join(p.name for p in profiles)
+    raise KeyError(f"no profile {name!r} on this site; it offers {offered}")
 
 
 class SettingsError(Exception):

@@ -1,8 +1,9 @@
-"""The hub's REST API as the apps service uses it (with the service's own token).
+"""The hub's REST API as our services call it, each with its own token: the one client.
 
-The service holds `servers` (start an app's server for a viewer, remove it on unpublish),
-`shares` with `read:users:name` and `read:groups:name` (grant and revoke viewers, as
-JupyterHub's sharing API asks), and `read:users` (servers' state).
+The apps service holds `servers` (start an app's server for a viewer, remove it on
+unpublish), `shares` with `read:users:name` and `read:groups:name` (grant and revoke
+viewers, as JupyterHub's sharing API asks), and `read:users` (servers' state). The quota
+service's meter lists active users' servers (`active_users`) and stops what can't pay.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ class HubError(Exception):
 
 
 class HubAPI:
-    def __init__(self, api_url: str, token: str):
+    def __init__(self, api_url: str, token: str, timeout: float = 120):
         self.api_url = api_url.rstrip("/")
         self.token = token
+        self.timeout = timeout
         self.http = AsyncHTTPClient()
+        self._listing: asyncio.Future | None = None
 
     async def call(self, method: str, path: str, body: dict | None = None, ok=(200,)):
+        """One call; a status not in `ok` raises HubError with the hub's message."""
         req = HTTPRequest(
             self.api_url + path, method=method,
             body=json.dumps(body) if body is not None else (None if method == "GET" else ""),
@@ -36,7 +40,7 @@ class HubAPI:
                 "Authorization": f"token {self.token}", "Content-Type": "application/json",
                 "Accept": "application/jupyterhub-pagination+json",
             },
-            request_timeout=120, allow_nonstandard_methods=True,
+            request_timeout=self.timeout, allow_nonstandard_methods=True,
         )  # fmt: skip
         resp = await self.http.fetch(req, raise_error=False)
         if resp.code not in ok:
@@ -46,6 +50,25 @@ class HubAPI:
                 message = (resp.body or b"").decode(errors="replace")[:300] or str(resp.error)
             raise HubError(resp.code, message)
         return json.loads(resp.body) if resp.body else None
+
+    async def active_users(self) -> list[dict]:
+        """Users with a server running or starting, with their servers (all pages). The
+        meter's lab and app sources ask together: a listing asked for while one is under
+        way shares it."""
+        if self._listing is None:
+            self._listing = asyncio.ensure_future(self._list_active_users())
+            self._listing.add_done_callback(lambda _: setattr(self, "_listing", None))
+        return await asyncio.shield(self._listing)
+
+    async def _list_active_users(self) -> list[dict]:
+        users, offset = [], 0
+        while True:
+            page = await self.call("GET", f"/users?state=active&offset={offset}&limit=200")
+            users.extend(page["items"])
+            nxt = page.get("_pagination", {}).get("next")
+            if not nxt:
+                return users
+            offset = nxt["offset"]
 
     @staticmethod
     def _server_path(owner: str, server: str) -> str:

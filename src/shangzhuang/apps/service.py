@@ -92,12 +92,11 @@ class Apps:
 
     # --- publishing ---------------------------------------------------------------------
     def profile_for(self, name: str | None) -> str:
-        names = [p.name for p in self.settings.profiles]
-        if not name:
-            return self.settings.apps.profile or names[0]
-        if name not in names:
-            raise AppError(f"profile {name!r}: this site offers {', '.join(names)}")
-        return name
+        """The profile an app runs on: the one asked for, else the site's apps.profile."""
+        try:
+            return self.settings.profile(name or self.settings.apps.profile).name
+        except KeyError as e:
+            raise AppError(f"profile: {e.args[0]}") from None
 
     async def publish(self, owner: str, name: str, body: dict, admin: bool) -> tuple[App, str]:
         """Store the snapshot, start the app, share it; returns (app, a note on starting)."""

@@ -37,7 +37,7 @@ from shangzhuang.hub.gpus import Gpu, GpuPool, GpusBusy, grant_device, revoke_de
 from shangzhuang.i18n import Message
 from shangzhuang.quota.api_client import QuotaAPI, QuotaRefused, QuotaUnavailable, hub_quota
 from shangzhuang.quota.consumers import Consumer
-from shangzhuang.settings import Profile
+from shangzhuang.settings import Profile, find_profile
 
 # What the home page says when a session hit its memory limit (plain sentences to translate).
 MEMORY_HIT = (
@@ -144,14 +144,14 @@ class WorkbenchSpawner(Spawner):
     @property
     def profile(self) -> Profile:
         """The profile asked for (the first one if none was), or a 400 naming the bad name."""
-        name = (self.user_options or {}).get("profile") or self.profiles[0].name
-        for p in self.profiles:
-            if p.name == name:
-                return p
-        known = ", ".join(p.name for p in self.profiles)
-        raise SpawnException(
-            f"Unknown profile {name!r}; this site offers: {known}.", reason="bad-profile"
-        )
+        name = (self.user_options or {}).get("profile")
+        try:
+            return find_profile(self.profiles, name)
+        except KeyError:
+            known = ", ".join(p.name for p in self.profiles)
+            raise SpawnException(
+                f"Unknown profile {name!r}; this site offers: {known}.", reason="bad-profile"
+            ) from None
 
     quota_url = Unicode(
         "",

@@ -207,9 +207,10 @@ class ConsumersHandler(APIHandler):
     def post(self, body: OpenRequest):
         self.hub_only()
         consumer = self.consumer(body.consumer)
-        profile = next((p for p in self.site.profiles if p.name == body.profile), None)
-        if profile is None:
-            raise web.HTTPError(400, f"profile: no profile {body.profile!r} on this site")
+        try:
+            profile = self.site.profile(body.profile)
+        except KeyError as e:
+            raise web.HTTPError(400, f"profile: {e.args[0]}") from None
         account = self.ledger.account_of(body.user)
         opened = self.ledger.open(
             str(consumer), user=body.user, account=account, source=consumer.source,

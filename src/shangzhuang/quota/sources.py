@@ -11,16 +11,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from dataclasses import replace
 from datetime import datetime
 from urllib.parse import quote
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
 from shangzhuang.apps import is_app_server
+from shangzhuang.apps.hub_api import HubAPI
 from shangzhuang.quota.accounting import (
     TIME_ENV,
     SlurmAccounting,
@@ -34,50 +32,6 @@ from shangzhuang.quota.meter import Running, UsageSource
 from shangzhuang.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class HubAPI:
-    """The hub's REST API with the quota service's token.
-
-    The lab and app sources both need the hub's list of running servers; the meter asks
-    them together, and a listing asked for while one is under way shares it.
-    """
-
-    def __init__(self, api_url: str, token: str):
-        self.api_url = api_url.rstrip("/")
-        self.token = token
-        self.http = AsyncHTTPClient()
-        self._listing: asyncio.Future | None = None
-
-    async def request(self, method: str, path: str) -> dict | list | None:
-        req = HTTPRequest(
-            self.api_url + path,
-            method=method,
-            headers={
-                "Authorization": f"token {self.token}",
-                "Accept": "application/jupyterhub-pagination+json",
-            },
-            request_timeout=30,
-        )
-        resp = await self.http.fetch(req, raise_error=method == "GET")
-        return json.loads(resp.body) if resp.body else None
-
-    async def active_users(self) -> list[dict]:
-        """Users with a server running or starting, with their servers (all pages)."""
-        if self._listing is None:
-            self._listing = asyncio.ensure_future(self._list_active_users())
-            self._listing.add_done_callback(lambda _: setattr(self, "_listing", None))
-        return await asyncio.shield(self._listing)
-
-    async def _list_active_users(self) -> list[dict]:
-        users, offset = [], 0
-        while True:
-            page = await self.request("GET", f"/users?state=active&offset={offset}&limit=200")
-            users.extend(page["items"])
-            nxt = page.get("_pagination", {}).get("next")
-            if not nxt:
-                return users
-            offset = nxt["offset"]
 
 
 class LabSessions:
@@ -118,10 +72,10 @@ class LabSessions:
         return out
 
     def profile(self, name: str | None):
-        for p in self.settings.profiles:
-            if p.name == name:
-                return p
-        return self.settings.profiles[0]  # what the spawner starts when none was named
+        try:
+            return self.settings.profile(name)
+        except KeyError:  # gone from the config since it started: charged as the first
+            return self.settings.profiles[0]
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
         server = Consumer.parse(consumer).server
@@ -130,7 +84,7 @@ class LabSessions:
             if not server
             else (f"/users/{quote(user)}/servers/{quote(server)}")
         )
-        await self.hub.request("DELETE", path)
+        await self.hub.call("DELETE", path, ok=(202, 204, 400, 404))  # stopped already: done
 
 
 class AppServers(LabSessions):
@@ -329,7 +283,7 @@ def sources_for(settings: Settings, api_url: str, token: str, ledger=None) -> li
     """What the meter polls on this site's backend (the ledger: to settle Slurm jobs)."""
     if settings.backend.kind == "slurm":
         return [SlurmJobs(settings, ledger)]
-    hub = HubAPI(api_url, token)
+    hub = HubAPI(api_url, token, timeout=30)
     sources: list[UsageSource] = [LabSessions(settings, hub)]
     if settings.apps.enabled:
         sources.append(AppServers(settings, hub))

@@ -12,7 +12,8 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from shangzhuang.quota.sources import AppServers, HubAPI, LabSessions
+from shangzhuang.apps.hub_api import HubAPI
+from shangzhuang.quota.sources import AppServers, LabSessions
 from shangzhuang.settings import parse_settings
 
 TOKEN = "quota-service-token"
