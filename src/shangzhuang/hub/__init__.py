@@ -59,14 +59,18 @@ def sign_in_on_the_hub_host(hub_url: str, at_login=None):
     user's scripts. Then `at_login(handler, name)` (hub.language: their language)."""
     from tornado import web
 
-    host = urlparse(hub_url).hostname
+    host, login_page = urlparse(hub_url).hostname, f"{hub_url}/hub/login"
 
     def hook(authenticator, handler, authentication: dict) -> dict:
         if handler.request.host_name.lower() != host:
+            from shangzhuang.i18n import Message  # the hub has Babel; this module loads without
+
             raise web.HTTPError(
                 403,
-                f"Sign in at {hub_url}/hub/login: {handler.request.host_name} serves a "
-                "user's own pages, not the hub's.",
+                Message(
+                    "Sign in at {hub}: {host} serves a user's own pages, not the hub's.",
+                    hub=login_page, host=handler.request.host_name,
+                ),
             )
         if at_login is not None:
             at_login(handler, authenticator.normalize_username(authentication["name"]))
