@@ -214,50 +214,36 @@ class WorkbenchCluster(SLURMCluster):
         """What one worker job burns per hour."""
         return {"gpu_hours": float(self.gpus_per_worker), "cpu_hours": float(self.cores_per_job)}
 
-    def min_hours(self) -> float:
-        return float(os.environ.get("SHANGZHUANG_MIN_MINUTES", "10")) / 60
-
     def affordable_jobs(self) -> int | None:
         """How many jobs in all the balance pays for now (None: not limited)."""
-        balance = self._balance()
-        if balance is None:
+        answer = self._affords(self.job_rates())
+        if answer is None or answer["fits"] is None:
             return None
-        counts = []
-        for resource, rate in self.job_rates().items():
-            left = balance["resources"][resource]["remaining"]
-            if rate and left is not None:
-                counts.append(math.floor(max(0.0, left) / (rate * self.min_hours())))
-        return len(self.worker_spec) + min(counts) if counts else None
+        return len(self.worker_spec) + answer["fits"]
 
     def check_quota(self, new_jobs: int) -> None:
         """Refuse `new_jobs` more jobs when the balance can't pay them for the site's
-        minimum time (the same rule as starting a Lab session)."""
+        minimum time: the quota service's rule, the same as starting a Lab session."""
         if new_jobs <= 0:
             return
-        balance = self._balance()
-        if balance is None:
-            return
-        hours = self.min_hours()
         rates = {r: new_jobs * v for r, v in self.job_rates().items()}
-        short = []
-        for resource, rate in rates.items():
-            left = balance["resources"][resource]["remaining"]
-            if rate and left is not None and left < rate * hours:
-                short.append(f"{left:.2f} {resource} left")
-        if not short:
+        answer = self._affords(rates)
+        if answer is None or answer["affordable"]:
             return
         cost = " + ".join(f"{v:g} {r}" for r, v in rates.items() if v)
-        resets = balance["period"]["resets_at"]
+        short = ", ".join(f"{left:.2f} {r} left" for r, left in answer["short"].items())
+        resets = answer["resets_at"]
         raise QuotaExceeded(
             f"Not enough quota to add {new_jobs} worker job(s): they cost {cost} per hour "
-            f"and need at least {hours * 60:g} minutes, but you have "
-            f"{', '.join(short)} (account {balance['account']}). "
+            f"and need at least {answer['min_minutes']:g} minutes, but you have "
+            f"{short} (account {answer['account']}). "
             + (f"Your quota resets at {resets}." if resets else "Ask an admin for a grant.")
         )
 
-    def _balance(self) -> dict | None:
+    def _affords(self, rates: dict[str, float]) -> dict | None:
+        """The quota service's answer for work at RATES (None: this site has no quota)."""
         if not os.environ.get("SHANGZHUANG_QUOTA_URL"):
             return None
-        import shangzhuang
+        from shangzhuang.quota.client import affords
 
-        return shangzhuang.quota()
+        return affords(rates)

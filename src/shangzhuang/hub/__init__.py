@@ -197,7 +197,6 @@ def dask_environment(settings: Settings) -> dict:
     cl, slurm = settings.cluster, settings.backend.slurm
     env = {
         "SHANGZHUANG_BACKEND": settings.backend.kind,
-        "SHANGZHUANG_MIN_MINUTES": f"{settings.quota.min_minutes_to_spawn:g}",
         "SHANGZHUANG_MAX_WORKERS": str(cl.max_workers),
         # Dashboards through jupyter-server-proxy, under the session's own URL.
         "DASK_DISTRIBUTED__DASHBOARD__LINK": "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from urllib.parse import quote
 
 
 def _states():
@@ -66,6 +67,18 @@ class QuotaReport(dict):
 
 def my_quota(url: str | None = None, token: str | None = None, timeout: float = 10) -> QuotaReport:
     """Ask the quota service for this session's user's balance."""
+    return QuotaReport(_call("me", None, url, token, timeout))
+
+
+def affords(rates: dict[str, float], timeout: float = 10) -> dict:
+    """Ask the quota service whether this session's user can pay for one unit of work at
+    RATES (resource -> per hour) for the site's minimum time, and for how many (`fits`)."""
+    user = os.environ.get("JUPYTERHUB_USER") or _call("me", None, None, None, timeout)["user"]
+    return _call(f"users/{quote(user, safe='')}/affordable", {"rates": rates}, None, None,
+                 timeout)  # fmt: skip
+
+
+def _call(path: str, body: dict | None, url: str | None, token: str | None, timeout: float):
     url = url or os.environ.get("SHANGZHUANG_QUOTA_URL")
     token = token or os.environ.get("JUPYTERHUB_API_TOKEN")
     if not url or not token:
@@ -74,7 +87,9 @@ def my_quota(url: str | None = None, token: str | None = None, timeout: float = 
             "(it needs $SHANGZHUANG_QUOTA_URL and $JUPYTERHUB_API_TOKEN)"
         )
     req = urllib.request.Request(
-        url.rstrip("/") + "/api/v1/me", headers={"Authorization": f"token {token}"}
+        url.rstrip("/") + "/api/v1/" + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return QuotaReport(json.load(resp))
+        return json.load(resp)

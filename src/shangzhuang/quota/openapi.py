@@ -52,6 +52,15 @@ class AccountRequest(Input):
     groups: list[str] = Field(default_factory=list, max_length=1000)
 
 
+class RatesRequest(Input):
+    """What one unit of work burns per hour (a Dask worker job, say): can the balance pay
+    for it, and for how many, for `quota.min_minutes_to_spawn`?"""
+
+    rates: dict[Literal["gpu_hours", "cpu_hours"], float] = Field(
+        description="resource -> hours per hour of one unit"
+    )
+
+
 class OpenRequest(Input):
     """The hub started a session (or its Slurm job runs): meter it from `started`."""
 

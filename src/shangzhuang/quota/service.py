@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 import logging
+import math
 import os
 import time
 from datetime import datetime
@@ -36,6 +37,7 @@ from shangzhuang.quota.openapi import (
     CloseRequest,
     GrantRequest,
     OpenRequest,
+    RatesRequest,
     UsageQuery,
     UsersQuery,
     document,
@@ -166,6 +168,32 @@ class AffordableHandler(APIHandler):
     def get(self, name):
         self.self_or_admin(name)
         self.write_json(affordable(self.ledger, self.site, name))
+
+    @operation("Can the balance pay for units of work at these rates, and how many (self, "
+               "admin or the hub)", body=RatesRequest)  # fmt: skip
+    def post(self, name, body: RatesRequest):
+        self.self_or_admin(name)
+        self.write_json(affords_rates(self.ledger, name, body.rates))
+
+
+def affords_rates(ledger: Ledger, user: str, rates: dict[str, float]) -> dict:
+    """The spawn rule for any work (a cluster's worker jobs): what one unit at `rates`
+    lacks for `min_minutes_to_spawn`, and how many units the balance pays for (null: not
+    limited)."""
+    minutes = ledger.policy.min_minutes_to_spawn
+    balance = ledger.balance(user)
+    short = balance.can_afford(rates, minutes / 60)
+    fits = [
+        math.floor(max(0.0, left) / (rate * minutes / 60))
+        for r, rate in rates.items()
+        if rate > 0 and minutes > 0 and (left := balance.remaining(r)) is not None
+    ]
+    return {
+        "user": user, "account": balance.account, "min_minutes": minutes,
+        "affordable": not short, "short": {r: balance.remaining(r) for r in short},
+        "fits": min(fits) if fits else None,
+        "resets_at": balance.as_dict()["period"]["resets_at"],
+    }  # fmt: skip
 
 
 def affordable(ledger: Ledger, site: Settings, user: str) -> dict:
