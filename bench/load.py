@@ -559,7 +559,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults-only", action="store_true", help="skip the side-by-side runs")
     ap.add_argument("--profile-hub", action="store_true", help="py-spy the workbench's hub")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--save", type=Path, help="also keep this run's results in a JSON file")
+    ap.add_argument("--report-from", type=Path, nargs="+", metavar="JSON",
+                    help="run nothing: write the section from runs kept with --save")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.report_from:  # e.g. the faults and the fifty users, measured one after the other
+        kept = [json.loads(f.read_text()) for f in args.report_from]
+        text = report(argparse.Namespace(**kept[-1]["args"]),
+                      [r for k in kept for r in k["sides"]],
+                      [r for k in kept for r in k["faults"]],
+                      kept[0]["uptime"], kept[-1]["uptime_end"],
+                      sum(k["elapsed"] for k in kept))  # fmt: skip
+        print(text)
+        if not args.no_write:
+            write_section(HEADING, text)
+        return 0
     faults = [f for f in args.faults.split(",") if f]
     if unknown := set(faults) - set(FAULTS):
         ap.error(f"--faults: unknown {sorted(unknown)}; choose from {', '.join(FAULTS)}")
@@ -568,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
 
     started = time.time()
+    args.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip()  # fmt: skip
     names = [f"u{i:02d}" for i in range(1, args.users + 1)]
     kw = {"rate": args.rate, "idle": args.idle}
     sides: list[dict] = []
@@ -605,7 +621,14 @@ def main(argv: list[str] | None = None) -> int:
             if pg:
                 pg.stop()
     uptime_end = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    text = report(args, sides, faulted, uptime, uptime_end, time.time() - started)
+    elapsed = time.time() - started
+    if args.save:
+        args.save.write_text(json.dumps({
+            "args": {k: v for k, v in vars(args).items() if k not in ("save", "report_from")},
+            "sides": sides, "faults": faulted, "uptime": uptime, "uptime_end": uptime_end,
+            "elapsed": elapsed,
+        }))  # fmt: skip
+    text = report(args, sides, faulted, uptime, uptime_end, elapsed)
     print(text)
     if not args.no_write:
         write_section(HEADING, text)
@@ -619,6 +642,7 @@ def report(args, sides, faulted, uptime, uptime_end, elapsed) -> str:
     import jupyterhub
 
     machine = report_machine(f"jupyterhub {jupyterhub.__version__}", f"locust {version('locust')}")
+    commit = args.commit
     parts = [
         HEADING, "",
         "Goals: 0 failed requests; hub event-loop lag p99 under 100 ms, also while the users "
@@ -632,7 +656,8 @@ def report(args, sides, faulted, uptime, uptime_end, elapsed) -> str:
         "extension's endpoint. Loop lag: p99 of jupyterhub_event_loop_interval_seconds "
         "(bucket bound; 0.05 = no lag) while the users arrive / over the run. Peak MB: "
         "summed RSS per role, sampled every 0.5 s.", "",
-        f"Measured {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} on {machine}; the whole "
+        f"Measured {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} at commit {commit} on "
+        f"{machine}; the whole "
         f"bench took {elapsed / 60:.1f} min. `uptime` before: `{uptime}`; after: "
         f"`{uptime_end}`.", "",
     ]  # fmt: skip
