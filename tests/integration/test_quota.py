@@ -149,7 +149,7 @@ def test_quota_from_a_notebook(hub):
     first, *rest = out.splitlines()
     assert first == "sven default"
     assert rest[0].startswith("Quota of sven (account default): ok")
-    assert any(line.strip().startswith("cpu_hours:") for line in rest)
+    assert any(line.strip().startswith("CPU hours:") for line in rest)  # words (issue 14)
     hub.stop_server("sven")
 
 
