@@ -57,11 +57,14 @@ async def test_profile_from_the_environment_before_the_meter_sees_the_session(jp
 
 async def test_exhausted_says_when_this_session_stops(jp_fetch, quota):
     since = time.time() - 100
+    # The quota service says when (the meter's rule, quota.meter.stops_in): grace 300 s,
+    # at zero for 100 s.
     quota.me = balance(
         state="exhausted",
         exhausted_since=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(since)),
         running=[{"consumer": "lab:alice/@1", "source": "lab", "profile": "gpu-1",
-                  "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0}}],
+                  "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0},
+                  "stops_in_seconds": 200.04}],
     )  # fmt: skip
     quota.me["resources"]["gpu_hours"] = {
         "remaining": 0,
@@ -70,31 +73,19 @@ async def test_exhausted_says_when_this_session_stops(jp_fetch, quota):
     }
     body = await get_json(jp_fetch, "quota")
     assert body["session_stops"] is True
-    assert 195 <= body["stops_in_seconds"] <= 201  # grace 300 s, at zero for 100 s
+    assert body["stops_in_seconds"] == 200.0
 
 
 async def test_a_session_that_does_not_burn_the_empty_resource_keeps_running(jp_fetch, quota):
     quota.me = balance(
         state="exhausted",
         running=[{"consumer": "lab:alice/@1", "source": "lab", "profile": "cpu",
-                  "cost_per_hour": {"cpu_hours": 2.0, "gpu_hours": 0.0}}],
+                  "cost_per_hour": {"cpu_hours": 2.0, "gpu_hours": 0.0},
+                  "stops_in_seconds": None}],
     )  # fmt: skip
     quota.me["resources"]["gpu_hours"]["remaining"] = 0
     body = await get_json(jp_fetch, "quota")
     assert body["session_stops"] is False and body["stops_in_seconds"] is None
-
-
-@pytest.mark.parametrize("lab_config", [{"grace_seconds": None}])
-async def test_unknown_grace_period_gives_no_countdown(jp_fetch, quota, lab_config):
-    quota.me = balance(
-        state="exhausted",
-        running=[{"consumer": "lab:alice/@1", "source": "lab", "profile": "gpu-1",
-                  "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0}}],
-    )  # fmt: skip
-    quota.me["resources"]["gpu_hours"]["remaining"] = 0
-    body = await get_json(jp_fetch, "quota")
-    assert body["session_stops"] is True and body["stops_in_seconds"] is None
-    assert body["grace_seconds"] is None
 
 
 # --- the quota service down, slow or refusing --------------------------------------------

@@ -93,7 +93,7 @@ class QuotaService:
         if not self.config.quota_url:  # a site without quotas: nothing to show, no polling
             return {"enabled": False, "message": not_configured()}
         me = await self.get_json("me")
-        return {"enabled": True, **with_session(me, self.config, time.time())}
+        return {"enabled": True, **with_session(me, self.config)}
 
     async def newest_charges(self, now: float | None = None) -> list[dict]:
         """The newest `charges_shown` charges of this session's user, newest first."""
@@ -170,7 +170,7 @@ async def newest_in_windows(window: Callable, n: int) -> list[dict]:
     return rows
 
 
-def with_session(me: dict, config: ShangzhuangLab, now: float) -> dict:
+def with_session(me: dict, config: ShangzhuangLab) -> dict:
     """Add this session's view to GET me's answer (pure, for tests)."""
     prefix = f"lab:{config.user}/{config.server_name}@"
     mine = [r for r in me.get("running", []) if str(r.get("consumer", "")).startswith(prefix)]
@@ -178,16 +178,12 @@ def with_session(me: dict, config: ShangzhuangLab, now: float) -> dict:
     cost = entry.get("cost_per_hour") if entry else None
     profile = (entry or {}).get("profile") or config.profile or None
 
-    resources = me.get("resources", {})
-    empty = [
-        r for r, rb in resources.items() if rb.get("remaining") is not None and rb["remaining"] <= 0
-    ]
-    # The meter stops only the sessions that burn a resource at zero.
-    stops = me.get("state") == "exhausted" and any((cost or {}).get(r, 0) > 0 for r in empty)
-    stops_in = None
-    if stops and config.grace_seconds is not None:
-        since = _timestamp(me.get("exhausted_since")) or now
-        stops_in = max(0.0, round(config.grace_seconds - (now - since), 1))
+    # When the meter stops this session at zero: the quota service says so, by the meter's
+    # own rule (quota.meter.stops_in), for each running consumer.
+    stops_in = (entry or {}).get("stops_in_seconds")
+    stops = stops_in is not None
+    if stops:
+        stops_in = round(stops_in, 1)
     return {
         **me,
         "session": {"consumer": entry["consumer"] if entry else None, "profile": profile,
@@ -203,15 +199,6 @@ def _started_ms(consumer: str) -> int:
         return int(consumer.rsplit("@", 1)[1])
     except (IndexError, ValueError):
         return 0
-
-
-def _timestamp(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def status_for(code: int) -> int:

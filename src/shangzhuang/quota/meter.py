@@ -20,6 +20,20 @@ from shangzhuang.quota.ledger import Ledger
 log = logging.getLogger(__name__)
 
 
+def stops_in(balance, rates: dict[str, float], grace: float, now: float) -> float | None:
+    """The zero rule, in one place: a consumer that burns a resource at zero is stopped
+    `grace` seconds after its user's balance reached zero. Seconds until then (0: due
+    now), or None when it is not to be stopped. BALANCE: a ledger Balance."""
+    since = balance.exhausted_since
+    if balance.state != "exhausted" or since is None:
+        return None
+    empty = [r for r, rb in balance.resources.items() if rb.remaining is not None
+             and rb.remaining <= 0]  # fmt: skip
+    if not any(rates.get(r, 0) > 0 for r in empty):
+        return None
+    return max(0.0, grace - (now - since))
+
+
 @dataclass(frozen=True)
 class Running:
     """A consumer seen running: charged from `started` at `rates` (resource -> per hour)."""
@@ -162,11 +176,12 @@ class Meter:
             {u: b.state == "exhausted" for u, b in balances.items()}, now
         )
         for user, balance in balances.items():
-            if user not in since or now - since[user] < self.grace:
+            if user not in since:
                 continue
+            balance.exhausted_since = since[user]
             empty = [r for r, rb in balance.resources.items() if rb.remaining == 0]
             for r in by_user[user]:
-                if not any(r.rates.get(res, 0) > 0 for res in empty):
+                if stops_in(balance, r.rates, self.grace, now) != 0:
                     continue
                 reason = f"quota exhausted ({', '.join(empty)}) for {int(now - since[user])} s"
                 try:

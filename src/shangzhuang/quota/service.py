@@ -29,7 +29,7 @@ from shangzhuang.quota.alerts import Alerts, run_alerts
 from shangzhuang.quota.api_client import HUB_CLIENT
 from shangzhuang.quota.consumers import Consumer
 from shangzhuang.quota.ledger import Ledger, QuotaError, rates_of
-from shangzhuang.quota.meter import Meter
+from shangzhuang.quota.meter import Meter, stops_in
 from shangzhuang.quota.openapi import (
     BALANCE,
     BALANCE_PAGE,
@@ -89,6 +89,18 @@ class APIHandler(JSONHandler):
     def is_admin(self, model: dict) -> bool:
         return is_admin(model)
 
+    def balance(self, user: str) -> dict:
+        """The user's balance; each running consumer says when the meter stops it at zero
+        (`stops_in_seconds`, null: it does not), by the meter's own rule."""
+        now = time.time()
+        balance = self.ledger.balance(user, now)
+        answer = balance.as_dict()
+        for entry in answer["running"]:
+            entry["stops_in_seconds"] = stops_in(
+                balance, entry.get("cost_per_hour") or {}, self.site.quota.grace_seconds, now
+            )
+        return answer
+
     def is_hub(self, model: dict) -> bool:
         """Is the caller the hub itself (its token-only service, api_client.HUB_CLIENT)?"""
         return model.get("kind") == "service" and model.get("name") == HUB_CLIENT
@@ -143,14 +155,14 @@ class MeHandler(APIHandler):
     @operation("My balance", answer=BALANCE)
     def get(self):
         me = self.caller()
-        self.write_json(self.ledger.balance(me["name"]).as_dict())
+        self.write_json(self.balance(me["name"]))
 
 
 class UserHandler(APIHandler):
     @operation("A user's balance (self or admin)", answer=BALANCE)
     def get(self, name):
         self.self_or_admin(name)
-        self.write_json(self.ledger.balance(name).as_dict())
+        self.write_json(self.balance(name))
 
 
 class UserAccountHandler(APIHandler):
