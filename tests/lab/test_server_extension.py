@@ -28,9 +28,11 @@ async def refused(jp_fetch, path) -> HTTPClientError:
 # --- GET quota ---------------------------------------------------------------------------
 async def test_quota_is_get_me_with_this_sessions_part(jp_fetch, quota):
     mine = {"consumer": "lab:alice/@1700000000000", "source": "lab", "profile": "gpu-1",
-            "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0}}  # fmt: skip
+            "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0}, "server": "",
+            "started_ms": 1700000000000}  # fmt: skip
     other = {"consumer": "lab:alice/big@1700000005000", "source": "lab", "profile": "gpu-2",
-             "cost_per_hour": {"cpu_hours": 8.0, "gpu_hours": 2.0}}  # fmt: skip
+             "cost_per_hour": {"cpu_hours": 8.0, "gpu_hours": 2.0}, "server": "big",
+             "started_ms": 1700000005000}  # fmt: skip
     quota.me = balance(running=[other, mine])
     body = await get_json(jp_fetch, "quota")
     assert body["enabled"] is True
@@ -63,8 +65,8 @@ async def test_exhausted_says_when_this_session_stops(jp_fetch, quota):
         state="exhausted",
         exhausted_since=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(since)),
         running=[{"consumer": "lab:alice/@1", "source": "lab", "profile": "gpu-1",
-                  "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0},
-                  "stops_in_seconds": 200.04}],
+                  "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0}, "server": "",
+                  "started_ms": 1, "stops_in_seconds": 200.04}],
     )  # fmt: skip
     quota.me["resources"]["gpu_hours"] = {
         "remaining": 0,
@@ -80,8 +82,8 @@ async def test_a_session_that_does_not_burn_the_empty_resource_keeps_running(jp_
     quota.me = balance(
         state="exhausted",
         running=[{"consumer": "lab:alice/@1", "source": "lab", "profile": "cpu",
-                  "cost_per_hour": {"cpu_hours": 2.0, "gpu_hours": 0.0},
-                  "stops_in_seconds": None}],
+                  "cost_per_hour": {"cpu_hours": 2.0, "gpu_hours": 0.0}, "server": "",
+                  "started_ms": 1, "stops_in_seconds": None}],
     )  # fmt: skip
     quota.me["resources"]["gpu_hours"]["remaining"] = 0
     body = await get_json(jp_fetch, "quota")

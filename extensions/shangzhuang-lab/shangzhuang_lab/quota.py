@@ -172,9 +172,10 @@ async def newest_in_windows(window: Callable, n: int) -> list[dict]:
 
 def with_session(me: dict, config: ShangzhuangLab) -> dict:
     """Add this session's view to GET me's answer (pure, for tests)."""
-    prefix = f"lab:{config.user}/{config.server_name}@"
-    mine = [r for r in me.get("running", []) if str(r.get("consumer", "")).startswith(prefix)]
-    entry = max(mine, key=lambda r: _started_ms(r["consumer"]), default=None)
+    # GET me lists only this user's consumers; the service names each one's server.
+    mine = [r for r in me.get("running", [])
+            if r.get("source") == "lab" and r.get("server") == config.server_name]  # fmt: skip
+    entry = max(mine, key=lambda r: r.get("started_ms") or 0, default=None)
     cost = entry.get("cost_per_hour") if entry else None
     profile = (entry or {}).get("profile") or config.profile or None
 
@@ -192,13 +193,6 @@ def with_session(me: dict, config: ShangzhuangLab) -> dict:
         "session_stops": stops,
         "stops_in_seconds": stops_in,
     }  # fmt: skip
-
-
-def _started_ms(consumer: str) -> int:
-    try:
-        return int(consumer.rsplit("@", 1)[1])
-    except (IndexError, ValueError):
-        return 0
 
 
 def status_for(code: int) -> int:

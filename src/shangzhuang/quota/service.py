@@ -91,11 +91,15 @@ class APIHandler(JSONHandler):
 
     def balance(self, user: str) -> dict:
         """The user's balance; each running consumer says when the meter stops it at zero
-        (`stops_in_seconds`, null: it does not), by the meter's own rule."""
+        (`stops_in_seconds`, null: it does not), by the meter's own rule, and a session
+        its `server` and `started_ms` (so nobody parses consumer ids)."""
         now = time.time()
         balance = self.ledger.balance(user, now)
         answer = balance.as_dict()
         for entry in answer["running"]:
+            consumer = Consumer.parse(entry["consumer"])
+            if consumer.source != "job":  # a session: which server, started when (ms)
+                entry.update(server=consumer.server, started_ms=consumer.started_ms)
             entry["stops_in_seconds"] = stops_in(
                 balance, entry.get("cost_per_hour") or {}, self.site.quota.grace_seconds, now
             )
