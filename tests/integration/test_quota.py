@@ -313,3 +313,46 @@ def test_the_hub_never_waits_on_the_ledger(hub):
         locked.clear()
     assert loop_lags_over(hub, 0.5) == stalls, f"probes of the hub's API: max {max(probes):.2f} s"
     assert max(probes) < 2, probes  # generous on a busy machine; frozen, it was the lock's 3 s
+
+
+def test_the_quota_service_down_refuses_spawns_and_loses_no_charge(hub):
+    """The stated rule (quota/api_client.py, README "Quota"): with the quota service not
+    answering (frozen with SIGSTOP), a spawn is refused saying so (fail closed), and a stop
+    goes ahead, its exact end delivered once the service answers again (no charge lost)."""
+    import signal
+
+    import psutil
+
+    hub.new_user("otto")
+    token = hub.token_for("otto")
+    hub.spawn("otto", "cpu")
+    hub.wait_ready("otto")
+    (service,) = [p for p in psutil.Process(hub.proc.pid).children(recursive=True)
+                  if "shangzhuang.quota.service" in " ".join(p.cmdline())]  # fmt: skip
+    service.send_signal(signal.SIGSTOP)
+    frozen_at = time.time()
+    try:
+        r = hub.api("POST", "/users/otto/servers/more", json={"profile": "cpu"}, ok=None)
+        assert r.status_code == 503, r.text
+        assert "quota service is not answering" in r.json()["message"]
+        hub.stop_server("otto")  # its close waits in the hub's queue
+        stopped_by = time.time()
+    finally:
+        service.send_signal(signal.SIGCONT)
+
+    def closed() -> list:
+        rows = quota_api(hub, "GET", "/usage?user=otto", token).json()["records"]
+        me = quota_api(hub, "GET", "/me", token).json()
+        return rows if not me["running"] else []
+
+    rows = hub.wait(closed, timeout=60, what="otto's session closed in the ledger")
+    end = max(datetime_of(r["end"]) for r in rows)
+    # Charged to the hub's stop, after the refused spawn's 5 s wait: not to the meter's
+    # last mark before the freeze, where the meter alone would have closed it.
+    assert frozen_at + 4 <= end <= stopped_by, (frozen_at, end, stopped_by)
+
+
+def datetime_of(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -394,7 +394,19 @@ class Ledger:
     def close(self, consumer: str, end: float | None) -> None:
         """The consumer stopped at `end` (exact, from the spawner): charge up to it and close.
 
-        `end=None`: it died at an unknown time; close it at its last charged mark."""
+        `end=None`: it died at an unknown time; close it at its last charged mark.
+
+        An exact end that comes late (the hub's close queued while the quota service was
+        down) finds the consumer already closed by the meter at its last mark, as vanished:
+        it is charged on up to `end` all the same, so the outage loses no charge."""
+        if end is not None:
+            with self._write() as conn:
+                conn.execute(
+                    update(Consumer)
+                    .where(Consumer.id == consumer, Consumer.closed.is_(True),
+                           Consumer.charged_until < end)
+                    .values(closed=False)
+                )  # fmt: skip
         self.charge({consumer: end}, close=[consumer])
 
     def settle(self, jobs: list) -> int:

@@ -330,12 +330,19 @@ def test_close_without_an_end_charges_nothing_more(ledger):
     row = consumer_row(ledger, "c")
     assert row.closed and row.charged_until == T0 + 600
     assert charged_hours(ledger, "c") == pytest.approx(600 / H)
-    # Closed: nothing charges it again, whoever asks.
+    # Closed: the meter's charges and unknown ends charge it no more.
     assert ledger.charge({"c": T0 + 1200}) == 0
-    ledger.close("c", T0 + 1800)
     ledger.close("c", None)
     assert charged_hours(ledger, "c") == pytest.approx(600 / H)
     assert consumer_row(ledger, "c").charged_until == T0 + 600
+    # The hub's exact end, come late (queued while the quota service was down): charged up
+    # to it, once, however often it comes.
+    ledger.close("c", T0 + 1800)
+    ledger.close("c", T0 + 1800)
+    ledger.close("c", T0 + 900)
+    assert charged_hours(ledger, "c") == pytest.approx(1800 / H)
+    row = consumer_row(ledger, "c")
+    assert row.closed and row.charged_until == T0 + 1800
 
 
 def test_close_at_an_exact_end_charges_up_to_it(ledger):
