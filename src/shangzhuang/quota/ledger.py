@@ -398,13 +398,14 @@ class Ledger:
 
         An exact end that comes late (the hub's close queued while the quota service was
         down) finds the consumer already closed by the meter at its last mark, as vanished:
-        it is charged on up to `end` all the same, so the outage loses no charge."""
+        it is charged on up to `end` all the same, so the outage loses no charge. A job
+        settled from Slurm's accounting is not reopened: its charges are exact and final."""
         if end is not None:
             with self._write() as conn:
                 conn.execute(
                     update(Consumer)
                     .where(Consumer.id == consumer, Consumer.closed.is_(True),
-                           Consumer.charged_until < end)
+                           Consumer.reconciled.is_(False), Consumer.charged_until < end)
                     .values(closed=False)
                 )  # fmt: skip
         self.charge({consumer: end}, close=[consumer])
