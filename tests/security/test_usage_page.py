@@ -161,6 +161,9 @@ def test_requests_for_more_stay_in_their_account_and_nobody_decides_their_own(hu
             r = post_request(hub, who, f"requests/{rid}/{decision}", {"reason": "x"})
             assert r.status_code == 404, (decision, r.status_code, r.text)
     assert get(hub, "requests", uma).json()["to_decide"] == []
+    for odd in ("abc", "9999", "-1"):  # no such request: the same 404, never a 500
+        r = post_request(hub, mara, f"requests/{odd}/approve", {"reason": "x"})
+        assert r.status_code == 404, (odd, r.status_code, r.text)
 
     r = post_request(hub, mara, f"requests/{maras}/approve", {"reason": "mine"})
     assert r.status_code == 403, r.text

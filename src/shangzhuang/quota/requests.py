@@ -220,7 +220,7 @@ class DecideHandler(RequestsAccess):
     def post(self, rid, body: Decision):
         decision = self.decision
         me = self.caller()
-        req = self.requests.get(int(rid))
+        req = self.requests.get(int(rid)) if rid.isdigit() else None
         accounts, everyone = self.deciding_for(me)
         if req is None or not (everyone or req["account"] in accounts):
             # the same answer for "no such request" and "not yours to see": ids don't leak
