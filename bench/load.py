@@ -42,10 +42,12 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -254,6 +256,10 @@ class Workbench:
         return [x for x in r.json()["records"] if x["resource"] == "cpu_hours"]
 
     def cleanup(self) -> None:
+        if self.hub.log.exists():  # kept: what went wrong, when something did
+            kept = Path(tempfile.gettempdir()) / f"load-hub-{self.hub.port}.log"
+            shutil.copy(self.hub.log, kept)
+            log(f"  the hub's log: {kept}")
         try:
             if self.hub.proc and self.hub.proc.poll() is None:
                 try:
@@ -338,7 +344,8 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
         fault: str | None = None, pg=None, profile_hub: bool = False) -> dict:  # fmt: skip
     """Locust walks every user's journey once on a started hub; the figures of the run."""
     base = Path(workdir())
-    out = base / "requests.jsonl"
+    out = Path(tempfile.gettempdir()) / f"load-requests-{uuid.uuid4().hex[:6]}.jsonl"  # kept
+    log(f"  requests: {out}")
     config = base / "load.json"
     config.write_text(json.dumps({
         "url": side.url, "names": names, "rate": rate, "idle": idle, "extras": extras,
@@ -562,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", type=Path, help="also keep this run's results in a JSON file")
     ap.add_argument("--report-from", type=Path, nargs="+", metavar="JSON",
                     help="run nothing: write the section from runs kept with --save")  # fmt: skip
+    ap.add_argument("--notes", type=Path, help="with --report-from: what the figures mean, "
+                    "in markdown, at the section's end")  # fmt: skip
     args = ap.parse_args(argv)
     if args.report_from:  # e.g. the faults and the fifty users, measured one after the other
         kept = [json.loads(f.read_text()) for f in args.report_from]
@@ -570,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
                       [r for k in kept for r in k["faults"]],
                       kept[0]["uptime"], kept[-1]["uptime_end"],
                       sum(k["elapsed"] for k in kept))  # fmt: skip
+        if args.notes:
+            text = text.rstrip("\n") + "\n\n" + args.notes.read_text().strip() + "\n"
         print(text)
         if not args.no_write:
             write_section(HEADING, text)

@@ -17,8 +17,11 @@ it gone. Then:
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -133,3 +136,30 @@ def test_ten_users_while_the_quota_service_is_killed():
             # Never more than it ran (a second of slack for the clocks of the hub's
             # `started` and this process); less by at most one meter tick.
             assert -SAMPLE_SECONDS - 1 <= check["diff"] <= 1, (name, check, usage)
+
+
+def test_a_spawn_that_times_out_leaves_the_hub_running():
+    """Fifty arrivals on two cores: some Labs miss Spawner.start_timeout. JupyterHub then
+    stops the server; our spawner had already cleared its pid, and JupyterHub 6.1.1's stop
+    sent SIGINT to pid 0, the hub's own process group: the hub shut down (bench/load.py,
+    50 users). Here the Lab is a process that never listens, start_timeout is 5 s, and
+    no cgroup kills the Lab when its state is cleared (under load, that kill had not landed
+    yet when JupyterHub looked)."""
+    base = workdir()
+    default = Path(__file__).parents[2] / "hub_config" / "jupyterhub_config.py"
+    never = [sys.executable, "-c", "import time; time.sleep(600)"]  # JupyterHub's args ignored
+    (base / "jupyterhub_config.py").write_text(
+        default.read_text() + f"\nc.Spawner.start_timeout = 5\nc.Spawner.cmd = {never!r}\n"
+    )
+    with RunningHub(base, extra_toml='[backend.local.containment]\ncgroups = "off"\n') as hub:
+        hub.new_user("tardy", PASSWORD)
+        hub.spawn("tardy", "cpu", ok=None)  # 500 or 202: the start failed, or still fails
+        hub.wait(lambda: not hub.api("GET", "/users/tardy").json()["servers"], timeout=60,
+                 what="the timed-out server gone")  # fmt: skip
+        assert hub.proc.poll() is None, hub.tail()
+        assert requests.get(f"{hub.url}/hub/api", timeout=10).status_code == 200
+        assert "Received signal SIGINT" not in hub.log.read_text()
+        # And its Lab did not outlive the failed start.
+        account = f"{hub.prefix}tardy"
+        hub.wait(lambda: subprocess.run(["pgrep", "-u", account], capture_output=True)
+                 .returncode == 1, timeout=30, what="no process of tardy left")  # fmt: skip

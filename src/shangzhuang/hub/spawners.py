@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -581,6 +582,14 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
             await self._listening(ip, port)
             return ip, port
         except BaseException:
+            # A start cancelled by Spawner.start_timeout (fifty people arriving at once on
+            # two cores) may leave its Lab running: kill it now, while its pid is known.
+            # clear_state() sets the pid to 0, and JupyterHub 6.1.1 then stops a server
+            # still running with os.kill(0, SIGINT): the hub's own process group, which
+            # shut the hub down (bench/load.py, 50 users).
+            if self.proc is not None and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session (start_new_session)
+                await asyncio.to_thread(self.proc.wait)
             self.clear_state()
             raise
 
@@ -643,8 +652,10 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         return open(os.path.join(self.log_dir, name), "ab")
 
 
+# --comment is how the site's dashboard Prolog knows a Lab job (containment.LAB_JOB_COMMENT).
 SLURM_SCRIPT = """#!/bin/bash
 #SBATCH --job-name=shangzhuang-lab
+#SBATCH --comment=shangzhuang-lab
 #SBATCH --output={{homedir}}/.shangzhuang/slurm-lab-%j.log
 #SBATCH --chdir={{homedir}}
 #SBATCH --export={{keepvars}}
