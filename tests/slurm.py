@@ -12,6 +12,9 @@ reading the at-zero users from `at_zero_file` beside slurm.conf.
 `LocalSlurm(cgroups=True)`: proctrack/cgroup and task/cgroup with the shipped
 hub_config/examples/cgroup.conf (cores, memory, devices held inside each job; this host's
 cgroup v1 controllers at /sys/fs/cgroup/* serve, without systemd).
+`LocalSlurm(dashboards=True)`: the shipped hub_config/examples/dashboard-*.sh as Prolog,
+Epilog and TaskProlog (Lab jobs' dashboard ports kept to their owner by iptables; both
+nodes are this host, so the rules land in this host's iptables, chain SHANGZHUANG-SLURM).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +34,7 @@ APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
 EXAMPLES = Path(__file__).resolve().parents[1] / "hub_config/examples"
 SHIPPED_CGROUP_CONF = EXAMPLES / "cgroup.conf"
 SHIPPED_JOB_SUBMIT = EXAMPLES / "job_submit.lua"
+DASHBOARD_SCRIPTS = ("dashboard-prolog.sh", "dashboard-epilog.sh", "dashboard-task-prolog.sh")
 # Where the test hub's quota service writes its at-zero users (backend.slurm.at_zero_file,
 # tests/integration/hub.py): beside slurm.conf, which the shipped job_submit.lua reads.
 AT_ZERO_FILE = "quota-at-zero"
@@ -69,9 +74,10 @@ class LocalSlurm:
     memory_mb = 4000
     gpus_per_node = 2
 
-    def __init__(self, accounting: bool = False, cgroups: bool = False):
+    def __init__(self, accounting: bool = False, cgroups: bool = False, dashboards: bool = False):
         self.accounting = accounting
         self.cgroups = cgroups
+        self.dashboards = dashboards
         self.run = Path(tempfile.mkdtemp(prefix="sz-slurm-"))
         self.run.chmod(0o755)
         self.conf = self.run / "slurm.conf"
@@ -123,6 +129,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory,CR_LLN
 DefMemPerCPU=500
 {self._accounting_lines()}
+{self._dashboard_lines()}
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
 ReturnToService=2
@@ -148,6 +155,27 @@ PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP
         # The cgroup.conf a site ships (read from SLURM_CONF's folder by every slurmd).
         shutil.copy(SHIPPED_CGROUP_CONF, self.run / "cgroup.conf")
         return "ProctrackType=proctrack/cgroup\nTaskPlugin=task/cgroup"
+
+    def _dashboard_lines(self) -> str:
+        if not self.dashboards:
+            return ""
+        # The shipped scripts with this run's Python and a folder of this Slurm's own
+        # (job ids of two test Slurms on this host repeat).
+        for name in DASHBOARD_SCRIPTS:
+            text = (EXAMPLES / name).read_text()
+            for site, here in [
+                ("PYTHON=/opt/shangzhuang/bin/python3", f"PYTHON={sys.executable}"),
+                ("DASHBOARDS=/run/shangzhuang/dashboards", f"DASHBOARDS={self.dashboard_folder}"),
+            ]:
+                text = text.replace(site, here)
+            (self.run / name).write_text(text)
+            (self.run / name).chmod(0o755)
+        prolog, epilog, task = (self.run / name for name in DASHBOARD_SCRIPTS)
+        return f"Prolog={prolog}\nEpilog={epilog}\nTaskProlog={task}"
+
+    @property
+    def dashboard_folder(self) -> Path:
+        return self.run / "dashboards"
 
     def _accounting_lines(self) -> str:
         if not self.accounting:
@@ -303,4 +331,10 @@ StorageLoc=slurm_acct_db
                     p.wait()
         # Orphaned job steps of this Slurm (slurmstepd) must not outlive it.
         subprocess.run(["pkill", "-f", f"slurmstepd.*{self.run}"], check=False)
+        if self.dashboard_folder.is_dir():  # rules whose Epilog did not run (a killed slurmd)
+            from shangzhuang.hub.containment import slurm_epilog
+
+            for left in self.dashboard_folder.iterdir():
+                if not left.name.startswith("."):
+                    slurm_epilog(left.name, self.dashboard_folder)
         shutil.rmtree(self.run, ignore_errors=True)

@@ -191,7 +191,7 @@ max_workers = 100000
 
 @pytest.fixture(scope="module")
 def slurm_hub():
-    slurm = LocalSlurm()
+    slurm = LocalSlurm(dashboards=True)
     slurm.start()
     try:
         with RunningHub(
@@ -269,3 +269,30 @@ def test_growing_a_slurm_cluster_past_the_balance_is_refused_every_way(slurm_hub
     assert not [j for j in slurm.jobs() if j["user"] == f"{hub.prefix}paula"
                 and j["name"] != "shangzhuang-lab"]  # fmt: skip
     hub.stop_server("paula")
+
+
+@root_only
+def test_another_user_cannot_read_a_slurm_sessions_dashboard(slurm_hub):
+    """The Slurm Prolog/Epilog the site ships (hub_config/examples/dashboard-*.sh, set in
+    tests/slurm.py's slurm.conf) keeps a Lab job's block of ports to its owner. Both
+    virtual nodes are this host, so mallory's job shares alice's node's loopback."""
+    hub, slurm = slurm_hub
+    alice = hub.token_for("alice")
+    port = hub.run_code_keep(
+        "alice",
+        "from shangzhuang.cluster import cluster\n"
+        "board = cluster(workers=0)\n"
+        "print(board.scheduler.http_server.port)",
+        alice,
+    ).strip().splitlines()[-1]
+    # Mallory's Lab job, over TCP on the node's 127.0.0.1.
+    out = hub.run_code("mallory", READ_DASHBOARD.format(port=port))
+    assert out.split()[0] == "REFUSED", out
+    assert 61000 <= int(port) <= 65535, port  # in the block the prolog keeps to alice
+    # Alice reaches it under her own URL, through her Lab job's jupyter-server-proxy.
+    mine = requests.get(
+        f"{hub.user_url('alice')}proxy/{port}/info/main/workers.html",
+        headers={"Authorization": f"token {alice}"}, timeout=60,
+    )  # fmt: skip
+    assert mine.status_code == 200 and "Worker" in mine.text, mine.status_code
+    hub.run_code_keep("alice", "board.close()", alice)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -334,6 +336,53 @@ def test_a_dashboard_block_refuses_every_other_account(tmp_path):
         firewall.release(ports, 0)
     listed = subprocess.run(["iptables", "-S", firewall.chain], capture_output=True)
     assert listed.returncode != 0  # the chain went with its last rule
+
+
+@root_only
+def test_the_shipped_slurm_prolog_keeps_a_lab_jobs_dashboards_to_its_owner(request):
+    """hub_config/examples/dashboard-*.sh as slurmd runs them: as root with only Slurm's
+    variables (no PATH), the TaskProlog as the job's owner; on the real iptables."""
+    from shangzhuang.hub.containment import SLURM_CHAIN
+
+    # Not under tmp_path (root's 0700 folder): the job's owner reads its file in here.
+    top = Path(tempfile.mkdtemp(prefix="sz-dashboards-"))
+    request.addfinalizer(lambda: shutil.rmtree(top, ignore_errors=True))
+    top.chmod(0o755)
+    folder = top / "dashboards"
+    examples = Path(__file__).resolve().parents[2] / "hub_config/examples"
+
+    def run(script: str, job: str, comment: str = "", uid: int = 0) -> str:
+        text = (examples / script).read_text()
+        text = text.replace("PYTHON=/opt/shangzhuang/bin/python3", f"PYTHON={sys.executable}")
+        text = text.replace("DASHBOARDS=/run/shangzhuang/dashboards", f"DASHBOARDS={folder}")
+        env = {"SLURM_JOB_ID": job, "SLURM_JOB_UID": "65534", "SLURM_JOB_COMMENT": comment}
+        as_user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid else []
+        done = subprocess.run([*as_user, "/bin/sh", "-c", text], env=env, capture_output=True,
+                              text=True, timeout=60, check=True)  # fmt: skip
+        return done.stdout
+
+    def rules() -> str:
+        return subprocess.run(
+            ["iptables", "-S", SLURM_CHAIN], capture_output=True, text=True
+        ).stdout
+
+    job = f"9{os.getpid()}"  # not another test's job id
+    run("dashboard-prolog.sh", job, comment="a batch job of someone's")
+    assert not (folder / job).exists()  # not a Lab job: nothing reserved
+    run("dashboard-prolog.sh", job, comment="shangzhuang-lab")
+    try:
+        kept = folder / job
+        first, last = map(int, kept.read_text().split("-"))
+        assert (kept.stat().st_uid, kept.stat().st_mode & 0o777) == (65534, 0o400)
+        assert last - first == 7 and first >= 61000
+        [rule] = [r for r in rules().splitlines() if f"--dport {first}:{last} " in r]
+        assert rule.endswith("-m owner ! --uid-owner 65534 -j REJECT --reject-with tcp-reset")
+        exported = run("dashboard-task-prolog.sh", job, uid=65534)
+        assert exported == f"export SHANGZHUANG_DASHBOARD_PORTS={first}-{last}\n"
+    finally:
+        run("dashboard-epilog.sh", job)
+    assert not (folder / job).exists()
+    assert f"--dport {first}:{last} " not in rules()
 
 
 def home_page_notice(tmp_path, **host) -> tuple[str, dict]:

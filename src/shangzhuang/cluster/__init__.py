@@ -133,7 +133,8 @@ class WorkbenchCluster(SLURMCluster):
         options = kwargs.pop("scheduler_options", None)
         if options is None:
             options = dask.config.get("jobqueue.slurm.scheduler-options", None) or {}
-        kwargs["scheduler_options"] = {"dashboard_address": dashboard_address(), **options}
+        # Ours wins over the config's (the hub's says 127.0.0.1:0): the session's block if any.
+        kwargs["scheduler_options"] = {**options, "dashboard_address": dashboard_address()}
         # Workers on shared nodes would serve theirs on every interface, to anyone.
         extra = kwargs.pop("worker_extra_args", None)
         if extra is None:

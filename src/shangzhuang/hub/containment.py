@@ -27,6 +27,7 @@ The hub writes these files as root; sessions join their cgroup before exec.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -548,9 +549,7 @@ class DashboardFirewall:
 
     def reserve(self, uid: int) -> range:
         """A free block of dashboard ports, kept to `uid` from now on."""
-        PORTS_LOCK.parent.mkdir(parents=True, exist_ok=True)
-        with open(PORTS_LOCK, "a") as lock:  # no two hubs pick the same block at once
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with ports_lock():  # no two hubs (or Slurm prologs) pick the same block at once
             taken = reserved_ports()
             for start in range(DASHBOARD_PORTS.start, DASHBOARD_PORTS.stop, DASHBOARD_BLOCK):
                 block = range(start, min(start + DASHBOARD_BLOCK, DASHBOARD_PORTS.stop))
@@ -571,11 +570,21 @@ class DashboardFirewall:
 
     def release(self, ports: range, uid: int) -> None:
         """Drop the session's rule; the chain too once it is empty."""
-        _iptables("-D", self.chain, *self.rule(ports, uid), check=False)
-        listed = _iptables("-S", self.chain, check=False)
-        if listed.returncode == 0 and not listed.stdout.strip().splitlines()[1:]:
-            _iptables("-D", "OUTPUT", "-j", self.chain, check=False)
-            _iptables("-X", self.chain, check=False)
+        with ports_lock():  # the chain is not dropped while another process adds to it
+            _iptables("-D", self.chain, *self.rule(ports, uid), check=False)
+            listed = _iptables("-S", self.chain, check=False)
+            if listed.returncode == 0 and not listed.stdout.strip().splitlines()[1:]:
+                _iptables("-D", "OUTPUT", "-j", self.chain, check=False)
+                _iptables("-X", self.chain, check=False)
+
+
+@contextlib.contextmanager
+def ports_lock():
+    """Held while a block is picked or a rule dropped, by every hub and prolog here."""
+    PORTS_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(PORTS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def reserved_ports() -> set[int]:
@@ -585,3 +594,69 @@ def reserved_ports() -> set[int]:
         if line.startswith(f"-A {CHAIN_PREFIX}") and (m := re.search(r"--dport (\d+):(\d+)", line)):
             ports.update(range(int(m.group(1)), int(m.group(2)) + 1))
     return ports
+
+
+# --- the same for Slurm sessions: run by slurmd as root on each node ----------------------
+# A Lab session on the `slurm` backend is a Slurm job (SlurmSpawner marks it with the job
+# comment LAB_JOB_COMMENT); its dashboards listen on its node's 127.0.0.1. The site's
+# Prolog (hub_config/examples/dashboard-prolog.sh) calls `slurm-prolog`: a block of ports
+# kept to the job's owner by a rule in the chain SLURM_CHAIN, written to SLURM_DASHBOARDS/
+# JOBID (readable by the owner only); the TaskProlog (dashboard-task-prolog.sh) exports it
+# to the job as SHANGZHUANG_DASHBOARD_PORTS; the Epilog calls `slurm-epilog`: rule and
+# file go.
+LAB_JOB_COMMENT = "shangzhuang-lab"
+SLURM_CHAIN = CHAIN_PREFIX + "SLURM"
+SLURM_DASHBOARDS = Path("/run/shangzhuang/dashboards")
+
+
+def slurm_prolog(job: str, uid: int, folder: Path = SLURM_DASHBOARDS) -> range:
+    """Reserve a block of dashboard ports for Slurm job `job` of account `uid`."""
+    slurm_epilog(job, folder)  # a requeued job whose last epilog did not run
+    ports = DashboardFirewall(SLURM_CHAIN).reserve(uid)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)  # the owner's TaskProlog reads its own file in it
+    kept = folder / f".{job}.new"
+    kept.write_text(f"{ports.start}-{ports.stop - 1}\n")
+    os.chown(kept, uid, -1)
+    kept.chmod(0o400)
+    kept.rename(folder / job)
+    return ports
+
+
+def slurm_epilog(job: str, folder: Path = SLURM_DASHBOARDS) -> None:
+    """Give back job `job`'s block (nothing when it had none)."""
+    kept = folder / job
+    try:
+        first, _, last = kept.read_text().strip().partition("-")
+        uid = kept.stat().st_uid
+    except FileNotFoundError:
+        return
+    DashboardFirewall(SLURM_CHAIN).release(range(int(first), int(last) + 1), uid)
+    kept.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m shangzhuang.hub.containment slurm-prolog|slurm-epilog [--folder F]`,
+    from slurmd's Prolog/Epilog (SLURM_JOB_ID, SLURM_JOB_UID, SLURM_JOB_COMMENT)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m shangzhuang.hub.containment")
+    parser.add_argument("step", choices=["slurm-prolog", "slurm-epilog"])
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=SLURM_DASHBOARDS,
+        help="where each Lab job's block is written (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    job = os.environ["SLURM_JOB_ID"]
+    if args.step == "slurm-epilog":
+        slurm_epilog(job, args.folder)
+    elif os.environ.get("SLURM_JOB_COMMENT") == LAB_JOB_COMMENT:
+        ports = slurm_prolog(job, int(os.environ["SLURM_JOB_UID"]), args.folder)
+        print(f"job {job}: dashboard ports {ports.start}-{ports.stop - 1}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
