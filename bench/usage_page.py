@@ -13,9 +13,9 @@
    decide. p50 and p99 per request, in ms, proxy and the hub's auth included.
 3. Chromium (Playwright, /usr/bin/chromium): BROWSER_RUNS times, the admin opens the page
    already signed in: the time until the page says it has drawn everything it loads (its
-   `data-loaded` mark: every chart, every account's table and the estate), then picks the
-   period before and waits for the mark again. The admin's page loads each account's days,
-   burn and managers (ACCOUNTS accounts) one after the other: that is most of the time.
+   `data-loaded` mark: his own charts and the estate; an admin's account sections load when
+   opened), then picks the period before and waits for the mark again, then opens the
+   first account's section and waits until its figures are drawn.
 
 Writes its section of docs/benchmarks.md ("## Usage page (bench/usage_page.py)").
 """
@@ -87,7 +87,7 @@ def server_side(hub: RunningHub, account: str, n: int) -> dict[str, list[float]]
 def in_chromium(hub: RunningHub, runs: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, list[float]] = {"first render": [], "period change": []}
+    out: dict[str, list[float]] = {"first render": [], "period change": [], "an account": []}
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         context = b.new_context(viewport={"width": 1200, "height": 1400})
@@ -107,6 +107,12 @@ def in_chromium(hub: RunningHub, runs: int) -> dict[str, list[float]]:
             page.select_option("#sz-period", "1")
             page.wait_for_selector('main[data-loaded="1"]', state="attached", timeout=600_000)
             out["period change"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # an admin opens one account's section
+            page.locator("details.sz-account").first.locator("summary").click()
+            page.wait_for_selector(
+                'details.sz-account[data-loaded="1"]', state="attached", timeout=600_000
+            )
+            out["an account"].append(time.perf_counter() - t0)
         b.close()
     return out
 
@@ -142,6 +148,7 @@ def main() -> int:
     ]
     first = statistics.median(browser["first render"])
     change = statistics.median(browser["period change"])
+    opened = statistics.median(browser["an account"])
     estate = statistics.median(server["estate, this period"])
     section = "\n".join([
         HEADING,
@@ -154,14 +161,13 @@ def main() -> int:
         "|---|---|---|",
         *rows,
         "",
-        f"Chromium, median of {args.browser_runs}: the admin's page drawn (every account's "
-        f"days, burn and managers, the estate) in {first:.2f} s, a period change in "
-        f"{change:.2f} s. Goals: server side p50 under {SERVER_GOAL_MS:.0f} ms (the estate: "
+        f"Chromium, median of {args.browser_runs}: the admin's page drawn (his own days, the "
+        f"estate; the {args.accounts} accounts' sections closed) in {first:.2f} s, a period "
+        f"change in {change:.2f} s, one account's section opened and drawn in {opened:.2f} s. "
+        f"Goals: server side p50 under {SERVER_GOAL_MS:.0f} ms (the estate: "
         f"{'met' if estate < SERVER_GOAL_MS else 'missed'}), the page interactive under "
         f"{BROWSER_GOAL_S:.0f} s ("
-        + ("met)." if first < BROWSER_GOAL_S else
-           f"missed: the page asks for each of the {args.accounts} accounts' figures one "
-           "after the other)."),
+        + ("met)." if first < BROWSER_GOAL_S else "missed)."),
         "",
     ])  # fmt: skip
     print(section)

@@ -103,7 +103,7 @@ def test_a_manager_sees_the_account_and_sets_a_cap(hub, browser, artifacts):
         used = ledger_cpu_hours(hub, "uma") + ledger_cpu_hours(hub, "mara")
         assert sum(sum(v) for v in series["by_source"].values()) == pytest.approx(used, abs=1e-5)
         assert "lasts until it resets" in page.locator("#dry-physics").inner_text()
-        form = page.locator("section[data-account=physics] form.sz-cap")
+        form = page.locator("details[data-account=physics] form.sz-cap")
         form.locator("select[name=user]").select_option("uma")
         form.locator("select[name=resource]").select_option("cpu_hours")
         form.locator("input[name=hours]").fill("10")
@@ -185,7 +185,15 @@ def test_a_request_for_more_is_approved_and_her_page_shows_it(hub, browser, arti
 def test_an_admin_makes_a_manager_on_the_page(hub, browser):
     context, page = open_usage(browser, hub, ADMIN, hub.password_of_admin())
     try:
-        section = page.locator("section[data-account=physics]")
+        # an admin's page loads an account's figures only when its section is opened
+        section = page.locator("details[data-account=physics]")
+        assert section.get_attribute("data-loaded") is None
+        section.locator("summary").click()
+        page.wait_for_selector('details[data-account=physics][data-loaded="0"]', state="attached")
+        assert (
+            json.loads(section.locator(".sz-dry").get_attribute("data-burn"))["account"]
+            == "physics"
+        )
         shown = section.locator(".sz-managers")
         form = section.locator("form.sz-manager")
         form.locator("input[name=user]").fill("uma")
