@@ -535,6 +535,9 @@ class SlurmBackend(UnixAccounts):
     # Users at zero, rewritten by the quota service every meter tick, for Slurm's
     # job_submit.lua (hub_config/examples/) to hold their jobs at submit; None: not written.
     at_zero_file: PathStr | None = None
+    # The nodes run hub_config/examples/dashboard-*.sh (Prolog, Epilog, TaskProlog): Lab
+    # sessions' dashboards are kept to their owner. Off: the home page says they are not.
+    dashboard_prolog: bool = False
 
 
 class Backend(Section):

@@ -385,6 +385,25 @@ def test_the_shipped_slurm_prolog_keeps_a_lab_jobs_dashboards_to_its_owner(reque
     assert f"--dport {first}:{last} " not in rules()
 
 
+@pytest.mark.parametrize("prolog", [True, False])
+def test_the_home_page_says_when_slurm_sessions_dashboards_are_not_protected(tmp_path, prolog):
+    from shangzhuang.hub import SLURM_DASHBOARDS_OPEN
+    from shangzhuang.hub.config import Host, hub_config
+
+    site = parse_settings(
+        {
+            "hub": {"state_dir": str(tmp_path / "state")},
+            "quota": {"enabled": False},
+            "backend": {"kind": "slurm", "slurm": {"dashboard_prolog": prolog}},
+            "profiles": [{"name": "cpu", "cores": 1, "memory": "1G"}],
+        },
+        tmp_path / "site.toml",
+    )
+    config = hub_config(site, Host(is_root=True, cgroups="v1", iptables=True))
+    said = str(config["JupyterHub"]["template_vars"].get("announcement_home", ""))
+    assert (SLURM_DASHBOARDS_OPEN in said) == (not prolog), said
+
+
 def home_page_notice(tmp_path, **host) -> tuple[str, dict]:
     """What a root hub's home page says is not enforced, and its LocalSpawner config."""
     from shangzhuang.hub.config import Host, hub_config

@@ -95,6 +95,12 @@ DASHBOARDS_OPEN = N_(
     "here): any user of this machine can read the dashboard of another's cluster, its "
     "task stream, logs and call stacks included."
 )
+SLURM_DASHBOARDS_OPEN = N_(
+    "Dask dashboards of Slurm sessions on this hub are not protected "
+    "(backend.slurm.dashboard_prolog is off: the nodes do not run the shipped dashboard "
+    "prolog): any job on a session's node can read its dashboard, its task stream, logs and "
+    "call stacks included."
+)
 
 
 def configure(c, settings: Settings) -> None:

@@ -23,6 +23,7 @@ from shangzhuang.hub import (
     NOT_CONTAINED,
     NOT_ISOLATED,
     SESSION_LAUNCHER,
+    SLURM_DASHBOARDS_OPEN,
     dask_environment,
     home_quota,
     language,
@@ -382,6 +383,8 @@ def pages(settings: Settings, host: Host) -> dict:
             not_enforced.append(i18n.Message(DASHBOARDS_OPEN))
         if not_enforced:
             template_vars["announcement_home"] = i18n.sentences(not_enforced)
+    elif not settings.backend.slurm.dashboard_prolog:
+        template_vars["announcement_home"] = i18n.Message(SLURM_DASHBOARDS_OPEN)
     if settings.quota.enabled:
         template_vars["quota"] = home_quota(f"{quota_url(settings)}/services/quota/",
                                             host.quota_token)  # fmt: skip
