@@ -199,11 +199,13 @@ def affords_rates(ledger: Ledger, user: str, rates: dict[str, float]) -> dict:
     minutes = ledger.policy.min_minutes_to_spawn
     balance = ledger.balance(user)
     short = balance.can_afford(rates, minutes / 60)
-    fits = [
-        math.floor(max(0.0, left) / (rate * minutes / 60))
+    units = [
+        max(0.0, left) / per_unit
         for r, rate in rates.items()
-        if rate > 0 and minutes > 0 and (left := balance.remaining(r)) is not None
+        if (per_unit := rate * minutes / 60) > 0 and (left := balance.remaining(r)) is not None
     ]
+    # A rate so small that the balance pays for more units than a float holds limits nothing.
+    fits = [math.floor(n) for n in units if math.isfinite(n)]
     return {
         "user": user, "account": balance.account, "min_minutes": minutes,
         "affordable": not short, "short": {r: balance.remaining(r) for r in short},
