@@ -447,7 +447,13 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
                 pass  # no loop (a script): killed; stop() or the next start removes it
             self.cgroup = None
         if self.dashboard_ports is not None and self.dashboard_chain:
-            self.firewall.release(self.dashboard_ports, self.dashboard_uid)
+            # iptables (and the ports lock other hubs share) off the hub's event loop
+            release = (self.firewall.release, self.dashboard_ports, self.dashboard_uid)
+            try:
+                loop = asyncio.get_running_loop()
+                self._removals.add(loop.create_task(self._off_the_loop(*release)))
+            except RuntimeError:
+                release[0](*release[1:])  # no loop (a script)
         self.dashboard_ports = None
         for gpu in self.gpu_pool.release(self.owner):
             revoke_device(gpu)
@@ -481,11 +487,17 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
             self.log.warning("%s: not enforced here: %s", self.owner, "; ".join(left_out))
         self.cgroup, self.oom_kills_seen, self.memory_notice = cgroup, 0, ""
 
-    _removals: set = set()  # cgroup removals under way (kept referenced until done)
+    _removals: set = set()  # cgroup and port releases under way (kept referenced until done)
 
     async def _remove_cgroup(self, cgroup: SessionCgroup) -> None:
         try:
             await cgroup.remove()
+        finally:
+            self._removals.discard(asyncio.current_task())
+
+    async def _off_the_loop(self, fn, *args) -> None:
+        try:
+            await asyncio.to_thread(fn, *args)
         finally:
             self._removals.discard(asyncio.current_task())
 
