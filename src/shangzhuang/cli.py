@@ -282,6 +282,16 @@ def _apps_call(fn):
         sys.exit(2)
 
 
+def _say(message) -> str:
+    """A line for whoever runs `shangzhuang apps`: mostly users, in their session's terminal,
+    so in the session's language ($SHANGZHUANG_LANGUAGE, set by the hub), else $LANG's.
+    The operators' commands (up, check, quota, backup ...) stay English: their lines name
+    settings, paths and database URLs as the TOML and the logs spell them."""
+    from shangzhuang import i18n
+
+    return message.render(i18n.terminal_language())
+
+
 def cmd_apps_publish(args) -> int:
     from shangzhuang.apps.client import parse_share
     from shangzhuang.apps.snapshot import collect
@@ -295,10 +305,15 @@ def cmd_apps_publish(args) -> int:
             always_on=True if args.always_on else None,
         )
     )  # fmt: skip
-    print(f"published {app['owner']}/{app['name']} ({len(app['files'])} files): {app['full_url']}")
-    print(f"  who may view: {app['access']}")
+    from shangzhuang.i18n import Message, Plural
+
+    where, n = f"{app['owner']}/{app['name']}", len(app["files"])
+    done = Plural("published {app} ({n} file): {url}", "published {app} ({n} files): {url}", n,
+                  app=where, url=app["full_url"])  # fmt: skip
+    print(_say(done))
+    print(_say(Message("  who may view: {who}", who=app["access"])))
     if app.get("start_error"):
-        print(f"  not running yet: {app['start_error']}", file=sys.stderr)
+        print(_say(Message("  not running yet: {why}", why=app["start_error"])), file=sys.stderr)
     return 0
 
 
@@ -309,19 +324,24 @@ def cmd_apps_list(args) -> int:
     if args.json:
         print(json.dumps(listing, indent=1))
         return 0
-    for title, apps in (("Your apps", listing["owned"]), ("Shared with you", listing["shared"])):
-        print(f"{title}:")
+    from shangzhuang.i18n import Message
+
+    for title, apps in ((Message("Your apps:"), listing["owned"]),
+                        (Message("Shared with you:"), listing["shared"])):  # fmt: skip
+        print(_say(title))
         for a in apps:
-            state = "running" if a["running"] else "stopped"
+            state = _say(Message("running") if a["running"] else Message("stopped"))
             print(f"  {a['owner']}/{a['name']:<24} {state:<8} {a['access']:<30} {a['full_url']}")
         if not apps:
-            print("  (none)")
+            print(_say(Message("  (none)")))
     return 0
 
 
 def cmd_apps_unpublish(args) -> int:
     _apps_call(lambda: _apps_client(args).unpublish(args.name, owner=args.owner))
-    print(f"unpublished {args.name}")
+    from shangzhuang.i18n import Message
+
+    print(_say(Message("unpublished {name}", name=args.name)))
     return 0
 
 

@@ -95,6 +95,15 @@ def use(language: str, timezone: str | None = None) -> None:
         _timezone.set(timezone)
 
 
+def terminal_language() -> str:
+    """The language of a command run in a terminal: a session's ($SHANGZHUANG_LANGUAGE, set
+    by the hub), else the locale's ($LC_ALL, $LC_MESSAGES, $LANG: zh_CN.UTF-8 is 中文)."""
+    locale = next((os.environ[v] for v in ("LC_ALL", "LC_MESSAGES", "LANG") if os.environ.get(v)),
+                  "")  # fmt: skip
+    tag = locale.split(".")[0].replace("_", "-")  # zh_CN.UTF-8 -> zh-CN
+    return negotiate(tag, os.environ.get(ENVIRONMENT), "auto")
+
+
 def gettext(message: str) -> str:
     return translations(current()).gettext(message)
 

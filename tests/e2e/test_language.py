@@ -120,4 +120,11 @@ def test_sign_up_spawn_refusal_and_a_choice_that_sticks(hub, browser, artifacts)
     page.wait_for_url("**/hub/home")
     assert page.locator("#stop").inner_text() == "停止我的会话"
     assert (hub.state / "languages.json").read_text() == '{"lin": "zh_CN"}'
+    # She stops her session there: home.js (JupyterHub 6.1.1) then writes English into the
+    # start button ("Start My Server"); our home.html puts her words in its place.
+    page.locator("#stop").click()
+    start = page.locator("#start")
+    start.filter(has_text="启动我的会话").wait_for(timeout=60_000)
+    assert start.get_attribute("title") == "启动你的默认会话"
+    assert "Start" not in start.inner_text()
     other.close()

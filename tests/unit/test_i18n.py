@@ -432,3 +432,53 @@ def test_the_hubs_own_warnings_in_the_readers_language(tmp_path):
     page = render("home.html", "zh_CN", announcement_home=i18n.Message(hub_module.NOT_ISOLATED),
                   default_server=None, allow_named_servers=False, url="/user/alice/")  # fmt: skip
     assert "本 Hub 没有以 root 运行" in page
+
+
+def test_the_words_jupyterhubs_page_scripts_write_come_from_our_templates():
+    """home.js and the progress stream write JupyterHub's English after the page loads
+    (tests/e2e/test_language.py watches home.js's in Chromium); our templates hand the
+    pages' scripts the reader's words for them, and dates the script would say in English
+    ('3 hours ago') are written in the page instead."""
+    last = __import__("datetime").datetime(2026, 11, 30, 8, 0)  # the hub's naive UTC
+    spawner = SimpleNamespace(name="big", display_name="", last_activity=last, ready=False,
+                              active=False, pending=None)  # fmt: skip
+    user = SimpleNamespace(name="alice", admin=False, active=False, spawner=None,
+                           all_spawners=lambda include_default: [spawner],
+                           server_url=lambda name: f"/user/alice/{name}/")  # fmt: skip
+    named = {"named_servers": [], "named_server_limit_per_user": 0, "allow_named_servers": True}
+    home = render("home.html", "zh_CN", user=user, default_server=None, url="/", **named)
+    words = {"Start My Server": "启动我的会话", "Start your default server": "启动你的默认会话",
+             "Your server is stopping": "你的会话正在停止"}  # fmt: skip
+    for upstream, ours in words.items():
+        assert f"{json.dumps(upstream)}: {json.dumps(ours)}" in home
+    assert json.dumps("删除你的会话 {name}？") in home
+    assert 'class="time-col"' not in home and "11月30日 16:00" in home  # Beijing time
+    pending = render("spawn_pending.html", "zh_CN", progress_url="/p")
+    for upstream, ours in {"Server requested": "已请求启动会话",
+                           "Spawn failed": "会话未能启动。"}.items():  # fmt: skip
+        assert f"{json.dumps(upstream)}: {json.dumps(ours)}" in pending
+    assert json.dumps("你的会话已就绪：{url}") in pending
+
+
+def test_shangzhuang_apps_speaks_the_sessions_language(monkeypatch, capsys):
+    """`shangzhuang apps` is run by users in their session's terminal: its lines are in the
+    session's language, else the locale's. The apps service is stood in for by its listing
+    (tests/integration/test_apps.py runs the real one, in English)."""
+    from shangzhuang import cli
+
+    app = {"owner": "alice", "name": "demo", "running": True, "access": "vic",
+           "full_url": "http://alice.hub/user/alice/app-demo/"}  # fmt: skip
+    client = SimpleNamespace(list=lambda every: {"owned": [app], "shared": []})
+    monkeypatch.setattr(cli, "_apps_client", lambda args: client)
+    args = SimpleNamespace(all=False, json=False)
+    monkeypatch.setenv("LANG", "zh_CN.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    monkeypatch.delenv(i18n.ENVIRONMENT, raising=False)
+    cli.cmd_apps_list(args)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "我的应用：" and "运行中" in lines[1]
+    assert lines[2:] == ["与你共享的应用：", "  （无）"]
+    monkeypatch.setenv(i18n.ENVIRONMENT, "en")  # her session's choice wins over the locale
+    cli.cmd_apps_list(args)
+    assert capsys.readouterr().out.splitlines()[0] == "Your apps:"
