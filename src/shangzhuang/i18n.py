@@ -230,10 +230,13 @@ OWN_OFFSET = ""  # when(..., timezone=OWN_OFFSET): as the moment's own UTC offse
 
 
 def when(moment: datetime | str, language: str | None = None, timezone: str | None = None) -> str:
-    """A moment in the site's time zone: '12月1日 00:00' / '1 Dec, 00:00'."""
+    """A moment in the site's time zone: '12月1日 00:00' / '1 Dec, 00:00'. One without a
+    time zone is UTC (as JupyterHub's database keeps them)."""
     language = language or current()
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo("UTC"))
     if timezone != OWN_OFFSET:
         moment = moment.astimezone(ZoneInfo(timezone or _timezone.get()))
     locale = _babel_locale(language)

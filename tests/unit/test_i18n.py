@@ -453,6 +453,11 @@ def test_the_words_jupyterhubs_page_scripts_write_come_from_our_templates():
         assert f"{json.dumps(upstream)}: {json.dumps(ours)}" in home
     assert json.dumps("删除你的会话 {name}？") in home
     assert 'class="time-col"' not in home and "11月30日 16:00" in home  # Beijing time
+    token = SimpleNamespace(api_id="a1", note="n", scopes=[], last_activity=last,
+                            created=last, expires_at=None)  # fmt: skip
+    tokens = render("token.html", "zh_CN", api_tokens=[token], oauth_clients=[],
+                    token_expires_in_max_seconds=0)  # fmt: skip
+    assert "time-col" not in tokens and tokens.count("11月30日 16:00") == 2
     pending = render("spawn_pending.html", "zh_CN", progress_url="/p")
     for upstream, ours in {"Server requested": "已请求启动会话",
                            "Spawn failed": "会话未能启动。"}.items():  # fmt: skip
