@@ -564,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-users", type=int, default=10)
     ap.add_argument("--no-plain", action="store_true")
     ap.add_argument("--faults-only", action="store_true", help="skip the side-by-side runs")
+    ap.add_argument("--plain-only", action="store_true", help="only plain JupyterHub's run")
     ap.add_argument("--profile-hub", action="store_true", help="py-spy the workbench's hub")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--save", type=Path, help="also keep this run's results in a JSON file")
@@ -600,7 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     sides: list[dict] = []
     faulted: list[dict] = []
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    for make in () if args.faults_only else (Workbench, None if args.no_plain else Plain):
+    makers = (Workbench, None if args.no_plain else Plain)
+    if args.faults_only or args.plain_only:
+        makers = (Plain,) if args.plain_only else ()
+    for make in makers:
         if make is None:
             continue
         side = make()
