@@ -325,7 +325,11 @@ def inject(fault: str, wb: Workbench, pg) -> str:
         wb.hub.start(timeout=120)  # as systemd's Restart=always would, at once
         return "this script, at once (as a service manager)"
     if fault == "sqlite-lock":
-        db = sqlite3.connect(wb.hub.state / "quota.sqlite", isolation_level=None, timeout=60)
+        from shangzhuang.quota import ledger_file
+        from shangzhuang.settings import load_settings
+
+        ledger = ledger_file(load_settings(wb.hub.config))
+        db = sqlite3.connect(ledger, isolation_level=None, timeout=60)
         db.execute("BEGIN IMMEDIATE")
         time.sleep(LOCK_SECONDS)
         db.execute("COMMIT")

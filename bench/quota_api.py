@@ -4,7 +4,7 @@
         [--sessions 1000] [--small-records 10000] [--requests 500] [--warmup 50] [--ticks 11]
         [--profile] [--py-spy PATH] [--no-write]
 
-1. Seed. A quota database (state_dir/quota.sqlite, the file `open_ledger` uses) is created
+1. Seed. A quota database (ledger/quota.sqlite, the file `open_ledger` uses) is created
    with the project's own schema (shangzhuang.quota.db.make_engine + migrate), then filled
    with sqlite3 executemany in one transaction, before the hub starts: USERS members, assigned
    round-robin to ACCOUNTS accounts (declared in [quota.accounts.NAME] with allocations big
@@ -88,6 +88,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.integration.hub import RunningHub, workdir  # noqa: E402
 
+from shangzhuang.quota import ledger_file  # noqa: E402
 from shangzhuang.quota.consumers import Consumer  # noqa: E402
 from shangzhuang.quota.db import make_engine, migrate  # noqa: E402
 from shangzhuang.quota.ledger import Ledger, rates_of  # noqa: E402
@@ -664,7 +665,7 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     now = time.time()
     hub = RunningHub(workdir(), quota=quota_toml(account_names(args.accounts)))
-    big_db = hub.state / "quota.sqlite"
+    big_db = ledger_file(load_settings(hub.config))
     small_db = hub.base / "small" / "quota.sqlite"
     spy, spy_parts, api_notes, queries = "", {}, [], []
     try:

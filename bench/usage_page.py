@@ -38,6 +38,7 @@ from tests.integration.hub import ADMIN, RunningHub, workdir  # noqa: E402
 
 from quota_api import account_names, quota_toml, seed  # noqa: E402
 from report import machine, write_section  # noqa: E402
+from shangzhuang.quota import ledger_file  # noqa: E402
 from shangzhuang.settings import load_settings  # noqa: E402
 
 HEADING = "## Usage page (bench/usage_page.py)"
@@ -132,7 +133,7 @@ def main() -> int:
     try:
         settings = load_settings(hub.config)
         log(f"seeding {args.records:,} charge rows, {args.users:,} users")
-        seeded = seed(hub.state / "quota.sqlite", settings, args.users, args.records, time.time())
+        seeded = seed(ledger_file(settings), settings, args.users, args.records, time.time())
         log(f"seeded in {seeded['seconds']:.0f} s; starting the hub")
         hub.start(timeout=180)
         log(f"{args.requests} requests each")

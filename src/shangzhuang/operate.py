@@ -44,8 +44,9 @@ def _hide_password(url: str) -> str:
 
 def databases(settings: Settings) -> dict[str, str]:
     """The site's databases by the name their SQLite file has in a backup."""
-    from shangzhuang.quota import database_url
+    from shangzhuang.quota import database_url, move_ledger_out_of_state_folder
 
+    move_ledger_out_of_state_folder(settings)
     return {"jupyterhub.sqlite": settings.hub.db_url, "quota.sqlite": database_url(settings)}
 
 
@@ -146,7 +147,9 @@ def restore(settings: Settings, src: Path, say: Callable[[str], None] = print) -
     restored = []
     for name in manifest["files"]:
         if name in dbs:
-            copy_sqlite(src / name, _sqlite_file(dbs[name]))
+            path = _sqlite_file(dbs[name])
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the ledger's own
+            copy_sqlite(src / name, path)
         elif name == "apps.tar":
             apps.parent.mkdir(parents=True, exist_ok=True)
             with tarfile.open(src / name) as tar:

@@ -681,7 +681,7 @@ class QuotaAlerts(Section):
 class Quota(Section):
     enabled: bool = True
     period: Literal["monthly", "weekly", "none"] = "monthly"
-    database_url: str = ""  # empty: SQLite quota.sqlite in hub.state_dir; password: _file/_env
+    database_url: str = ""  # empty: SQLite ledger/quota.sqlite beside hub.state_dir (_file/_env)
     database_url_file: PathStr | None = None
     database_url_env: str | None = None
     port: int = Field(8082, ge=1, le=65535)  # the quota service, on 127.0.0.1

@@ -26,6 +26,7 @@ from shangzhuang.hub.signin import (
     _attempt,
     configure_signin,
 )
+from shangzhuang.quota import ledger_file
 from shangzhuang.settings import load_settings
 from tests.slapd import GROUPS, PEOPLE, ROOT_DN, Slapd, ensure_slapd, make_certificates
 
@@ -213,7 +214,8 @@ def test_a_user_moved_between_institutions_is_charged_to_the_new_one(hub, slapd)
 
 
 def test_login_goes_ahead_while_the_quota_database_is_locked(hub):
-    db = sqlite3.connect(hub.state / "quota.sqlite", timeout=1, isolation_level=None)
+    ledger = ledger_file(load_settings(hub.config))
+    db = sqlite3.connect(ledger, timeout=1, isolation_level=None)
     db.execute("BEGIN EXCLUSIVE")  # as a long write elsewhere would hold it
     try:
         started = time.monotonic()

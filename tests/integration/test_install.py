@@ -351,9 +351,10 @@ def test_login_spawn_and_quota_through_the_tls_front_end(site):
     assert quota.json()["user"] == "ann"
 
 
-def test_the_proxy_culler_and_apps_service_run_as_the_platform_account(site, monkeypatch):
-    """The hub stays root (it makes accounts and starts sessions as them), and so does the
-    quota service (docs/operating.md says why); the rest run as the platform's account."""
+def test_the_proxy_culler_and_services_run_as_the_platform_account(site, monkeypatch):
+    """The hub stays root (it makes accounts and starts sessions as them); the rest run as
+    the platform's account: the quota service too on this local backend, owning its ledger
+    (on Slurm it stays root: docs/operating.md says why)."""
     uid = pwd.getpwnam(site.account).pw_uid
     proxy = [p for p in psutil.Process(site.proxy.pid).children(recursive=True)
              if "configurable-http-proxy" in " ".join(p.cmdline())]  # fmt: skip
@@ -369,8 +370,14 @@ def test_the_proxy_culler_and_apps_service_run_as_the_platform_account(site, mon
     assert services == {
         "jupyterhub_idle_culler": (uid, uid, uid),
         "shangzhuang.apps.service": (uid, uid, uid),
-        "shangzhuang.quota.service": (0, 0, 0),
+        "shangzhuang.quota.service": (uid, uid, uid),
     }, services
+    # Its ledger, in a folder it owns beside the root-only state folder; nothing of root's
+    # there (the hub's schema check at start leaves no -wal/-shm behind).
+    ledger = site.state.parent / "ledger"
+    assert (ledger.stat().st_uid, ledger.stat().st_mode & 0o777) == (uid, 0o700)
+    assert {p.name: p.stat().st_uid for p in ledger.iterdir()}.get("quota.sqlite") == uid
+    assert all(p.stat().st_uid == uid for p in ledger.iterdir()), list(ledger.iterdir())
     # The apps service writes the registry as that account; the owner's group reads it
     # (her app server starts, as her), and so does the culler (its arbiter reads app.json).
     if "ann" not in [u["name"] for u in site.api("GET", "/users").json()]:
@@ -387,6 +394,16 @@ def test_the_proxy_culler_and_apps_service_run_as_the_platform_account(site, mon
     read = subprocess.run(["runuser", "-u", site.account, "--", "cat", str(record)],
                           capture_output=True, text=True, timeout=30)  # fmt: skip
     assert read.returncode == 0 and '"dial"' in read.stdout, read.stderr
+    # The quota service, as the account, opened ann's app in its ledger and charges it.
+    token = site.token_for("ann")
+
+    def charged() -> float:
+        usage = requests.get(f"{site.url}/services/quota/api/v1/usage?user=ann",
+                             headers={"Authorization": f"token {token}"}, timeout=30)  # fmt: skip
+        assert usage.status_code == 200, usage.text
+        return sum(r["amount"] for r in usage.json()["records"] if r["source"] == "app")
+
+    site.wait(lambda: charged() > 0, 120, "ann's app charged to her")
 
 
 def test_the_wheel_carries_its_default_config_tutorials_and_templates(site):

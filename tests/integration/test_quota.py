@@ -286,7 +286,11 @@ def test_the_hub_never_waits_on_the_ledger(hub):
     locked = threading.Event()
 
     def hold_lock(seconds: float) -> None:
-        ledger = sqlite3.connect(hub.state / "quota.sqlite", timeout=30, isolation_level=None)
+        from shangzhuang.quota import ledger_file
+        from shangzhuang.settings import load_settings
+
+        path = ledger_file(load_settings(hub.config))
+        ledger = sqlite3.connect(path, timeout=30, isolation_level=None)
         ledger.execute("BEGIN IMMEDIATE")  # the meter and the quota service's writes wait
         locked.set()
         try:

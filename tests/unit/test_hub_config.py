@@ -146,12 +146,16 @@ def test_services_and_their_roles(tmp_path, quota, apps, idle, names):
     assert "headers" not in tornado  # no HSTS on http
 
 
-def test_apps_service_and_culler_run_as_the_service_account_the_quota_service_as_root(tmp_path):
+def test_the_services_run_as_the_service_account_the_quota_service_on_slurm_as_root(tmp_path):
     s = settings(tmp_path, apps={"enabled": True})
     services = {x["name"]: x for x in hub_config(s, ROOT)["JupyterHub"]["services"]}
     assert services["apps"]["user"] == services["idle-culler"]["user"] == "sz"
-    assert services["apps"]["cwd"] == "/"  # not the hub's 0700 state folder
-    assert "user" not in services["quota"]
+    assert services["quota"]["user"] == "sz"  # local backend: it owns the ledger's folder
+    assert services["apps"]["cwd"] == services["quota"]["cwd"] == "/"  # not the 0700 state
+    # On Slurm it holds and cancels jobs (scontrol, scancel: root or a Slurm operator).
+    slurm = settings(tmp_path, backend="slurm", apps={"enabled": True})
+    services = {x["name"]: x for x in hub_config(slurm, ROOT)["JupyterHub"]["services"]}
+    assert "user" not in services["quota"] and services["apps"]["user"] == "sz"
     as_hub = hub_config(s, Host(is_root=True))["JupyterHub"]["services"]  # no such account
     assert not any("user" in service for service in as_hub)
 

@@ -103,12 +103,14 @@ def test_upgrade_db_from_the_last_release_backs_up_first_and_services_refuse_unt
     config = site(tmp_path / "etc")
     state = tmp_path / "etc" / "state"
     state.mkdir(mode=0o700)
-    ledger_file = state / "quota.sqlite"
-    old = last_release_ledger(ledger_file, tmp_path / "old")
+    old = last_release_ledger(state / "quota.sqlite", tmp_path / "old")  # where it was kept
+    ledger_file = tmp_path / "etc" / "ledger" / "quota.sqlite"  # where it is now
 
     # Whoever opens the ledger now is refused, told the command to run; nothing migrates.
+    # It moved out of the state folder first (issue 17: the quota service's account owns it).
     with pytest.raises(OutdatedSchema, match=r"Run `shangzhuang upgrade-db --config .*site\.toml`"):
         open_ledger(load_settings(config))
+    assert ledger_file.exists() and not (state / "quota.sqlite").exists()
     service = subprocess.run(
         [sys.executable, "-m", "shangzhuang.quota.service"],
         capture_output=True, text=True, timeout=60,
@@ -211,7 +213,7 @@ def test_up_on_the_embedded_default_upgrades_by_itself_and_says_so(tmp_path, mon
     text_out = out.getvalue()
     assert "Upgrading quota.sqlite to this version first (shangzhuang upgrade-db)" in text_out
     assert f"upgraded the quota database from revision {old} to {head_revision()}" in text_out
-    engine = make_engine(f"sqlite:///{state / 'quota.sqlite'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'etc' / 'ledger' / 'quota.sqlite'}")
     assert schema_revision(engine) == head_revision()
     engine.dispose()
     assert list((state / "backups").glob("pre-upgrade-*/quota.sqlite"))
@@ -256,6 +258,7 @@ def used_by_user(config: Path) -> dict[str, float]:
 def test_backup_while_the_meter_writes_then_restore_into_a_fresh_state_folder(tmp_path):
     config = site(tmp_path / "live")
     state = tmp_path / "live" / "state"
+    state.mkdir(mode=0o700)
     open_ledger(load_settings(config))  # the schema
     (state / "cookie_secret").write_bytes(os.urandom(32))
     (state / "cookie_secret").chmod(0o600)

@@ -117,17 +117,20 @@ def configure(c, settings: Settings) -> None:
     if settings.backend.kind == "slurm" and settings.backend.slurm.conf:
         os.environ["SLURM_CONF"] = str(settings.backend.slurm.conf)  # for the hub's own calls
     if settings.quota.enabled:
-        from shangzhuang.quota import open_ledger
+        from shangzhuang.quota import ledger_file, open_ledger
 
-        # The schema before the service starts; an older one stops the hub here, naming
-        # `shangzhuang upgrade-db` (quota.schema.OutdatedSchema).
-        open_ledger(settings)
+        # The schema before the service starts (and a ledger from the state folder moved
+        # out); an older one stops the hub here, naming `shangzhuang upgrade-db`
+        # (quota.schema.OutdatedSchema). Closed again: no -wal or -shm of root's stays.
+        open_ledger(settings).engine.dispose()
+        if quota_as_service_account(settings, host) and not settings.quota.url:
+            hand_over_folder(ledger_file(settings).parent, host.service_account, 0o700)
     if settings.quota.enabled or settings.apps.enabled:
         from shangzhuang.services import ADMIN_SCOPE_WITHHELD
 
         logging.getLogger("JupyterHub").addFilter(ADMIN_SCOPE_WITHHELD)  # a user's: INFO
     if settings.apps.enabled and host.service_account:
-        hand_over_apps_folder(settings, host.service_account)
+        hand_over_folder(settings.apps_folder, host.service_account, 0o711)  # as Registry
     apply(c, hub_config(settings, host))
 
 
@@ -142,17 +145,24 @@ def prepare_state(settings: Settings) -> None:
     os.chmod(state, 0o700)
 
 
-def hand_over_apps_folder(settings: Settings, account: str) -> None:
-    """The apps folder and what is in it owned by the account the apps service runs as
-    (groups kept: each owner's group reads their apps); 0711 as Registry makes it."""
+def hand_over_folder(folder: Path, account: str, mode: int) -> None:
+    """A service's folder (apps, ledger) and what is in it owned by the account the service
+    runs as (groups kept: each owner's group reads their apps); the folder gets MODE."""
     uid = pwd.getpwnam(account).pw_uid
-    folder = settings.apps_folder
     folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o711)
+    os.chmod(folder, mode)
     os.chown(folder, uid, -1)
     for root, dirs, files in os.walk(folder):
         for name in (*dirs, *files):
             os.lchown(os.path.join(root, name), uid, -1)
+
+
+def quota_as_service_account(settings: Settings, host) -> bool:
+    """The quota service runs as the platform's account on the local backend; on Slurm it
+    stays root: it holds and cancels jobs (scontrol, scancel: root or a Slurm operator).
+    A quota.database_url_file is root's to read: with one, the service stays root too."""
+    local = settings.backend.kind == "local"
+    return bool(host.service_account) and local and not settings.quota.database_url_file
 
 
 def service_account(settings: Settings, is_root: bool) -> str:

@@ -27,6 +27,7 @@ from shangzhuang.hub import (
     dask_environment,
     home_quota,
     language,
+    quota_as_service_account,
     services_on_the_hub_host,
     sign_in_on_the_hub_host,
 )
@@ -315,11 +316,14 @@ def services(settings: Settings, host: Host) -> dict:
             }
         )
     # The apps service and the culler need nothing of root: as root, they run as the
-    # platform's account, which owns the apps folder (configure's hand_over_apps_folder).
-    # The quota service stays root (docs/operating.md says why).
+    # platform's account, which owns the apps folder (configure's hand_over_folder). So
+    # does the quota service on the local backend (it owns the ledger's folder); on Slurm
+    # it stays root (quota_as_service_account, docs/operating.md say why).
     unprivileged = {"user": host.service_account, "cwd": "/"} if host.service_account else {}
     for service in listed:
-        if service["name"] == "apps":
+        if service["name"] == "apps" or (
+            service["name"] == "quota" and quota_as_service_account(settings, host)
+        ):
             service.update(unprivileged)
     # One idle culler: Lab sessions after hub.idle_timeout_seconds and, with apps, apps
     # after apps.idle_stop_seconds (always-on apps never), through its arbiter hook.
