@@ -646,13 +646,15 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         JupyterHub then finds it up at its first look; left to JupyterHub's own readiness
         poll (exponential backoff with jitter), a Lab that needs 2.5 s to start is found
         up to 2 s later than it was."""
+        tries = 0
         while self.proc is not None and self.proc.poll() is None:
             try:
                 _, writer = await asyncio.open_connection(ip, port)
             except OSError:
-                # 5 tries a second: at 50 Labs starting at once, 20 a second each kept the
-                # hub's loop busy (py-spy in bench/load.py) for ~50 ms sooner per spawn.
-                await asyncio.sleep(0.2)
+                # From 20 tries a second down to 5: at 50 Labs starting at once, 20 a second
+                # each kept the hub's loop busy (py-spy in bench/load.py).
+                await asyncio.sleep(min(0.2, 0.05 * 1.25**tries))
+                tries += 1
                 continue
             writer.close()
             return
