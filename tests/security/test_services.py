@@ -118,3 +118,33 @@ def test_admin_browser_is_an_admin_of_the_quota_service(hub):
         line for line in hub.log.read_text().splitlines() if "for user nadia, granting only" in line
     ]
     assert notices and all(line.startswith("[I ") for line in notices), notices
+
+
+def test_a_users_token_cannot_speak_for_the_hub_to_the_quota_service(hub):
+    """The quota service's hub-only calls (issue 16) are what meters sessions: a user (or code
+    in her session, which holds her token) who could call them would close her own sessions'
+    metering (free hours), move herself into a richer account's pool, set another user's
+    record apart, or open charges against someone else. Each is refused with 403, and a
+    user reads only her own spawn verdict. Seen red with `hub_only()` letting any caller
+    through."""
+    hub.new_user("victor")
+    hub.new_user("mallory")
+    api = f"{hub.url}/services/quota/api/v1"
+    mallory = {"Authorization": f"token {hub.token_for('mallory')}"}
+    attacks = [
+        ("/consumers/close", {"consumer": "lab:mallory/@1764500000000", "end": 1764500001}),
+        ("/consumers", {"consumer": "lab:victor/@1764500000000", "user": "victor",
+                        "profile": "cpu", "started": 1764500000}),
+        ("/users/mallory/account", {"groups": ["rich-institute"]}),
+        ("/users/victor/set-apart", {}),
+    ]  # fmt: skip
+    for path, body in attacks:
+        r = requests.post(api + path, json=body, headers=mallory, timeout=30)
+        assert r.status_code == 403, (path, r.status_code, r.text)
+    other = requests.get(f"{api}/users/victor/affordable", headers=mallory, timeout=30)
+    assert other.status_code == 403, other.text
+    assert requests.get(f"{api}/users/mallory/affordable", headers=mallory, timeout=30).ok
+    # victor's record was not set apart: he is still himself to the quota service
+    r = requests.get(f"{api}/users/victor", headers={"Authorization": f"token {hub.admin_token()}"},
+                     timeout=30)  # fmt: skip
+    assert r.ok and r.json()["user"] == "victor", r.text
