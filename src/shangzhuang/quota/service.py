@@ -217,28 +217,22 @@ def affords_rates(ledger: Ledger, user: str, rates: dict[str, float]) -> dict:
 def affordable(ledger: Ledger, site: Settings, user: str) -> dict:
     """The spawn rule, in one place: a profile starts only when the balance pays for it
     for `quota.min_minutes_to_spawn`; else a message that says what is left, what it
-    costs and when the quota resets."""
+    costs and when the quota resets (the hub's words, hub.form.quota_refusal: English in
+    this JSON, the reader's language where the hub shows it)."""
+    from shangzhuang.hub.form import quota_refusal
+
     minutes = ledger.policy.min_minutes_to_spawn
     balance = ledger.balance(user)
-    resets = balance.as_dict()["period"]["resets_at"]
-    when = f"Your quota resets at {resets} ({ledger.tz})" if resets else "This site has no reset"
-    profiles = {}
+    reply = {"user": user, "account": balance.account, "min_minutes": minutes,
+             "resets_at": balance.as_dict()["period"]["resets_at"], "profiles": {}}  # fmt: skip
     for profile in site.profiles:
-        rates = rates_of(profile)
-        short = balance.can_afford(rates, minutes / 60)
-        left = ", ".join(f"{balance.remaining(r):.2f} {r}" for r in short)
-        cost = " + ".join(f"{v:g} {r}" for r, v in rates.items() if v)
-        message = (
-            f"Not enough quota to start {profile.name}: {left} left in account "
-            f"{balance.account}. {profile.name} costs {cost} per hour and needs at least "
-            f"{minutes:g} minutes. {when}; an admin can grant more."
-        )
-        profiles[profile.name] = {
-            "affordable": not short, "short": {r: balance.remaining(r) for r in short},
-            "message": message if short else "",
-        }  # fmt: skip
-    return {"user": user, "account": balance.account, "min_minutes": minutes,
-            "resets_at": resets, "profiles": profiles}  # fmt: skip
+        short = balance.can_afford(rates_of(profile), minutes / 60)
+        terms = {"affordable": not short, "short": {r: balance.remaining(r) for r in short},
+                 "message": ""}  # fmt: skip
+        reply["profiles"][profile.name] = terms
+        if short:  # the Message's own value is its English text
+            terms["message"] = str.__str__(quota_refusal(profile, reply))
+    return reply
 
 
 class SetApartHandler(APIHandler):
