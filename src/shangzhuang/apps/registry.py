@@ -242,10 +242,9 @@ class Registry:
         owner_dir = self.folder / _owner_dir_name(owner)
         app_dir = self.app_dir(owner, name)
         # The owner (-1: kept) is whoever writes the registry: the apps service's account.
+        # Never through a link: as root, a link to /etc/shadow would hand its group out.
         for path in (owner_dir, app_dir):
-            os.chown(path, -1, gid)
+            os.chown(path, -1, gid, follow_symlinks=False)
         for root, dirs, names in os.walk(app_dir):
-            for d in dirs:
-                os.chown(os.path.join(root, d), -1, gid)
-            for n in names:
-                os.chown(os.path.join(root, n), -1, gid)
+            for n in (*dirs, *names):
+                os.chown(os.path.join(root, n), -1, gid, follow_symlinks=False)
