@@ -16,8 +16,11 @@ if [ "$(id -u)" = 0 ] && ! runuser -u nobody -- test -r "$PWD/pyproject.toml" 2>
     dir="$(dirname "$dir")"
   done
 fi
+# Two workers side by side: most of a test's time is spent waiting for a hub, a Lab, a
+# browser or Slurm, not computing. tests/conftest.py keeps each module on one worker and
+# the Slurm modules one after another. `-n 0` after these runs it all in one process.
 # The slowest tests, so that a CI log shows where its minutes went.
-.venv/bin/python -m pytest --durations=30 "$@"
+.venv/bin/python -m pytest -n 2 --dist loadgroup --durations=30 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: failing on purpose" >&2

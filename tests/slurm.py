@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.ports import worker_range
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server"]
 APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
 EXAMPLES = Path(__file__).resolve().parents[1] / "hub_config/examples"
@@ -55,9 +57,10 @@ def install() -> None:
 
 
 def _free_range(n: int) -> int:
-    """A base port with n free ports after it."""
+    """A base port with n free ports after it, in this pytest worker's range."""
+    ports = worker_range()
     for _ in range(200):
-        base = random.randint(20000, 40000)
+        base = random.randint(ports.start, ports.stop - n)
         try:
             for p in range(base, base + n):
                 with socket.socket() as s:

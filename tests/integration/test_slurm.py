@@ -18,7 +18,7 @@ from tests.slurm import LocalSlurm
 
 from .hub import RunningHub, workdir
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]  # one Slurm at a time
 
 PROFILES = """
 [[profiles]]
@@ -423,11 +423,17 @@ def test_each_run_of_a_requeued_job_is_charged_once(hub, slurm):
 
     hub.wait(lambda: sampled() >= 2, 60, "2 s of the first run sampled")
     slurm.cmd("scontrol", "requeue", job)
-    # Slurm holds a requeued job back for two minutes: once it is pending again, let it
-    # start again now.
-    hub.wait(lambda: slurm.cmd("squeue", "-h", "-j", job, "-o", "%T").strip() == "PENDING",
-             30, "the job pending again")  # fmt: skip
-    slurm.cmd("scontrol", "update", f"JobId={job}", "StartTime=now")
+    # Slurm holds a requeued job back for two minutes, and sets that hold only once the first
+    # run has finished completing (batch_requeue_fini): a StartTime=now sent earlier is undone.
+    # So let it start now, again, for as long as it waits for its begin time.
+    def restarted():
+        shown = slurm.cmd("squeue", "-h", "-j", job, "-o", "%T|%r").strip()
+        if shown == "PENDING|BeginTime":
+            slurm.cmd("scontrol", "update", f"JobId={job}", "StartTime=now")
+        # Not COMPLETING: that is the first run still ending.
+        return shown.split("|")[0] in ("RUNNING", "COMPLETED")
+
+    hub.wait(restarted, 60, "the requeued job running again")
 
     def runs():  # start, end, cpus of each run as Slurm's accounting has them
         out = slurm.cmd("sacct", "-n", "-X", "-P", "--duplicates", "-j", job,
