@@ -217,6 +217,25 @@ class Manager(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
+class GpuSample(Base):
+    """A GPU session's utilisation over `seconds` up to `at` (quota/utilisation.py): one
+    meter tick's reading while recent, an hour's mean once older (downsampled)."""
+
+    __tablename__ = "gpu_samples"
+    consumer: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[float] = mapped_column(Float, primary_key=True)
+    user: Mapped[str] = mapped_column(String(100))
+    seconds: Mapped[float] = mapped_column(Float)  # the time this row stands for
+    percent: Mapped[float] = mapped_column(Float)  # mean utilisation of the session's GPUs
+    peak: Mapped[float] = mapped_column(Float)  # the highest reading merged into the row
+    idle_seconds: Mapped[float] = mapped_column(Float)  # of `seconds`, under IDLE_PERCENT
+    memory_mib: Mapped[float | None] = mapped_column(Float, nullable=True)
+    __table_args__ = (
+        Index("ix_gpu_samples_user_at", "user", "at"),
+        Index("ix_gpu_samples_at", "at"),  # downsampling and pruning walk by time
+    )
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
     service both write)."""

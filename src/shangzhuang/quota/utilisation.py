@@ -1,0 +1,249 @@
+"""GPU utilisation of GPU sessions, as the platform reads it, kept at bounded size.
+
+Each meter tick records, per GPU session (a ledger `Consumer` id), the mean utilisation of
+the session's GPUs over the tick, read by the quota service from a source the session's
+user can't write: NVML on the node for the local backend, Slurm's GPU accounting for jobs
+(quota/sources.py). No API writes samples.
+
+Bounded size (the table `gpu_samples`, one row per consumer per sample):
+- for RAW_SECONDS (24 h) a row per tick (`quota.sample_seconds`, 15 s: 5,760 rows a
+  GPU session a day);
+- older ones are merged into one row per consumer per clock hour (the row at the hour's
+  start, holding its time-weighted mean, its peak and its seconds under IDLE_PERCENT);
+- rows older than KEEP_SECONDS (400 days) are deleted.
+So the table holds at most 24 h x 3,600 / sample_seconds rows per session running in the
+last day, plus one per session-hour of the last 400 days. `tidy` does both, a few hours
+of history at a time, from the meter's tick.
+
+`record`, `recent` and `idle_for` take a connection of the ledger's engine inside a
+transaction (`Ledger._write()` / `_read()`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sqlalchemy import case, delete, func, select
+from sqlalchemy.engine import Connection
+
+from shangzhuang.quota.db import Consumer, GpuSample, Watermark
+
+IDLE_PERCENT = 10.0  # a GPU-hour under this utilisation counts as idle (the efficiency)
+RAW_SECONDS = 24 * 3600.0  # samples younger than this stay one row per tick
+BUCKET_SECONDS = 3600.0  # older ones: one row per hour
+KEEP_SECONDS = 400 * 24 * 3600.0  # and none older than this
+HOURS_PER_TIDY = 6  # hours downsampled per tick at most: a tick after a long stop stays short
+DOWNSAMPLED = "gpu_samples_downsampled"  # watermark: hours before this are merged
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of one GPU session: mean utilisation (%) of its GPUs over `seconds`
+    up to `at`, and the GPU memory its GPUs use (MiB) where the source knows it."""
+
+    consumer: str
+    user: str
+    at: float
+    percent: float
+    seconds: float
+    memory_mib: float | None = None
+
+    def row(self) -> dict:
+        percent = min(100.0, max(0.0, float(self.percent)))
+        return {
+            "consumer": self.consumer, "user": self.user, "at": self.at,
+            "seconds": self.seconds, "percent": percent, "peak": percent,
+            "idle_seconds": self.seconds if percent < IDLE_PERCENT else 0.0,
+            "memory_mib": self.memory_mib,
+        }  # fmt: skip
+
+
+def _insert(conn: Connection):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(GpuSample.__table__)
+
+
+def record_many(conn: Connection, samples: list[Sample]) -> None:
+    """Keep these readings (a consumer's reading at a time it has one already: ignored)."""
+    if samples:
+        conn.execute(
+            _insert(conn).on_conflict_do_nothing(index_elements=["consumer", "at"]),
+            [s.row() for s in samples],
+        )
+
+
+def record(
+    conn: Connection,
+    consumer: str,
+    user: str,
+    t: float,
+    percent: float,
+    *,
+    seconds: float = 15.0,
+    memory_mib: float | None = None,
+) -> None:
+    """Keep one reading: `percent` mean utilisation of `consumer`'s GPUs over the
+    `seconds` up to `t` (the meter's interval)."""
+    record_many(conn, [Sample(consumer, user, t, percent, seconds, memory_mib)])
+
+
+def recent(conn: Connection, consumer: str, since: float) -> list[tuple[float, float]]:
+    """(time, percent) of the consumer's rows from `since` on, oldest first (an hourly row
+    of the older history stands at its hour's start)."""
+    rows = conn.execute(
+        select(GpuSample.at, GpuSample.percent)
+        .where(GpuSample.consumer == consumer, GpuSample.at >= since)
+        .order_by(GpuSample.at)
+    )
+    return [(r.at, r.percent) for r in rows]
+
+
+def idle_for(conn: Connection, consumer: str, threshold: float, now: float) -> float:
+    """Seconds the consumer's GPUs have been continuously under `threshold` % up to `now`:
+    from the oldest reading of the newest run of readings under it, to `now` but no further
+    than one interval past the newest reading. 0.0 when the newest reading is at or over
+    `threshold`, or there is none. Counted over the raw readings (the last RAW_SECONDS) only;
+    a gap in them longer than half an interval (the quota service was down) ends the run:
+    nobody saw the GPUs then."""
+    rows = conn.execute(
+        select(GpuSample.at, GpuSample.seconds, GpuSample.peak)
+        .where(
+            GpuSample.consumer == consumer,
+            GpuSample.at <= now,
+            GpuSample.at >= now - RAW_SECONDS,
+        )
+        .order_by(GpuSample.at.desc())
+    )
+    newest = start = None
+    for r in rows:
+        if r.peak >= threshold:
+            break
+        if start is not None and start.at - start.seconds > r.at + 0.5 * start.seconds:
+            break
+        newest = newest or r
+        start = r
+    if newest is None:
+        return 0.0
+    return max(0.0, min(now, newest.at + newest.seconds) - start.at)
+
+
+def tidy(conn: Connection, now: float) -> tuple[int, int]:
+    """Downsample the raw readings older than RAW_SECONDS to hourly rows (at most
+    HOURS_PER_TIDY hours per call) and delete rows older than KEEP_SECONDS. Returns
+    (raw rows merged, rows deleted)."""
+    cutoff = math.floor((now - RAW_SECONDS) / BUCKET_SECONDS) * BUCKET_SECONDS
+    mark = conn.execute(select(Watermark.value).where(Watermark.name == DOWNSAMPLED)).scalar()
+    if mark is None:  # first tidy: start at the oldest reading
+        oldest = conn.execute(select(func.min(GpuSample.at))).scalar()
+        if oldest is None:
+            return 0, 0
+        mark = math.floor(oldest / BUCKET_SECONDS) * BUCKET_SECONDS
+    mark = max(mark, math.floor((now - KEEP_SECONDS) / BUCKET_SECONDS) * BUCKET_SECONDS)
+    merged = 0
+    hour = mark
+    while hour < cutoff and hour < mark + HOURS_PER_TIDY * BUCKET_SECONDS:
+        merged += _merge_hour(conn, hour)
+        hour += BUCKET_SECONDS
+    conn.execute(_upsert_watermark(conn, hour))
+    pruned = conn.execute(delete(GpuSample).where(GpuSample.at < now - KEEP_SECONDS)).rowcount
+    return merged, pruned
+
+
+def _upsert_watermark(conn: Connection, value: float):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(Watermark.__table__).values(name=DOWNSAMPLED, value=value)
+    return stmt.on_conflict_do_update(index_elements=["name"], set_={"value": value})
+
+
+def _merge_hour(conn: Connection, hour: float) -> int:
+    """Replace the rows of [hour, hour + 1 h) by one row per consumer at `hour`."""
+    g = GpuSample
+    within = (g.at >= hour, g.at < hour + BUCKET_SECONDS)
+    seconds = func.sum(g.seconds)
+    memory_seconds = func.sum(case((g.memory_mib.is_not(None), g.seconds), else_=0.0))
+    rows = conn.execute(
+        select(
+            g.consumer, func.max(g.user).label("user"), func.count().label("n"),
+            seconds.label("seconds"), func.sum(g.percent * g.seconds).label("weighted"),
+            func.avg(g.percent).label("mean"), func.max(g.peak).label("peak"),
+            func.sum(g.idle_seconds).label("idle"),
+            func.sum(g.memory_mib * g.seconds).label("memory"),
+            memory_seconds.label("memory_seconds"),
+        ).where(*within).group_by(g.consumer)
+    ).all()  # fmt: skip
+    if not rows:
+        return 0
+    conn.execute(delete(g).where(*within))
+    conn.execute(
+        _insert(conn),
+        [
+            {
+                "consumer": r.consumer, "user": r.user, "at": hour, "seconds": r.seconds,
+                "percent": r.weighted / r.seconds if r.seconds else r.mean,
+                "peak": r.peak, "idle_seconds": r.idle,
+                "memory_mib": r.memory / r.memory_seconds if r.memory_seconds else None,
+            }
+            for r in rows
+        ],
+    )  # fmt: skip
+    return sum(r.n for r in rows)
+
+
+@dataclass
+class Efficiency:
+    """GPU-hours read by the sampler over a time, and how many of them were idle (under
+    IDLE_PERCENT): the efficiency figure is `idle_share`."""
+
+    gpu_hours: float = 0.0
+    idle_gpu_hours: float = 0.0
+    percent: float | None = None  # mean utilisation, weighted by GPU-seconds
+
+    @property
+    def idle_share(self) -> float | None:
+        return self.idle_gpu_hours / self.gpu_hours if self.gpu_hours > 0 else None
+
+    def as_dict(self) -> dict:
+        share = self.idle_share
+        return {
+            "gpu_hours": round(self.gpu_hours, 6),
+            "idle_gpu_hours": round(self.idle_gpu_hours, 6),
+            "idle_share": None if share is None else round(share, 4),
+            "percent": None if self.percent is None else round(self.percent, 2),
+        }
+
+
+def efficiency_by(
+    conn: Connection, key: str, start: float, end: float, names: list[str] | None = None
+) -> dict[str, Efficiency]:
+    """Sampled and idle GPU-hours in [start, end) per `key` ("user", "account" or
+    "consumer"): a row's seconds times its session's GPUs (the ledger's gpu_rate)."""
+    g, c = GpuSample, Consumer
+    column = {"user": g.user, "account": c.account, "consumer": g.consumer}[key]
+    gpu_seconds = g.seconds * c.gpu_rate
+    q = (
+        select(
+            column.label("name"), func.sum(gpu_seconds).label("total"),
+            func.sum(g.idle_seconds * c.gpu_rate).label("idle"),
+            func.sum(g.percent * gpu_seconds).label("weighted"),
+        )
+        .join(c, c.id == g.consumer)
+        .where(g.at >= start, g.at < end)
+        .group_by(column)
+    )  # fmt: skip
+    if names is not None:
+        q = q.where(column.in_(names))
+    out = {}
+    for r in conn.execute(q):
+        total = r.total or 0.0
+        out[r.name] = Efficiency(
+            gpu_hours=total / 3600, idle_gpu_hours=(r.idle or 0.0) / 3600,
+            percent=r.weighted / total if total else None,
+        )  # fmt: skip
+    return out
