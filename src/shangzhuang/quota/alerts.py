@@ -47,6 +47,11 @@ REQUEST_TEXT = (
 MAX_ATTEMPTS = 50
 
 
+def sends(config: QuotaAlerts) -> bool:
+    """Whether the site sends alerts at all: a webhook or an SMTP server is set."""
+    return bool(config.webhook_url or config.smtp_host)
+
+
 class Alerts:
     def __init__(self, ledger: Ledger, config: QuotaAlerts, timeout: float = 10):
         self.ledger = ledger
@@ -55,7 +60,7 @@ class Alerts:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.config.webhook_url or self.config.smtp_host)
+        return sends(self.config)
 
     # --- finding crossings -----------------------------------------------------------
     def limits(self, now: float) -> list[tuple[str, str, str, float, float]]:

@@ -18,6 +18,7 @@ from sqlalchemy import insert, or_, select, update
 from tornado import web
 
 from shangzhuang.i18n import Message
+from shangzhuang.quota.alerts import sends
 from shangzhuang.quota.db import Alert, QuotaRequest
 from shangzhuang.quota.ledger import Ledger, QuotaError
 from shangzhuang.quota.managers import managed_by
@@ -49,10 +50,15 @@ class RequestsQuery(Input):
 
 
 class Requests:
-    """The quota_requests table: asking, listing, deciding."""
+    """The quota_requests table: asking, listing, deciding.
 
-    def __init__(self, ledger: Ledger):
+    `alerting`: the site sends alerts (quota.alerts.sends). Without a webhook or an SMTP
+    server a request is on the usage page only: no alert row is queued for it, since none
+    would ever be sent (they piled up unsent)."""
+
+    def __init__(self, ledger: Ledger, alerting: bool = True):
         self.ledger = ledger
+        self.alerting = alerting
 
     def ask(self, user: str, resource: str, hours: float, reason: str, now: float | None = None):
         """Record `user`'s request and its alert to the managers; the request as a dict."""
@@ -77,13 +83,14 @@ class Requests:
                     reason=reason.strip(), created=now, state="open",
                 )
             ).inserted_primary_key[0]  # fmt: skip
-            conn.execute(
-                insert(Alert).values(
-                    period_start=self.ledger.period(now).start, kind=ALERT_KIND, name=account,
-                    resource=resource, threshold=float(rid), used=hours, total=0.0,
-                    created=now, sent=None, attempts=0,
-                )
-            )  # fmt: skip
+            if self.alerting:
+                conn.execute(
+                    insert(Alert).values(
+                        period_start=self.ledger.period(now).start, kind=ALERT_KIND,
+                        name=account, resource=resource, threshold=float(rid), used=hours,
+                        total=0.0, created=now, sent=None, attempts=0,
+                    )
+                )  # fmt: skip
         return self.get(rid)
 
     def get(self, rid: int) -> dict | None:
@@ -168,7 +175,7 @@ class RequestsAccess(APIHandler):
 
     @property
     def requests(self) -> Requests:
-        return Requests(self.ledger)
+        return Requests(self.ledger, alerting=sends(self.site.quota.alerts))
 
     def deciding_for(self, me: dict) -> tuple[list[str], bool]:
         """The accounts whose requests `me` decides, and whether that is every account."""

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from shangzhuang.quota.alerts import Alerts
+from shangzhuang.quota.alerts import Alerts, sends
 from shangzhuang.quota.ledger import QuotaError
 from shangzhuang.quota.requests import OPEN_PER_USER, Requests
+from shangzhuang.settings import QuotaAlerts
 from tests.unit.quota import test_alerts as kit
 from tests.unit.quota.test_alerts import T0, config, tick
 
@@ -68,3 +69,19 @@ def test_a_user_may_have_only_a_few_requests_open(managed):
         store.ask("bob", "cpu_hours", 1, f"ask {i}", now=T0 + i)
     with pytest.raises(QuotaError, match="waiting already"):
         store.ask("bob", "cpu_hours", 1, "one more", now=T0 + 9)
+
+
+def test_with_alerts_off_a_request_queues_no_alert(managed, smtp, webhook):
+    """A site without a webhook or SMTP server ([quota.alerts] unset) sends no alert, so a
+    request leaves no alert row waiting: they used to pile up unsent. The managers still
+    find it on the usage page, and once the site sets a channel, requests alert again."""
+    off = QuotaAlerts()
+    assert not sends(off)
+    asked = Requests(managed, alerting=sends(off)).ask("bob", "gpu_hours", 5, "a deadline", now=T0)
+    assert Alerts(managed, off).pending() == []
+    assert [r["id"] for r in Requests(managed).listed(accounts=["physics"])] == [asked["id"]]
+
+    on = config(smtp, webhook.url)
+    again = Requests(managed, alerting=sends(on)).ask("bob", "cpu_hours", 1, "more", now=T0 + 1)
+    assert tick(Alerts(managed, on), T0 + 60) == 1
+    assert [p["request"] for p in webhook.posts] == [again["id"]]
