@@ -609,6 +609,9 @@ class Profile(Section):
     description: str = ""
     partition: str = ""  # slurm backend: "" = backend.slurm.partition
     walltime: str = Field("", pattern=r"^$|" + WALLTIME)  # slurm: "" = backend.slurm.walltime
+    # Idle GPU reclaim (quota.reclaim): this profile's idle period instead of the site's;
+    # 0 = its sessions are never reclaimed.
+    reclaim_idle_seconds: float | None = Field(None, ge=0)
 
     @property
     def title(self) -> str:
@@ -678,6 +681,26 @@ class QuotaAlerts(Section):
         return self
 
 
+class QuotaReclaim(Section):
+    """Idle GPU reclaim (quota/reclaim.py): a GPU session whose GPUs all stay under
+    `idle_threshold_percent` for `idle_seconds` is warned (Lab, home page) and offered to
+    continue on `cpu_profile`; `grace_seconds` later it is stopped unless they got busy."""
+
+    idle_seconds: float = Field(0, ge=0)  # 0 = off (the default: sites turn it on)
+    idle_threshold_percent: float = Field(10, ge=0, le=100)
+    grace_seconds: float = Field(1800, ge=0)
+    cpu_profile: str = ""  # "continue on CPU" restarts on this; "" = the first without GPUs
+    exempt: list[str] = []  # hub users whose sessions are never reclaimed
+
+    @field_validator("exempt")
+    @classmethod
+    def _user_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip() or name != name.strip():
+                raise ValueError(f"{name!r} is not a hub user name")
+        return v
+
+
 class Quota(Section):
     enabled: bool = True
     period: Literal["monthly", "weekly", "none"] = "monthly"
@@ -693,6 +716,7 @@ class Quota(Section):
     accounts: dict[str, QuotaAccount] = {"default": QuotaAccount()}
     users: dict[str, QuotaUser] = {}
     alerts: QuotaAlerts = QuotaAlerts()
+    reclaim: QuotaReclaim = QuotaReclaim()
 
     @model_validator(mode="before")
     @classmethod
@@ -810,6 +834,29 @@ class Settings(Section):
         if self.apps.profile and self.apps.profile not in [p.name for p in self.profiles]:
             raise ValueError(f"apps.profile: {self.apps.profile!r} is not one of the profiles")
         return self
+
+    @model_validator(mode="after")
+    def _reclaim_cpu_profile(self) -> Settings:
+        reclaim = self.quota.reclaim
+        gpu_free = [p.name for p in self.profiles if p.gpus == 0]
+        if reclaim.cpu_profile and reclaim.cpu_profile not in gpu_free:
+            raise ValueError(
+                f"quota.reclaim.cpu_profile: {reclaim.cpu_profile!r} is not one of the "
+                f"profiles without GPUs ({', '.join(gpu_free) or 'there is none'})"
+            )
+        if reclaim.idle_seconds and not gpu_free:
+            raise ValueError(
+                "quota.reclaim.idle_seconds: idle GPU sessions continue on a profile without "
+                "GPUs, and no profile has gpus = 0: add one, or set idle_seconds = 0"
+            )
+        return self
+
+    @property
+    def reclaim_cpu_profile(self) -> Profile | None:
+        """The profile "continue on CPU" restarts a session on (None: no profile without GPUs)."""
+        name = self.quota.reclaim.cpu_profile
+        return next((p for p in self.profiles if p.gpus == 0 and (not name or p.name == name)),
+                    None)  # fmt: skip
 
     @property
     def apps_folder(self) -> Path:

@@ -236,6 +236,19 @@ class GpuSample(Base):
     )
 
 
+class ReclaimWarning(Base):
+    """A GPU session warned that its idle GPUs will be reclaimed (quota/reclaim.py): kept
+    here so that a restarted quota service keeps the clock."""
+
+    __tablename__ = "reclaim_warnings"
+    consumer: Mapped[str] = mapped_column(String(200), primary_key=True)
+    user: Mapped[str] = mapped_column(String(100), index=True)
+    idle_since: Mapped[float] = mapped_column(Float)
+    warned_at: Mapped[float] = mapped_column(Float)
+    stops_at: Mapped[float] = mapped_column(Float)
+    stopped_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
     service both write)."""

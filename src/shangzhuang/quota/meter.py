@@ -13,9 +13,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shangzhuang.quota.ledger import Ledger
+
+if TYPE_CHECKING:
+    from shangzhuang.quota.reclaim import Reclaim, ReclaimReport
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class TickReport:
     posted: int = 0  # journal rows this tick posted to the history
     post_seconds: float = 0.0
     seconds: float = 0.0  # the whole tick, posting included
+    reclaim: ReclaimReport | None = None  # idle GPU sessions warned, cleared, stopped
 
 
 class Meter:
@@ -82,8 +86,10 @@ class Meter:
         sources: list[UsageSource],
         grace_seconds: float,
         post_slices: int = 16,
+        reclaim: Reclaim | None = None,
     ):
         self.ledger = ledger
+        self.reclaim = reclaim  # idle GPU reclaim (quota/reclaim.py), when the site has it
         self.sources = {s.name: s for s in sources}
         self.grace = grace_seconds
         # Each tick posts the journal rows of the next 1/post_slices of the users (in name
@@ -134,6 +140,9 @@ class Meter:
         report.closed = len(gone)
 
         report.stopped = await self._enforce(seen, now)
+        if self.reclaim is not None:  # what enforcement stopped is not reclaimed too
+            running = {c: r for c, r in seen.items() if c not in report.stopped}
+            report.reclaim = await self.reclaim.tick(running, self.sources, now)
 
         t_settle = time.perf_counter()
         for source in sources:

@@ -1,0 +1,166 @@
+"""Idle GPU reclaim: a GPU session whose GPUs sit idle is warned, then stopped.
+
+The rule, in one place (`Reclaim.tick`, run by the meter's tick after the utilisation
+readings, quota/utilisation.py):
+- a Lab session on a profile with GPUs whose GPUs have all been under
+  `quota.reclaim.idle_threshold_percent` for its idle period (`quota.reclaim.idle_seconds`,
+  or the profile's `reclaim_idle_seconds`) is *warned*: the warning is kept in the ledger
+  (`reclaim_warnings`), so a restarted quota service keeps the clock, and the Lab and the
+  home page show it with "continue on CPU" (service.ContinueOnCpuHandler);
+- a warned session is *stopped* `quota.reclaim.grace_seconds` after the warning, if its
+  GPUs are still idle then;
+- a reading at or over the threshold since the warning (its GPUs got busy again) *clears*
+  the warning, and the idle period counts again from there.
+Users in `quota.reclaim.exempt`, profiles with `reclaim_idle_seconds = 0` and sessions of
+other sources (apps, Slurm jobs) are never touched. Readings come from where the user
+can't forge them (NVML read by the quota service); without readings nothing is reclaimed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, select, update
+
+from shangzhuang.quota import utilisation
+from shangzhuang.quota.db import ReclaimWarning
+from shangzhuang.quota.ledger import Ledger
+from shangzhuang.quota.meter import Running, UsageSource
+from shangzhuang.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SOURCE = "lab"  # reclaimed: Lab sessions (an app has its own idle stop; jobs end by themselves)
+
+
+def stop_reason(threshold: float, idle_seconds: float) -> str:
+    """What the stops record says (English, for operators; the pages say it translated
+    from the warning's figures)."""
+    return (
+        f"GPUs idle: under {threshold:g}% for {idle_seconds / 60:.0f} minutes, and still idle "
+        "at the end of the grace period"
+    )
+
+
+@dataclass(frozen=True)
+class IdleWarning:
+    """A GPU session warned that it will be stopped: idle since `idle_since`, warned at
+    `warned_at`, stopped at `stops_at` unless its GPUs get busy."""
+
+    consumer: str
+    user: str
+    idle_since: float
+    warned_at: float
+    stops_at: float
+    stopped_at: float | None = None
+
+    def as_dict(self, reclaim, now: float, iso: Callable[[float], str]) -> dict:
+        """For the API (balance's running entries): when and why, and where to go on."""
+        return {
+            "idle_since": iso(self.idle_since), "warned_at": iso(self.warned_at),
+            "stops_at": iso(self.stops_at),
+            "stops_in_seconds": round(max(0.0, self.stops_at - now), 1),
+            "threshold_percent": reclaim.idle_threshold_percent,
+            "idle_seconds": round(self.warned_at - self.idle_since),
+        }  # fmt: skip
+
+
+@dataclass
+class ReclaimReport:
+    warned: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+
+
+class Reclaim:
+    """Idle GPU reclaim under the site's `[quota.reclaim]` (see the module's docstring)."""
+
+    def __init__(self, ledger: Ledger, settings: Settings):
+        self.ledger = ledger
+        self.settings = settings
+        self.policy = settings.quota.reclaim
+
+    def idle_period(self, r: Running) -> float:
+        """Seconds of idle GPUs after which this session is warned; 0: never reclaimed."""
+        if r.source != SOURCE or r.rates.get("gpu_hours", 0) <= 0:
+            return 0.0
+        if r.user in self.policy.exempt:
+            return 0.0
+        try:
+            own = self.settings.profile(r.profile).reclaim_idle_seconds
+        except KeyError:  # a profile gone from the config since it started: the site's
+            own = None
+        return self.policy.idle_seconds if own is None else own
+
+    def warnings(self, user: str | None = None) -> dict[str, IdleWarning]:
+        """The warnings in force (a user's, or everyone's), by consumer."""
+        with self.ledger._read() as conn:
+            q = select(ReclaimWarning)
+            if user is not None:
+                q = q.where(ReclaimWarning.user == user)
+            return {w.consumer: _warning(w) for w in conn.execute(q)}
+
+    async def tick(
+        self, seen: dict[str, Running], sources: dict[str, UsageSource], now: float
+    ) -> ReclaimReport:
+        """Warn, clear and stop, for the consumers running now (`seen`)."""
+        report = ReclaimReport()
+        threshold = self.policy.idle_threshold_percent
+        watched = {c: r for c, r in seen.items() if self.idle_period(r) > 0}
+        with self.ledger._write() as conn:
+            known = {w.consumer: _warning(w) for w in conn.execute(select(ReclaimWarning))}
+            # Gone, exempted or no longer reclaimed: its warning goes.
+            dropped = [c for c in known if c not in watched]
+            due: list[IdleWarning] = []
+            for consumer, r in watched.items():
+                idle = utilisation.idle_for(conn, consumer, threshold, now)
+                warning = known.get(consumer)
+                if warning is None:
+                    if idle >= self.idle_period(r):
+                        warning = IdleWarning(consumer, r.user, now - idle, now,
+                                              now + self.policy.grace_seconds)  # fmt: skip
+                        conn.execute(ReclaimWarning.__table__.insert().values(
+                            **vars(warning)))  # fmt: skip
+                        report.warned.append(consumer)
+                elif self._busy_since(conn, consumer, warning.warned_at, threshold):
+                    dropped.append(consumer)
+                    report.cleared.append(consumer)
+                elif now >= warning.stops_at and warning.stopped_at is None and (
+                    self._idle_now(conn, consumer, threshold, now)
+                ):
+                    due.append(warning)
+            if dropped:
+                conn.execute(delete(ReclaimWarning).where(ReclaimWarning.consumer.in_(dropped)))
+        for warning in due:
+            r = watched[warning.consumer]
+            reason = stop_reason(threshold, warning.warned_at - warning.idle_since)
+            try:
+                await sources[r.source].stop(r.consumer, r.user, reason)
+            except Exception as e:  # the next tick tries again
+                log.error("could not stop idle GPU session %s of %s: %s", r.consumer, r.user, e)
+                continue
+            self.ledger.record_stop(r.user, r.consumer, reason, now)
+            with self.ledger._write() as conn:  # stopped once: the hub may list it a while yet
+                conn.execute(update(ReclaimWarning).where(
+                    ReclaimWarning.consumer == r.consumer).values(stopped_at=now))  # fmt: skip
+            report.stopped.append(r.consumer)
+            log.info("stopped %s of %s: %s", r.consumer, r.user, reason)
+        for consumer in report.warned:
+            log.info("warned %s: its GPUs are idle (reclaim)", consumer)
+        return report
+
+    @staticmethod
+    def _busy_since(conn, consumer: str, since: float, threshold: float) -> bool:
+        return any(p >= threshold for _t, p in utilisation.recent(conn, consumer, since))
+
+    def _idle_now(self, conn, consumer: str, threshold: float, now: float) -> bool:
+        """Read in the last two meter intervals, and idle: never stopped on old readings."""
+        fresh = utilisation.recent(conn, consumer, now - 2 * self.settings.quota.sample_seconds)
+        return bool(fresh) and all(p < threshold for _t, p in fresh)
+
+
+def _warning(row: ReclaimWarning) -> IdleWarning:
+    return IdleWarning(row.consumer, row.user, row.idle_since, row.warned_at, row.stops_at,
+                       row.stopped_at)  # fmt: skip

@@ -1,0 +1,223 @@
+"""Idle GPU reclaim's rule (quota/reclaim.py), on the real ledger and real utilisation
+readings (quota/utilisation.py), with a `FakeLab` source that records what it is told to
+stop (the hub is what the integration test brings: tests/integration/test_reclaim.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shangzhuang.quota import utilisation
+from shangzhuang.quota.meter import Meter, Running
+from shangzhuang.quota.reclaim import Reclaim
+from shangzhuang.settings import SettingsError, parse_settings
+
+T0 = 1_790_000_000.0
+TICK = 60.0
+
+
+def site(reclaim: dict | None = None, **gpu_profile):
+    return parse_settings({
+        "quota": {"sample_seconds": TICK, "reclaim": {
+            "idle_seconds": 600, "grace_seconds": 300, "idle_threshold_percent": 10,
+            "exempt": ["erin"], **(reclaim or {})}},
+        "profiles": [
+            {"name": "cpu", "cores": 2, "memory": "1G"},
+            {"name": "gpu", "cores": 4, "memory": "1G", "gpus": 1, **gpu_profile},
+            {"name": "gpu-long", "cores": 4, "memory": "1G", "gpus": 1,
+             "reclaim_idle_seconds": 3600},
+            {"name": "gpu-never", "cores": 4, "memory": "1G", "gpus": 1,
+             "reclaim_idle_seconds": 0},
+        ],
+    })  # fmt: skip
+
+
+class FakeLab:
+    """The meter's lab source: what runs is set by the test; stops are recorded."""
+
+    name = "lab"
+
+    def __init__(self):
+        self.sessions: list[Running] = []
+        self.stopped: list[tuple[str, str]] = []
+
+    async def running(self) -> list[Running]:
+        return list(self.sessions)
+
+    async def stop(self, consumer: str, user: str, reason: str) -> None:
+        self.stopped.append((consumer, reason))
+        self.sessions = [r for r in self.sessions if r.consumer != consumer]
+
+
+def gpu_session(user: str, profile: str = "gpu", gpus: float = 1.0) -> Running:
+    consumer = f"lab:{user}/@{int(T0 * 1000)}"
+    return Running(consumer, user, "lab", T0, {"gpu_hours": gpus, "cpu_hours": 4.0}, profile)
+
+
+class Clock:
+    """Ticks the meter every TICK seconds, recording each session's utilisation first
+    (what the NVML sampler does in the service)."""
+
+    def __init__(self, ledger, settings, lab: FakeLab):
+        self.ledger, self.lab, self.now = ledger, lab, T0
+        self.reclaim = Reclaim(ledger, settings)
+        self.meter = Meter(ledger, [lab], grace_seconds=300, reclaim=self.reclaim)
+        self.percent: dict[str, float] = {}
+
+    def run(self, seconds: float):
+        reports = []
+        end = self.now + seconds
+        while self.now < end:
+            self.now += TICK
+            with self.ledger._write() as conn:
+                for r in self.lab.sessions:
+                    if r.rates["gpu_hours"] > 0:
+                        utilisation.record(conn, r.consumer, r.user, self.now,
+                                           self.percent.get(r.user, 0.0), seconds=TICK)  # fmt: skip
+            reports.append(asyncio.run(self.meter.tick(self.now)).reclaim)
+        return reports
+
+
+@pytest.fixture
+def lab():
+    return FakeLab()
+
+
+def test_idle_gpu_session_is_warned_then_stopped_after_the_grace(ledger, lab):
+    lab.sessions = [gpu_session("alice")]
+    clock = Clock(ledger, site(), lab)
+    clock.run(600)  # the first reading is at T0 + 60: idle 540 s, not yet
+    assert clock.reclaim.warnings() == {}
+    clock.run(TICK)
+    (warning,) = clock.reclaim.warnings("alice").values()
+    assert warning.warned_at == T0 + 660 and warning.stops_at == T0 + 960
+    assert warning.idle_since == pytest.approx(T0 + 60)
+    clock.run(300 - TICK)
+    assert lab.stopped == []  # in the grace period
+    clock.run(TICK)
+    assert [c for c, _ in lab.stopped] == [gpu_session("alice").consumer]
+    assert "GPUs idle" in lab.stopped[0][1]
+    assert [s.reason for s in ledger.stops("alice")] == [lab.stopped[0][1]]
+
+
+def test_busy_again_clears_the_warning_and_the_period_starts_over(ledger, lab):
+    lab.sessions = [gpu_session("alice")]
+    clock = Clock(ledger, site(), lab)
+    clock.run(660)
+    assert clock.reclaim.warnings("alice")
+    clock.percent["alice"] = 85.0  # a training run starts in the grace period
+    (report,) = clock.run(TICK)
+    assert report.cleared == [gpu_session("alice").consumer]
+    assert clock.reclaim.warnings() == {}
+    clock.percent["alice"] = 2.0
+    clock.run(600)
+    assert clock.reclaim.warnings() == {} and lab.stopped == []  # idle again, from now
+    clock.run(TICK + 300)
+    assert len(lab.stopped) == 1
+
+
+def test_a_busy_gpu_session_is_never_warned(ledger, lab):
+    lab.sessions = [gpu_session("alice")]
+    clock = Clock(ledger, site(), lab)
+    clock.percent["alice"] = 40.0
+    reports = clock.run(2000)
+    assert not any(r.warned for r in reports) and lab.stopped == []
+
+
+def test_exempt_users_cpu_sessions_and_profiles_without_reclaim_are_left_alone(ledger, lab):
+    lab.sessions = [
+        gpu_session("erin"),  # quota.reclaim.exempt
+        gpu_session("carl", "cpu", gpus=0),  # no GPUs
+        gpu_session("nick", "gpu-never"),  # reclaim_idle_seconds = 0
+        Running("app:alice/app-demo@1", "alice", "app", T0, {"gpu_hours": 1.0}, "gpu"),
+    ]
+    clock = Clock(ledger, site(), lab)
+    clock.run(1200)
+    assert clock.reclaim.warnings() == {} and lab.stopped == []
+
+
+def test_a_profiles_own_period_replaces_the_sites(ledger, lab):
+    lab.sessions = [gpu_session("alice", "gpu-long")]
+    clock = Clock(ledger, site(), lab)
+    clock.run(1200)
+    assert clock.reclaim.warnings() == {}
+    clock.run(3600 - 1200 + TICK)
+    assert clock.reclaim.warnings("alice")
+
+
+def test_the_clock_survives_a_quota_service_restart(ledger, lab):
+    """The warning is in the ledger: a new Reclaim (a restarted service) stops on time,
+    once readings show the GPUs still idle."""
+    lab.sessions = [gpu_session("alice")]
+    clock = Clock(ledger, site(), lab)
+    clock.run(660)
+    before = clock.reclaim.warnings()
+    clock.now += 120  # down two minutes: no readings then
+    restarted = Clock(ledger, site(), lab)
+    restarted.now = clock.now
+    assert restarted.reclaim.warnings() == before
+    restarted.run(300 - 120 - TICK)
+    assert lab.stopped == []
+    restarted.run(TICK)
+    assert len(lab.stopped) == 1
+
+
+def test_not_stopped_without_fresh_readings(ledger, lab):
+    """Readings stopped (NVML gone): the warning stays, nothing is stopped on old ones."""
+    lab.sessions = [gpu_session("alice")]
+    clock = Clock(ledger, site(), lab)
+    clock.run(660)
+    assert clock.reclaim.warnings()
+    asyncio.run(clock.meter.tick(clock.now + 600))  # no reading since the warning
+    assert lab.stopped == []
+
+
+def test_a_stopped_session_is_stopped_once_and_its_warning_goes_with_it(ledger, lab):
+    session = gpu_session("alice")
+    lab.sessions = [session]
+    clock = Clock(ledger, site(), lab)
+    clock.run(960)
+    assert len(lab.stopped) == 1
+    lab.sessions = [session]  # the hub still lists it while it stops
+    clock.run(2 * TICK)
+    assert len(lab.stopped) == 1
+    lab.sessions = []
+    clock.run(TICK)
+    assert clock.reclaim.warnings() == {}
+
+
+def test_off_by_default(ledger, lab):
+    lab.sessions = [gpu_session("alice")]
+    clock = Clock(ledger, site({"idle_seconds": 0}), lab)
+    clock.run(3000)
+    assert clock.reclaim.warnings() == {} and lab.stopped == []
+
+
+@pytest.mark.parametrize(
+    "reclaim, profiles, problem",
+    [
+        ({"cpu_profile": "gpu"}, None,
+         "quota.reclaim.cpu_profile: 'gpu' is not one of the profiles without GPUs (cpu)"),
+        ({"idle_seconds": 60}, [{"name": "gpu", "cores": 1, "memory": "1G", "gpus": 1}],
+         "quota.reclaim.idle_seconds: idle GPU sessions continue on a profile without GPUs"),
+        ({"idle_threshold_percent": 101}, None, "quota.reclaim.idle_threshold_percent: "),
+        ({"exempt": [""]}, None, "quota.reclaim.exempt: '' is not a hub user name"),
+    ],
+)  # fmt: skip
+def test_settings_name_the_key_at_fault(reclaim, profiles, problem):
+    profiles = profiles or [{"name": "cpu", "cores": 1, "memory": "1G"},
+                            {"name": "gpu", "cores": 1, "memory": "1G", "gpus": 1}]  # fmt: skip
+    with pytest.raises(SettingsError) as e:
+        parse_settings({"quota": {"reclaim": reclaim}, "profiles": profiles})
+    assert any(p.startswith(problem) for p in e.value.problems), e.value.problems
+
+
+def test_profile_reclaim_period_must_not_be_negative():
+    with pytest.raises(SettingsError) as e:
+        site(reclaim_idle_seconds=-1)
+    assert e.value.problems[0].startswith("profiles[1].reclaim_idle_seconds:")
+
+
+def test_the_cpu_profile_is_the_first_without_gpus_unless_named():
+    assert site().reclaim_cpu_profile.name == "cpu"
