@@ -396,16 +396,29 @@ def test_a_spawn_refused_for_quota_says_what_is_left_and_when_it_resets():
     assert refusal == (
         "Not enough quota to start cpu: 0 CPU-hours left in account pku-physics. cpu costs "
         "2 CPU-hours per hour and needs at least 3 minutes. Your quota resets on 1 Dec, 00:00. "
-        "An admin can grant more."
+        "You can ask for more on the usage page, under “Ask for more”."
     )
     i18n.use("zh_CN", "Asia/Shanghai")
     try:
         assert str(refusal) == (
             "配额不足，无法启动 cpu：计费账户 pku-physics 剩余 0 CPU 核时。cpu 的用量为每小时 "
-            "2 CPU 核时，至少需要够用 3 分钟。你的配额将于 12月1日 00:00 重置。管理员可以追加配额。"
+            "2 CPU 核时，至少需要够用 3 分钟。你的配额将于 12月1日 00:00 重置。"
+            "你可以在用量页面的“申请追加配额”中申请更多配额。"
         )
     finally:
         i18n.use("en", "UTC")
+    # It names the usage page's request form by its heading, and the spawn page, where the
+    # refusal shows, links to that form, in either language.
+    asks = {"en": "You can ask for more on the usage page, under “Ask for more”.",
+            "zh_CN": "你可以在用量页面的“申请追加配额”中申请更多配额。"}  # fmt: skip
+    for language, ask in asks.items():
+        assert f"“{i18n.Message('Ask for more').render(language)}”" in ask  # the form's heading
+        html = render("spawn.html", language, url="/hub/spawn", spawner_options_form="",
+                      error_message=refusal, quota=QUOTA)  # fmt: skip
+        shown = visible_text(between(html, 'class="spawn-error-msg', "</p>"))
+        assert "cpu" in shown and shown.endswith(ask)
+        link = between(html, 'class="sz-ask-more', "</p>")
+        assert 'href="/services/quota/#request"' in link
 
 
 def test_slurm_queue_reasons_in_the_readers_language():

@@ -55,7 +55,8 @@ def _not_enough(short: dict[str, float]) -> Message:
 
 def quota_refusal(profile: Profile, reply: dict) -> Message:
     """A spawn refused for quota, from the quota service's answer (GET users/NAME/affordable):
-    what is left, what the profile costs, when the quota resets, in the reader's language."""
+    what is left, what the profile costs, when the quota resets, and where to ask for more
+    (the usage page's request form; the spawn page links to it), in the reader's language."""
     from datetime import datetime
 
     terms = reply["profiles"][profile.name]
@@ -68,7 +69,8 @@ def quota_refusal(profile: Profile, reply: dict) -> Message:
     )
     return Message(
         "Not enough quota to start {profile}: {left} left in account {account}. {profile} "
-        "costs {cost} and needs at least {minutes} minutes. {when} An admin can grant more.",
+        "costs {cost} and needs at least {minutes} minutes. {when} You can ask for more on "
+        "the usage page, under “Ask for more”.",
         profile=profile.name, left=left, account=reply["account"], cost=cost(profile),
         minutes=float(reply["min_minutes"]), when=when,
     )  # fmt: skip
