@@ -150,7 +150,7 @@ def main() -> int:
     first = statistics.median(browser["first render"])
     change = statistics.median(browser["period change"])
     opened = statistics.median(browser["an account"])
-    estate = statistics.median(server["estate, this period"])
+    missed = [what for what, ms in server.items() if statistics.median(ms) >= SERVER_GOAL_MS]
     section = "\n".join([
         HEADING,
         "",
@@ -165,8 +165,9 @@ def main() -> int:
         f"Chromium, median of {args.browser_runs}: the admin's page drawn (his own days, the "
         f"estate; the {args.accounts} accounts' sections closed) in {first:.2f} s, a period "
         f"change in {change:.2f} s, one account's section opened and drawn in {opened:.2f} s. "
-        f"Goals: server side p50 under {SERVER_GOAL_MS:.0f} ms (the estate: "
-        f"{'met' if estate < SERVER_GOAL_MS else 'missed'}), the page interactive under "
+        f"Goals: server side p50 under {SERVER_GOAL_MS:.0f} ms ("
+        f"{'met by every request' if not missed else 'missed by ' + ', '.join(missed)}), "
+        f"the page interactive under "
         f"{BROWSER_GOAL_S:.0f} s ("
         + ("met)." if first < BROWSER_GOAL_S else "missed)."),
         "",

@@ -67,6 +67,9 @@ class Charge(_ChargeColumns, Base):
     __table_args__ = (
         UniqueConstraint("start", "consumer", "resource", name="uq_charge_start_interval"),
         Index("ix_charges_user_start", "user", "start"),
+        # An account's charges in a window (the usage page's days and burn) without the rest
+        # of its history; the journal stays small enough to read whole.
+        Index("ix_charges_account_end", "account", "end"),
     )
 
 

@@ -170,7 +170,7 @@ def burn(ledger: Ledger, account: str, now: float | None = None) -> dict:
     now = time.time() if now is None else now
     period = ledger.period(now)
     names = members(ledger, account)
-    used = ledger.totals_used(period.start)
+    used = ledger.totals_used(period.start, users=names)
     balances = ledger.balances(names, now) if names else {}
     since = max(now - RATE_WINDOW, period.start) if period.resets else now - RATE_WINDOW
     hours = max((now - since) / 3600.0, 1.0)

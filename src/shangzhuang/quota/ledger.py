@@ -788,13 +788,18 @@ class Ledger:
                 q = q.where(Grant.period_start >= since_period)
             return list(conn.execute(q).all())
 
-    def totals_used(self, period_start: float) -> dict[tuple[str, str, str], float]:
+    def totals_used(
+        self, period_start: float, users: list[str] | None = None
+    ) -> dict[tuple[str, str, str], float]:
+        """(kind, name, resource) -> hours used in the period: every user's and account's,
+        or only these `users`' (a few rows of the key, not the whole period's)."""
+        q = select(Total.kind, Total.name, Total.resource, func.sum(Total.used)).where(
+            Total.period_start == period_start
+        )
+        if users is not None:
+            q = q.where(Total.kind == "user", Total.name.in_(users))
         with self._read() as conn:
-            rows = conn.execute(
-                select(Total.kind, Total.name, Total.resource, func.sum(Total.used))
-                .where(Total.period_start == period_start)
-                .group_by(Total.kind, Total.name, Total.resource)
-            )
+            rows = conn.execute(q.group_by(Total.kind, Total.name, Total.resource))
             return {(k, n, r): u for k, n, r, u in rows}
 
     # --- deleted users ---------------------------------------------------------------------

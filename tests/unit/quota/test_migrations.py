@@ -139,3 +139,36 @@ def test_downgrading_below_the_journal_posts_it_first(fresh):
     assert "journal" not in inspect(fresh).get_table_names()
     with fresh.connect() as conn:
         assert conn.execute(text("SELECT \"user\", amount FROM charges")).one() == ("ann", 1.0)
+
+
+def test_an_accounts_days_and_burn_read_its_charges_by_index(fresh, db_kind):
+    """Revision 0011: `ix_charges_account_end` exists, and on SQLite the usage page's query
+    for an account's charges (figures._charges, under its days and its burn) searches by
+    it, not through every charge by start (bench/usage_page.py: 501 ms at 1,000,000 rows)."""
+    from shangzhuang.quota import figures
+
+    migrate(fresh)
+    indexes = {i["name"]: i["column_names"] for i in inspect(fresh).get_indexes("charges")}
+    assert indexes["ix_charges_account_end"] == ["account", "end"]
+    if db_kind != "sqlite":
+        return  # PostgreSQL plans an empty table by scanning it: its plan says nothing here
+    ledger = Ledger(fresh, policy(), TZ)
+    asked: list[tuple[str, tuple]] = []
+
+    def record(conn, cursor, statement, parameters, *args):
+        if "FROM charges" in statement:
+            asked.append((statement, parameters))
+
+    event.listen(fresh, "before_cursor_execute", record)
+    try:
+        w = figures.window(ledger, 0)
+        figures.daily(ledger, w.start, w.end, account="physics")
+        figures.burn(ledger, "physics")
+    finally:
+        event.remove(fresh, "before_cursor_execute", record)
+    assert len(asked) == 2  # the days' charges, then the burn's last week
+    with fresh.connect() as conn:
+        for statement, parameters in asked:
+            plan = " ".join(r[-1] for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + statement, parameters))  # fmt: skip
+            assert "USING INDEX ix_charges_account_end (account=? AND end>?)" in plan, plan
