@@ -1,5 +1,6 @@
 """The Lab extension in a real browser through the real hub: the status bar shows exactly what
-the quota API says, the panel opens, an admin grant shows within one refresh, the quota
+the quota API says, the panel opens (its "Request more quota" leads to the usage page's
+form, where a request is sent), an admin grant shows within one refresh, the quota
 service going away shows as "quota unavailable" without a request storm, and the
 exhausted state and its notification show."""
 
@@ -154,6 +155,29 @@ def test_status_bar_panel_grant_and_outage(hub, browser, artifacts, mira):
         assert csv.ok and csv.text().startswith("consumer,user,account,resource,")
         assert {line.split(",")[1] for line in csv.text().splitlines()[1:]} == {"lena"}
         page.screenshot(path=str(artifacts / "lab-quota-panel.png"))
+
+        # "Request more quota" opens the usage page's request form on the hub's origin (a
+        # new tab, signed in by the hub); the request she sends there is the quota service's.
+        ask = panel.locator("a.sz-ask-more-link")
+        assert ask.get_attribute("href") == f"{hub.url}/services/quota/#request"
+        with context.expect_page() as opened:
+            ask.click()
+        usage = opened.value
+        form = usage.locator("#sz-ask")
+        form.wait_for(timeout=60_000)
+        assert usage.url == f"{hub.url}/services/quota/#request"
+        form.locator("select[name=resource]").select_option("gpu_hours")
+        form.locator("input[name=hours]").fill("2")
+        form.locator("input[name=reason]").fill("asked from Lab")
+        form.locator("button[type=submit]").click()
+        form.locator(".sz-ask-result").filter(has_text="Your request is sent").wait_for()
+        r = requests.get(
+            f"{hub.url}/services/quota/api/v1/requests",
+            headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+        )  # fmt: skip
+        asked = [(q["user"], q["resource"], q["hours"], q["reason"]) for q in r.json()["to_decide"]]
+        assert asked == [("lena", "gpu_hours", 2, "asked from Lab")]
+        usage.close()
 
         # An admin grant shows within one refresh period (and a bit for the request).
         r = requests.post(

@@ -138,6 +138,29 @@ async def test_a_site_without_quotas_is_not_an_error(jp_fetch, quota, lab_config
     assert quota.requests == []
 
 
+def test_the_usage_page_is_on_the_hubs_origin(monkeypatch):
+    """The panel's "Request more quota" opens the usage page's form on the hub's origin
+    (sessions have origins of their own): $JUPYTERHUB_HOST and $JUPYTERHUB_BASE_URL, as
+    JupyterHub gives every session; none without a quota service."""
+    from shangzhuang_lab.config import ShangzhuangLab
+
+    monkeypatch.setenv("JUPYTERHUB_HOST", "https://hub.example.org")
+    monkeypatch.setenv("JUPYTERHUB_BASE_URL", "/")
+    here = "http://127.0.0.1:9000/services/quota/"
+    assert ShangzhuangLab(quota_url=here).usage_url == "https://hub.example.org/services/quota/"
+    monkeypatch.setenv("JUPYTERHUB_BASE_URL", "/workbench/")
+    assert ShangzhuangLab(quota_url=here).usage_url == (
+        "https://hub.example.org/workbench/services/quota/"
+    )
+    assert ShangzhuangLab(quota_url="").usage_url == ""
+
+
+@pytest.mark.parametrize("lab_config", [{"usage_url": "https://hub.example.org/services/quota/"}])
+async def test_quota_says_where_to_ask_for_more(jp_fetch, quota, lab_config):
+    body = await get_json(jp_fetch, "quota")
+    assert body["usage_url"] == "https://hub.example.org/services/quota/"
+
+
 # --- GET usage: the newest ten charges ---------------------------------------------------
 def charges_every(seconds: float, count: int, end: float, user: str = "alice") -> list[Charge]:
     return [

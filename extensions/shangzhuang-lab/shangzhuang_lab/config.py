@@ -25,6 +25,22 @@ class ShangzhuangLab(Configurable):
     def _quota_url(self) -> str:
         return os.environ.get("SHANGZHUANG_QUOTA_URL", "")
 
+    usage_url = Unicode(
+        help="""The quota service's usage page as the user's browser reaches it; the panel's
+        "Request more quota" opens its request form (#request) in a new tab, where the
+        hub's sign-in and the page's XSRF token guard the request.
+
+        Default: $JUPYTERHUB_HOST (the hub's origin; sessions have origins of their own)
+        and $JUPYTERHUB_BASE_URL, then services/quota/; empty without a quota service.""",
+    ).tag(config=True)
+
+    @default("usage_url")
+    def _usage_url(self) -> str:
+        if not self.quota_url:
+            return ""
+        base = os.environ.get("JUPYTERHUB_BASE_URL") or "/"
+        return os.environ.get("JUPYTERHUB_HOST", "") + base.rstrip("/") + "/services/quota/"
+
     api_token = Unicode(
         help="""Token sent to the quota service. Default: $JUPYTERHUB_API_TOKEN, the
         session's own hub token (its scopes include access to the quota service).""",

@@ -93,7 +93,9 @@ class QuotaService:
         if not self.config.quota_url:  # a site without quotas: nothing to show, no polling
             return {"enabled": False, "message": not_configured()}
         me = await self.get_json("me")
-        return {"enabled": True, **with_session(me, self.config)}
+        # where the panel's "Request more quota" leads (the usage page's form)
+        usage = {"usage_url": self.config.usage_url}
+        return {"enabled": True, **with_session(me, self.config), **usage}
 
     async def newest_charges(self, now: float | None = None) -> list[dict]:
         """The newest `charges_shown` charges of this session's user, newest first."""

@@ -94,6 +94,8 @@ export interface IQuotaInfo {
   session_stops: boolean;
   /** Seconds until this session is stopped (when `session_stops`; null when unknown). */
   stops_in_seconds: number | null;
+  /** The usage page on the hub's origin ("" when unknown): its #request form asks for more. */
+  usage_url?: string;
 }
 
 export interface ICharge {

@@ -198,6 +198,9 @@ export class QuotaPanel extends Widget {
 
     node.appendChild(this.renderSession(info));
     node.appendChild(this.renderLimits(info));
+    if (info.usage_url && limitedResources(info).length) {
+      node.appendChild(this.renderAskMore(info.usage_url));
+    }
     node.appendChild(this.renderGpus());
     node.appendChild(this.renderCharges());
   }
@@ -267,6 +270,21 @@ export class QuotaPanel extends Widget {
       block.appendChild(el('div', 'sz-time-to-empty', burn));
       section.appendChild(block);
     }
+    return section;
+  }
+
+  /** The usage page's request form, in a new tab on the hub's origin: the hub signs the
+   * user in there and the page's XSRF token guards the request (nothing is posted from Lab). */
+  private renderAskMore(usageUrl: string): HTMLElement {
+    const section = el('section', 'sz-ask-more');
+    const link = el('a', 'sz-ask-more-link', this.trans.__('Request more quota'));
+    link.href = `${usageUrl}#request`;
+    link.target = '_blank';
+    link.rel = 'noopener noreferrer';
+    link.title = this.trans.__(
+      "Opens the usage page's request form: your account's managers and the admins decide."
+    );
+    section.appendChild(link);
     return section;
   }
 
