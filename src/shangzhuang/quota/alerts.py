@@ -114,7 +114,8 @@ class Alerts:
             )
 
     # --- delivering ------------------------------------------------------------------
-    def message(self, a) -> dict:
+    def message(self, a) -> dict | None:
+        """What alert `a` says; None for a request no longer waiting for a decision."""
         if a.kind == "request":
             return self.request_message(a)
         fields = {
@@ -129,11 +130,14 @@ class Alerts:
             "subject": (POOL_SUBJECT if a.kind == "account" else CAP_SUBJECT).format(**fields),
         }  # fmt: skip
 
-    def request_message(self, a) -> dict:
-        """A request for more hours (quota/requests.py; its alert's threshold is its id)."""
+    def request_message(self, a) -> dict | None:
+        """A request for more hours (quota/requests.py; its alert's threshold is its id);
+        None once it is decided: nobody needs asking any more."""
         from shangzhuang.quota.requests import Requests  # it builds on the service's handlers
 
         req = Requests(self.ledger).get(int(a.threshold))
+        if req is None or req["state"] != "open":
+            return None
         fields = {
             "user": req["user"], "account": req["account"], "hours": req["hours"],
             "resource": req["resource"], "reason": req["reason"],
@@ -157,6 +161,10 @@ class Alerts:
         sent = 0
         for a in self.pending():
             msg = self.message(a)
+            if msg is None:  # e.g. a request decided while alerts were off: done, unsent
+                with self.ledger._write() as conn:
+                    conn.execute(update(Alert).where(Alert.id == a.id).values(sent=time.time()))
+                continue
             try:
                 if self.config.webhook_url:
                     await self._post(msg)

@@ -85,3 +85,16 @@ def test_with_alerts_off_a_request_queues_no_alert(managed, smtp, webhook):
     again = Requests(managed, alerting=sends(on)).ask("bob", "cpu_hours", 1, "more", now=T0 + 1)
     assert tick(Alerts(managed, on), T0 + 60) == 1
     assert [p["request"] for p in webhook.posts] == [again["id"]]
+
+
+def test_a_request_decided_before_its_alert_went_out_is_not_alerted(managed, smtp, webhook):
+    """Alert rows of requests queued while a site had no channel (before the rule above)
+    and decided since: once the site sets a channel, only those still open are sent."""
+    store = Requests(managed, alerting=True)  # queued, as they were with alerts off
+    decided = store.ask("bob", "gpu_hours", 5, "a deadline", now=T0)
+    store.decide(decided["id"], "pat", False, "not this month", now=T0 + 1)
+    waiting = store.ask("bob", "cpu_hours", 1, "more", now=T0 + 2)
+    alerts = Alerts(managed, config(smtp, webhook.url))
+    assert tick(alerts, T0 + 60) == 1
+    assert [p["request"] for p in webhook.posts] == [waiting["id"]]
+    assert alerts.pending() == []  # the decided one is done with, not retried
