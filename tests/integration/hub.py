@@ -57,6 +57,16 @@ gpus = 1
 """
 
 
+# The quota service of a test hub imports the stand-in `pynvml` (no GPU here).
+NVML_STANDIN = """
+for _service in c.JupyterHub.services:
+    if _service["name"] == "quota":
+        _service["environment"].update(
+            PYTHONPATH="{folder}", SZ_TEST_NVML_READINGS="{readings}"
+        )
+"""
+
+
 class RunningHub:
     def __init__(
         self,
@@ -75,6 +85,7 @@ class RunningHub:
         apps: str = "",
         slurm_conf: Path | None = None,
         profiles: str = "",
+        nvml_readings: Path | None = None,
     ):
         self.base = base
         self.run_as = run_as  # a Unix account to run the hub as, instead of root
@@ -147,11 +158,15 @@ signups_per_address_per_hour = {signups_per_hour}
         self.isolated = os.geteuid() == 0 and not run_as
         self.proc: subprocess.Popen | None = None
         self.log = base / "hub.log"
-        if debug:  # `shangzhuang up` takes a jupyterhub_config.py beside the site config
-            default = Path(__file__).parents[2] / "hub_config" / "jupyterhub_config.py"
-            (base / "jupyterhub_config.py").write_text(
-                default.read_text() + '\nc.Application.log_level = "DEBUG"\n'
+        # `shangzhuang up` takes a jupyterhub_config.py beside the site config
+        hub_config = '\nc.Application.log_level = "DEBUG"\n' if debug else ""
+        if nvml_readings:  # GPU readings from a file: pynvml_standin.py says why
+            hub_config += NVML_STANDIN.format(
+                folder=Path(__file__).parent / "pynvml_standin", readings=nvml_readings
             )
+        if hub_config:
+            default = Path(__file__).parents[2] / "hub_config" / "jupyterhub_config.py"
+            (base / "jupyterhub_config.py").write_text(default.read_text() + hub_config)
         self.preexec = interruptible  # what runs in the hub's process before `shangzhuang up`
 
     # --- lifecycle -------------------------------------------------------------------

@@ -33,7 +33,12 @@ account = "physics"
 
 @pytest.fixture(scope="module")
 def hub():
-    with RunningHub(workdir(), quota=QUOTA) as h:
+    base = workdir()
+    # NVML's readings for the hub's two fake GPUs (pynvml_standin.py: there is no GPU here)
+    readings = base / "nvml.json"
+    readings.write_text(json.dumps({"gpus": [{"utilisation": 3, "memory_mib": 512}] * 2}))
+    readings.chmod(0o644)  # the quota service reads it as the platform's account
+    with RunningHub(base, quota=QUOTA, nvml_readings=readings) as h:
         h.new_user("uma")
         h.new_user("mara")
         # uma runs a Lab (2 cores) for a few meter ticks: the ledger has her charges
@@ -80,7 +85,7 @@ def page_json(hub, browser: requests.Session, path: str):
 def test_a_user_sees_her_usage_per_day_as_the_ledger_has_it(hub):
     browser, html = open_page(hub, "uma", "correct-horse-9")
     assert "Your usage" in html and "You are charged to the account physics." in html
-    assert "Your quota resets on" in html and "not recorded yet" in html
+    assert "Your quota resets on" in html and 'id="sz-gpus"' in html
     assert "static/uplot/uPlot.iife.min.js" in html
     # the charting library comes from the service itself
     js = browser.get(f"{hub.url}/services/quota/static/uplot/uPlot.iife.min.js", timeout=30)
@@ -205,3 +210,47 @@ def test_a_request_for_more_is_approved_or_declined_and_the_user_sees_it(hub):
     assert [(q["id"], q["state"], q["answer"]) for q in mine] == [
         (second, "declined", "too big"), (first["id"], "approved", "ok"),
     ]  # fmt: skip
+
+
+def test_a_gpu_session_shows_its_utilisation_and_efficiency(hub):
+    """gina's Lab holds one of the pool's GPUs; the quota service reads it with NVML (the
+    stand-in, which says 3% for every GPU: no GPU here) for the GPU the spawner's state
+    names, and her page's data shows the readings and her efficiency: all of her
+    GPU-hours under 10%. The estate and Prometheus count them as idle GPU-hours."""
+    hub.new_user("gina")
+    gina, _ = open_page(hub, "gina", "correct-horse-9")
+    hub.spawn("gina", "gpu-1")
+    hub.wait_ready("gina")
+
+    def read_thrice():
+        sessions = page_json(hub, gina, "usage/gpus")["sessions"]
+        return sessions if sessions and len(sessions[0]["utilisation"]) >= 3 else None
+
+    hub.wait(read_thrice, 60, "three readings of gina's GPU")
+    hub.stop_server("gina")
+    data = page_json(hub, gina, "usage/gpus")
+    (session,) = data["sessions"]
+    assert session["consumer"].startswith("lab:gina/@") and session["gpus"] == 1
+    assert {p for _, p in session["utilisation"]} == {3}
+    assert session["efficiency"]["idle_share"] == 1.0
+    assert data["total"]["idle_share"] == 1.0 and data["total"]["percent"] == 3
+    assert data["total"]["gpu_hours"] > 0
+    # uma's Lab had no GPU: nothing read
+    admin, _ = open_page(hub, ADMIN, hub.password_of_admin())
+    assert page_json(hub, admin, "usage/gpus?user=uma")["sessions"] == []
+    estate = page_json(hub, admin, "estate")["gpu_utilisation"]
+    idle = data["total"]["idle_gpu_hours"]
+    assert estate["accounts"]["default"]["idle_gpu_hours"] == pytest.approx(idle, abs=1e-5)
+    assert estate["idle_gpu_hours"] == pytest.approx(idle, abs=1e-5)
+    metrics = requests.get(
+        f"{hub.url}/services/quota/metrics",
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    ).text  # fmt: skip
+    counted = {
+        s.labels["account"]: s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "shangzhuang_quota_idle_gpu_hours_total"
+    }
+    # the counter adds each tick's readings as they come: at least what the page shows
+    assert counted["default"] >= idle - 1e-6 and counted["physics"] == 0

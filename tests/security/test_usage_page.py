@@ -3,7 +3,10 @@
 - a user reading another user's usage, another account's burn, or the estate;
 - a manager reaching past their account: another account's members, or a member's cap
   above the pool;
-- a cross-site POST of a cap: the manager's cookie, no `_xsrf`.
+- a cross-site POST of a cap: the manager's cookie, no `_xsrf`;
+- a user writing GPU utilisation readings (to look busy, or to make another user's
+  session look idle for reclaim): the quota service reads them from NVML or Slurm itself
+  and has no API that writes them, so each forged write is 404/405.
 """
 
 import re
@@ -75,6 +78,7 @@ def test_a_user_reads_only_their_own_usage(hub):
         "accounts/chem/burn",
         "estate",
         "estate?format=csv",
+        "usage/gpus?user=uma",
     ):
         r = get(hub, path, vic)
         assert r.status_code == 403, (path, r.status_code, r.text)
@@ -214,3 +218,31 @@ def test_only_admins_set_managers(hub):
     r = set_manager(admin, "physics", "mara", False)  # a manager from the config
     assert r.status_code == 400, r.text
     assert "[quota.accounts.physics] managers" in r.json()["message"]
+
+
+def test_nobody_writes_gpu_utilisation_through_the_quota_api(hub):
+    """Readings come only from the platform's own reading of the GPUs (quota/
+    gpu_readings.py): no API takes one, from a user or even an admin. Seen red with a POST
+    on usage/gpus that recorded its body (201)."""
+    reading = {"consumer": "lab:uma/@1", "user": "uma", "at": 1, "percent": 99}
+    for token in (hub.token_for("uma"), hub.admin_token()):
+        for method, path in [
+            ("POST", "usage/gpus"), ("PUT", "usage/gpus"), ("PATCH", "usage/gpus"),
+            ("POST", "usage/gpus?user=uma"), ("POST", "utilisation"),
+            ("POST", "usage/gpus/samples"), ("POST", "consumers/lab:uma%2F@1/utilisation"),
+        ]:  # fmt: skip
+            r = requests.request(
+                method, f"{hub.url}/services/quota/api/v1/{path}", json=reading,
+                headers={"Authorization": f"token {token}"}, timeout=30,
+            )  # fmt: skip
+            assert r.status_code in (404, 405), (method, path, r.status_code, r.text)
+    assert get(hub, "usage/gpus", hub.token_for("uma")).json()["sessions"] == []
+    # and the API's own description offers no way to
+    spec = get(hub, "openapi.json", hub.admin_token()).json()
+    writes = [
+        (path, method)
+        for path, ops in spec["paths"].items()
+        for method in ops
+        if method in ("post", "put", "patch") and ("gpu" in path or "utilis" in path)
+    ]
+    assert writes == []

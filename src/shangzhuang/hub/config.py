@@ -278,13 +278,13 @@ def services(settings: Settings, host: Host) -> dict:
                 "oauth_client_allowed_scopes": [ADMIN_SCOPE],
             }
         )
-        roles.append(
-            {
-                "name": "quota-service",
-                "services": ["quota"],
-                "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
-            }
-        )
+        scopes = ["list:users", "read:users", "read:servers", "delete:servers"]
+        if settings.backend.kind == "local":
+            # The GPUs the pool gave each session, from the spawner's state: what the
+            # quota service reads with NVML (quota/gpu_readings.py). Never user_options:
+            # those come from the user.
+            scopes.append("admin:server_state")
+        roles.append({"name": "quota-service", "services": ["quota"], "scopes": scopes})
         # The hub's own token for the quota service: spawns, logins, deletions, home page.
         listed.append({"name": HUB_CLIENT, "api_token": host.quota_token})
         roles.append(

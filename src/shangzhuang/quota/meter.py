@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from shangzhuang.quota import utilisation
 from shangzhuang.quota.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class TickReport:
     posted: int = 0  # journal rows this tick posted to the history
     post_seconds: float = 0.0
     seconds: float = 0.0  # the whole tick, posting included
+    sampled: int = 0  # GPU sessions whose utilisation this tick read (quota/utilisation.py)
+    sample_seconds: float = 0.0  # reading it, recording and downsampling the history
+    # GPU-hours of this tick's readings under utilisation.IDLE_PERCENT, per account
+    idle_gpu_hours: dict[str, float] = field(default_factory=dict)
     reclaim: ReclaimReport | None = None  # idle GPU sessions warned, cleared, stopped
 
 
@@ -86,6 +91,7 @@ class Meter:
         sources: list[UsageSource],
         grace_seconds: float,
         post_slices: int = 16,
+        sample_seconds: float = 15.0,
         reclaim: Reclaim | None = None,
     ):
         self.ledger = ledger
@@ -97,6 +103,8 @@ class Meter:
         # index pages together, and no tick posts them all at once.
         self.post_slices = post_slices
         self._posted_to = ""  # the last user posted: the next slice starts after them
+        self.sample_seconds = sample_seconds  # the interval: what one GPU reading stands for
+        self._sampled_at: float | None = None
 
     async def tick(self, now: float | None = None) -> TickReport:
         t0 = time.perf_counter()
@@ -138,6 +146,11 @@ class Meter:
         marks.update({c.id: c.charged_until for c in gone})
         report.charged = self.ledger.charge(marks, close=[c.id for c in gone])
         report.closed = len(gone)
+        t_sample = time.perf_counter()
+        charged_to = {c.id: c.account for c in open_.values()}
+        charged_to.update({r.consumer: accounts[r.user] for r in new})
+        report.sampled = await self._read_gpus(seen, now, charged_to, report.idle_gpu_hours)
+        report.sample_seconds = time.perf_counter() - t_sample
 
         report.stopped = await self._enforce(seen, now)
         if self.reclaim is not None:  # what enforcement stopped is not reclaimed too
@@ -173,6 +186,44 @@ class Meter:
         report.post_seconds = time.perf_counter() - t1
         report.seconds = time.perf_counter() - t0
         return report
+
+    async def _read_gpus(
+        self, seen: dict[str, Running], now: float, charged_to: dict[str, str],
+        idle: dict[str, float],
+    ) -> int:  # fmt: skip
+        """Record the GPU sessions' utilisation, read by their sources (NVML on the node,
+        Slurm's accounting: never the sessions themselves), and tidy its history. Adds the
+        idle GPU-hours read to `idle` per account (`charged_to`: each consumer's)."""
+        last, self._sampled_at = self._sampled_at, now
+        # What a reading stands for: the time since the last tick, but no more than two
+        # intervals (a longer gap stays a gap: utilisation.idle_for does not bridge it).
+        seconds = self.sample_seconds if last is None else now - last
+        seconds = min(max(seconds, 0.001), 2 * self.sample_seconds)
+        samples = []
+        for source in self.sources.values():
+            read = getattr(source, "utilisation", None)
+            runs = [r for r in seen.values()
+                    if r.source == source.name and r.rates.get("gpu_hours", 0) > 0]  # fmt: skip
+            if read is None or not runs:
+                continue
+            try:
+                readings = await read(runs)
+            except Exception as e:  # no reading this tick; charging is not held up
+                log.warning("usage source %s could not read GPU utilisation: %s", source.name, e)
+                continue
+            samples += [
+                utilisation.Sample(c, seen[c].user, now, percent, seconds, memory)
+                for c, (percent, memory) in readings.items()
+            ]
+        for s in samples:
+            if s.percent < utilisation.IDLE_PERCENT and s.consumer in charged_to:
+                gpus = seen[s.consumer].rates.get("gpu_hours", 0)
+                account = charged_to[s.consumer]
+                idle[account] = idle.get(account, 0.0) + gpus * s.seconds / 3600
+        with self.ledger._write() as conn:
+            utilisation.record_many(conn, samples)
+            utilisation.tidy(conn, now)
+        return len(samples)
 
     async def _enforce(self, seen: dict[str, Running], now: float) -> list[str]:
         """At zero, after the grace period, stop every consumer of the user."""

@@ -19,7 +19,7 @@ from pydantic import Field
 from tornado import web
 
 from shangzhuang.i18n import Message, jinja_environment
-from shangzhuang.quota import figures, managers
+from shangzhuang.quota import figures, managers, utilisation
 from shangzhuang.quota import requests as quota_requests
 from shangzhuang.quota.ledger import QuotaError
 from shangzhuang.quota.openapi import operation, route
@@ -231,6 +231,29 @@ class ManagersHandler(UsageAccess):
         self.answer(account)
 
 
+class GpusQuery(Window):
+    user: str | None = Field(None, description="whose GPU sessions (default: yours)")
+
+
+class GpusHandler(UsageAccess):
+    """GET api/v1/usage/gpus?user=NAME&back=N (or since/until): a user's GPU sessions,
+    each one's utilisation readings (epoch seconds, %) and efficiency, and the total."""
+
+    @operation("GPU utilisation and efficiency of a user's GPU sessions", query=GpusQuery)
+    def get(self, query: GpusQuery):
+        user = query.user or self.caller()["name"]
+        self.may_read_user(user)
+        since, until = self.window(query)
+        with self.ledger._read() as conn:
+            sessions = utilisation.sessions_of(conn, user, since, until)
+            total = utilisation.efficiency_by(conn, "user", since, until, names=[user])
+        self.write_json({
+            "user": user, "since": since, "until": until,
+            "idle_percent": utilisation.IDLE_PERCENT, "sessions": sessions,
+            "total": total.get(user, utilisation.Efficiency()).as_dict(),
+        })  # fmt: skip
+
+
 class EstateHandler(UsageAccess):
     """GET api/v1/estate?back=N (or since/until)&format=json|csv: admins only."""
 
@@ -240,6 +263,14 @@ class EstateHandler(UsageAccess):
         self.admin()
         since, until = self.window(query)
         data = figures.estate(self.ledger, since, until)
+        with self.ledger._read() as conn:  # GPU-hours read, and those under 10% (idle)
+            gpus = utilisation.efficiency_by(conn, "account", since, until)
+        data["gpu_utilisation"] = {
+            "accounts": {a: e.as_dict() for a, e in sorted(gpus.items())},
+            "idle_gpu_hours": round(sum(e.idle_gpu_hours for e in gpus.values()), 6),
+            "gpu_hours_read": round(sum(e.gpu_hours for e in gpus.values()), 6),
+            "idle_percent": utilisation.IDLE_PERCENT,
+        }
         if query.format == "json":
             return self.write_json(data)
         buf = io.StringIO()
@@ -257,6 +288,7 @@ class EstateHandler(UsageAccess):
 # The page's API v1 paths (documented with the service's, openapi.json) and handlers.
 API = [
     ("/usage/daily", DailyHandler),
+    ("/usage/gpus", GpusHandler),
     ("/accounts/{account}/burn", BurnHandler),
     ("/accounts/{account}/caps", CapsHandler),
     ("/accounts/{account}/managers", ManagersHandler),

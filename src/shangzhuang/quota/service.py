@@ -73,6 +73,11 @@ class Metrics:
             "shangzhuang_quota_meter_tick_seconds", "Duration of one meter tick",
             registry=self.registry,
         )  # fmt: skip
+        self.idle_gpu_hours = Counter(
+            "shangzhuang_quota_idle_gpu_hours",
+            "GPU-hours read under 10% utilisation, per account (quota/utilisation.py)",
+            ["account"], registry=self.registry,
+        )  # fmt: skip
 
 
 class APIHandler(JSONHandler):
@@ -382,6 +387,7 @@ class MetricsHandler(APIHandler):
         for account, pool in self.ledger.accounts_pool().items():
             for resource, limit in pool.items():
                 metrics.remaining.labels(account, resource).set(limit["remaining"])
+            metrics.idle_gpu_hours.labels(account)  # at 0 until its first idle reading
         self.set_header("Content-Type", "text/plain; version=0.0.4")
         self.finish(generate_latest(metrics.registry))
 
@@ -442,6 +448,8 @@ async def run_meter(meter: Meter, every: float, metrics: Metrics) -> None:
             metrics.tick.observe(report.seconds)
             metrics.charges.inc(report.charged)
             metrics.stops.inc(len(report.stopped))
+            for account, hours in report.idle_gpu_hours.items():
+                metrics.idle_gpu_hours.labels(account).inc(hours)
         except Exception:
             log.exception("meter tick failed")
         await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
@@ -463,7 +471,10 @@ async def main() -> None:
     sources = sources_for(
         settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], ledger
     )
-    meter = Meter(ledger, sources, settings.quota.grace_seconds)
+    meter = Meter(
+        ledger, sources, settings.quota.grace_seconds,
+        sample_seconds=settings.quota.sample_seconds,
+    )  # fmt: skip
     alerts = Alerts(ledger, settings.quota.alerts)
     if alerts.enabled:  # beside the meter: a slow SMTP server never delays a tick
         # (the task is held by this frame, which lives as long as the service)

@@ -27,9 +27,10 @@ from shangzhuang.quota.accounting import (
     tres_rates,
 )
 from shangzhuang.quota.consumers import Consumer
+from shangzhuang.quota.gpu_readings import NodeGpus, Reading, parse_sstat
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.meter import Running, UsageSource
-from shangzhuang.settings import Settings
+from shangzhuang.settings import Settings, node_gpus
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +48,45 @@ class LabSessions:
     def profile_of(self, user: str, server: str, model: dict):
         return self.profile((model.get("user_options") or {}).get("profile"))
 
-    def __init__(self, settings: Settings, hub: HubAPI):
+    def __init__(self, settings: Settings, hub: HubAPI, node: NodeGpus | None = None):
         self.settings = settings
         self.hub = hub
+        self.node = node  # this node's GPUs, read with NVML (None: not read)
+        # Each GPU session's pool GPUs, from the spawner's state in the last listing.
+        self.devices: dict[str, list[int]] = {}
 
     async def running(self) -> list[Running]:
         out = []
+        devices = {}
         for user in await self.hub.active_users():
             for server, s in (user.get("servers") or {}).items():
                 if not s.get("started") or not self.counts(server):
                     continue
                 started = datetime.fromisoformat(s["started"].replace("Z", "+00:00"))
                 profile = self.profile_of(user["name"], server, s)
+                consumer = str(Consumer.session(self.name, user["name"], server,
+                                                started.timestamp()))  # fmt: skip
+                # The spawner's record (admin:server_state), never the user's user_options.
+                held = (s.get("state") or {}).get("gpus") or []
+                if held and all(isinstance(i, int) for i in held):
+                    devices[consumer] = held
                 out.append(
                     Running(
-                        consumer=str(Consumer.session(
-                            self.name, user["name"], server, started.timestamp()
-                        )),
+                        consumer=consumer,
                         user=user["name"], source=self.name, started=started.timestamp(),
                         rates=rates_of(profile), profile=profile.name,
                         groups=tuple(user.get("groups") or ()),
                     )
                 )  # fmt: skip
+        self.devices = devices
         return out
+
+    async def utilisation(self, runs: list[Running]) -> dict[str, Reading]:
+        """The GPU sessions' readings, from NVML on this node (off the event loop)."""
+        if self.node is None:
+            return {}
+        held = {r.consumer: self.devices[r.consumer] for r in runs if r.consumer in self.devices}
+        return await asyncio.to_thread(self.node.read, held)
 
     def profile(self, name: str | None):
         try:
@@ -93,8 +110,8 @@ class AppServers(LabSessions):
 
     name = "app"
 
-    def __init__(self, settings: Settings, hub: HubAPI):
-        super().__init__(settings, hub)
+    def __init__(self, settings: Settings, hub: HubAPI, node: NodeGpus | None = None):
+        super().__init__(settings, hub, node)
         from shangzhuang.apps.registry import Registry
 
         self.registry = Registry(settings.apps_folder)
@@ -144,12 +161,14 @@ class SlurmJobs:
         self.env = {**os.environ, **({"SLURM_CONF": str(conf)} if conf else {}), **TIME_ENV}
         self.accounting = SlurmAccounting(ledger, self.prefix, self.env) if ledger else None
 
-    async def _run(self, *args: str) -> str:
+    async def _run(self, *args: str, strict: bool = True) -> str:
+        """The command's output; an error unless it succeeded (not `strict`: unless it
+        printed nothing, as sstat fails for one job that has no step yet)."""
         proc = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env
         )
         out, err = await proc.communicate()
-        if proc.returncode != 0:
+        if proc.returncode != 0 and (strict or not out.strip()):
             raise RuntimeError(f"{args[0]}: {err.decode().strip()}")
         return out.decode(errors="replace")
 
@@ -190,6 +209,16 @@ class SlurmJobs:
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
         await self._run("scancel", Consumer.parse(consumer).job_id)  # a rerun's job too
+
+    async def utilisation(self, runs: list[Running]) -> dict[str, Reading]:
+        """The GPU jobs' readings from Slurm's GPU accounting (sstat's gres/gpuutil): none
+        where slurm.conf does not track it (AccountingStorageTRES=gres/gpuutil)."""
+        jobs = {Consumer.parse(r.consumer).job_id: r.consumer for r in runs}
+        if not jobs:
+            return {}
+        out = await self._run("sstat", "-a", "-n", "-P", "-o", "JobID,TRESUsageInAve",
+                              "-j", ",".join(sorted(jobs)), strict=False)  # fmt: skip
+        return {jobs[j]: reading for j, reading in parse_sstat(out).items() if j in jobs}
 
     async def hold_pending(self, now: float) -> tuple[int, int]:
         """At zero, new work does not start: a user's pending jobs that need a resource at
@@ -284,7 +313,8 @@ def sources_for(settings: Settings, api_url: str, token: str, ledger=None) -> li
     if settings.backend.kind == "slurm":
         return [SlurmJobs(settings, ledger)]
     hub = HubAPI(api_url, token, timeout=30)
-    sources: list[UsageSource] = [LabSessions(settings, hub)]
+    node = NodeGpus(node_gpus(settings))
+    sources: list[UsageSource] = [LabSessions(settings, hub, node)]
     if settings.apps.enabled:
-        sources.append(AppServers(settings, hub))
+        sources.append(AppServers(settings, hub, node))
     return sources

@@ -9,7 +9,8 @@ Bounded size (the table `gpu_samples`, one row per consumer per sample):
 - for RAW_SECONDS (24 h) a row per tick (`quota.sample_seconds`, 15 s: 5,760 rows a
   GPU session a day);
 - older ones are merged into one row per consumer per clock hour (the row at the hour's
-  start, holding its time-weighted mean, its peak and its seconds under IDLE_PERCENT);
+  start, holding its time-weighted mean, its peak and its seconds under IDLE_PERCENT), a
+  few sessions per tick;
 - rows older than KEEP_SECONDS (400 days) are deleted.
 So the table holds at most 24 h x 3,600 / sample_seconds rows per session running in the
 last day, plus one per session-hour of the last 400 days. `tidy` does both, a few hours
@@ -33,7 +34,8 @@ IDLE_PERCENT = 10.0  # a GPU-hour under this utilisation counts as idle (the eff
 RAW_SECONDS = 24 * 3600.0  # samples younger than this stay one row per tick
 BUCKET_SECONDS = 3600.0  # older ones: one row per hour
 KEEP_SECONDS = 400 * 24 * 3600.0  # and none older than this
-HOURS_PER_TIDY = 6  # hours downsampled per tick at most: a tick after a long stop stays short
+HOURS_PER_TIDY = 6  # hours a tidy moves past at most: a tick after a long stop stays short
+SESSIONS_PER_TIDY = 8  # sessions whose hour one tidy merges (x 8 while more hours wait)
 DOWNSAMPLED = "gpu_samples_downsampled"  # watermark: hours before this are merged
 
 
@@ -132,9 +134,12 @@ def idle_for(conn: Connection, consumer: str, threshold: float, now: float) -> f
 
 
 def tidy(conn: Connection, now: float) -> tuple[int, int]:
-    """Downsample the raw readings older than RAW_SECONDS to hourly rows (at most
-    HOURS_PER_TIDY hours per call) and delete rows older than KEEP_SECONDS. Returns
-    (raw rows merged, rows deleted)."""
+    """Downsample the raw readings older than RAW_SECONDS to hourly rows, a few sessions'
+    hour at a time (SESSIONS_PER_TIDY; more while it is behind), and delete rows older than
+    KEEP_SECONDS. Merging an hour of 1,000 sessions at once held the database for seconds
+    (bench/gpu_utilisation.py); a slice per tick keeps each tick short, and keeps up with
+    SESSIONS_PER_TIDY x 3,600 / quota.sample_seconds GPU sessions (1,920 at 15 s).
+    Returns (raw rows merged, rows deleted)."""
     cutoff = math.floor((now - RAW_SECONDS) / BUCKET_SECONDS) * BUCKET_SECONDS
     mark = conn.execute(select(Watermark.value).where(Watermark.name == DOWNSAMPLED)).scalar()
     if mark is None:  # first tidy: start at the oldest reading
@@ -143,12 +148,24 @@ def tidy(conn: Connection, now: float) -> tuple[int, int]:
             return 0, 0
         mark = math.floor(oldest / BUCKET_SECONDS) * BUCKET_SECONDS
     mark = max(mark, math.floor((now - KEEP_SECONDS) / BUCKET_SECONDS) * BUCKET_SECONDS)
-    merged = 0
-    hour = mark
-    while hour < cutoff and hour < mark + HOURS_PER_TIDY * BUCKET_SECONDS:
-        merged += _merge_hour(conn, hour)
-        hour += BUCKET_SECONDS
-    conn.execute(_upsert_watermark(conn, hour))
+    behind = mark < cutoff - BUCKET_SECONDS  # more than the last hour to merge
+    budget = SESSIONS_PER_TIDY * (8 if behind else 1)
+    merged = hours = 0
+    while mark < cutoff and budget > 0 and hours < HOURS_PER_TIDY:
+        # Sessions with raw readings in the hour: after a merge a session has only its
+        # hourly row, at the hour's start; the index on `at` finds the others first.
+        names = list(conn.scalars(
+            select(GpuSample.consumer).distinct()
+            .where(GpuSample.at > mark, GpuSample.at < mark + BUCKET_SECONDS)
+            .limit(budget)
+        ))  # fmt: skip
+        if not names:
+            mark += BUCKET_SECONDS
+            hours += 1
+            continue
+        merged += _merge_hour(conn, mark, names)
+        budget -= len(names)
+    conn.execute(_upsert_watermark(conn, mark))
     pruned = conn.execute(delete(GpuSample).where(GpuSample.at < now - KEEP_SECONDS)).rowcount
     return merged, pruned
 
@@ -162,10 +179,11 @@ def _upsert_watermark(conn: Connection, value: float):
     return stmt.on_conflict_do_update(index_elements=["name"], set_={"value": value})
 
 
-def _merge_hour(conn: Connection, hour: float) -> int:
-    """Replace the rows of [hour, hour + 1 h) by one row per consumer at `hour`."""
+def _merge_hour(conn: Connection, hour: float, consumers: list[str]) -> int:
+    """Replace these consumers' rows of [hour, hour + 1 h) by one row each at `hour` (again
+    on a merged row alone: the same row)."""
     g = GpuSample
-    within = (g.at >= hour, g.at < hour + BUCKET_SECONDS)
+    within = (g.consumer.in_(consumers), g.at >= hour, g.at < hour + BUCKET_SECONDS)
     seconds = func.sum(g.seconds)
     memory_seconds = func.sum(case((g.memory_mib.is_not(None), g.seconds), else_=0.0))
     rows = conn.execute(
@@ -246,4 +264,40 @@ def efficiency_by(
             gpu_hours=total / 3600, idle_gpu_hours=(r.idle or 0.0) / 3600,
             percent=r.weighted / total if total else None,
         )  # fmt: skip
+    return out
+
+
+def sessions_of(conn: Connection, user: str, start: float, end: float) -> list[dict]:
+    """The user's GPU sessions read in [start, end): each one's readings as (time, percent)
+    and its efficiency; newest first."""
+    g, c = GpuSample, Consumer
+    rows = conn.execute(
+        select(g.consumer, g.at, g.percent)
+        .where(g.user == user, g.at >= start, g.at < end)
+        .order_by(g.consumer, g.at)
+    ).all()
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        series.setdefault(r.consumer, []).append((r.at, round(r.percent, 2)))
+    effs = efficiency_by(conn, "consumer", start, end, names=list(series))
+    meta = {
+        m.id: m
+        for m in conn.execute(
+            select(c.id, c.source, c.profile, c.gpu_rate, c.started, c.closed).where(
+                c.id.in_(list(series))
+            )
+        )
+    }
+    out = []
+    for consumer, points in series.items():
+        m = meta.get(consumer)
+        eff = effs.get(consumer, Efficiency())
+        out.append({
+            "consumer": consumer, "source": m.source if m else "",
+            "profile": m.profile if m else "", "gpus": m.gpu_rate if m else 0,
+            "started": m.started if m else points[0][0],
+            "running": bool(m and not m.closed), "utilisation": points,
+            "efficiency": eff.as_dict(),
+        })  # fmt: skip
+    out.sort(key=lambda s: s["started"], reverse=True)
     return out

@@ -92,6 +92,21 @@ def test_history_is_downsampled_to_hours_and_pruned_at_a_bounded_size(write):
         assert conn.execute(select(func.count()).select_from(GpuSample)).scalar() == 0
 
 
+def test_an_hour_of_many_sessions_is_merged_a_few_sessions_per_tick(write):
+    sessions = [f"lab:u{i:02d}/@1" for i in range(20)]
+    with write() as conn:
+        u.record_many(conn, [
+            u.Sample(c, "u", T0 + 60 * k, 50.0, 60) for c in sessions for k in range(1, 60)
+        ])  # fmt: skip
+    now = T0 + 3600 + u.RAW_SECONDS  # just that hour is past 24 h
+    with write() as conn:
+        counts = [u.tidy(conn, now)[0] for _ in range(4)]
+        rows = conn.execute(select(func.count()).select_from(GpuSample)).scalar()
+    per_tick = u.SESSIONS_PER_TIDY * 59
+    assert counts == [per_tick, per_tick, (20 - 2 * u.SESSIONS_PER_TIDY) * 59, 0]
+    assert rows == 20  # one row an hour each
+
+
 def _sums(conn) -> tuple[float, float, float]:
     g = GpuSample
     row = conn.execute(
