@@ -13,6 +13,7 @@ for a student pressing "Run All" in the same session.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -38,6 +39,7 @@ class CellRun:
     source: str
     text: str = ""  # streams and text/plain of results and displays, in order
     mimetypes: list[str] = field(default_factory=list)  # of every display/result
+    pngs: list[bytes] = field(default_factory=list)  # every image/png shown, in order
 
 
 @dataclass
@@ -51,6 +53,9 @@ class NotebookRun:
 
     def mimetypes(self) -> set[str]:
         return {m for c in self.cells for m in c.mimetypes}
+
+    def pngs(self) -> list[bytes]:
+        return [png for c in self.cells for png in c.pngs]
 
 
 def run_notebook(
@@ -105,6 +110,8 @@ def _run_cell(ws, source: str, index: int) -> CellRun:
         elif kind in ("display_data", "execute_result", "update_display_data"):
             run.mimetypes += list(content["data"])
             run.text += content["data"].get("text/plain", "") + "\n"
+            if "image/png" in content["data"]:
+                run.pngs.append(base64.b64decode(content["data"]["image/png"]))
         elif kind == "error":
             error = ANSI.sub("", "\n".join(content["traceback"]))
         elif kind == "status" and content["execution_state"] == "idle":

@@ -4,9 +4,11 @@ session.py says how they are run). The student's new home got them from [tutoria
 
 from __future__ import annotations
 
+import html
 import json
 import stat
 import subprocess
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -21,6 +23,7 @@ from .session import run_notebook
 pytestmark = pytest.mark.integration
 
 USER = "tess"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -165,17 +168,39 @@ def test_an_nbgitpuller_link_pulls_a_course_into_the_session(hub, student):
     assert r.status_code == 200 and r.json()["type"] == "notebook"
 
 
-def test_a_chinese_student_gets_chinese_tutorials_and_a_chinese_lab(hub):
-    """A student who chose 中文 on the hub: the new home gets the zh-CN tutorials (shapes.py,
-    untranslated, as it is), the session's Lab defaults to Chinese with our catalog served and
-    no news prompt, and tutorial 01 runs there. Only 01 is run in Chinese: the others' code
-    is the English ones' (tests/unit/test_tutorial_translations.py), run above."""
-    s = hub.new_user("lin")
+# --- the same tutorials in Chinese, in the session of a student who chose 中文 -------------
+
+CHINESE = "lin"
+
+
+@pytest.fixture(scope="module")
+def chinese_student(hub):
+    """lin chose 中文 on the hub before her first session: her new home gets the zh-CN
+    tutorials and her session speaks Chinese (SHANGZHUANG_LANGUAGE)."""
+    s = hub.new_user(CHINESE)
     r = hub.form(s, "/hub/language", {"language": "zh_CN"}, allow_redirects=False)
     assert r.status_code == 302, r.status_code
-    hub.spawn("lin", "cpu")
-    hub.wait_ready("lin")
-    token = hub.token_for("lin")
+    hub.spawn(CHINESE, "cpu")
+    hub.wait_ready(CHINESE)
+    return hub.token_for(CHINESE)
+
+
+@pytest.fixture(scope="module")
+def trained_in_chinese(hub, chinese_student):
+    """The Chinese notebook 2, once: lin's notebook 4 builds its app on her own model. One
+    epoch of 512 images (the English run trains 2 of 2048 and checks that the model learns):
+    what is checked here is what a Chinese reader sees, which no size changes."""
+    path = "tutorials/02-train-on-a-gpu.ipynb"
+    return run_notebook(
+        hub, CHINESE, chinese_student, path, size="small", epochs=1, train_samples=512
+    )
+
+
+def test_a_chinese_student_gets_chinese_tutorials_and_a_chinese_lab(hub, chinese_student):
+    """A student who chose 中文 on the hub: the new home gets the zh-CN tutorials (shapes.py,
+    untranslated, as it is), the session's Lab defaults to Chinese with our catalog served and
+    no news prompt, and tutorial 01 runs there."""
+    token = chinese_student
     base, headers = hub.user_url("lin"), {"Authorization": f"token {token}"}
 
     def get(path: str) -> dict:
@@ -200,3 +225,59 @@ def test_a_chinese_student_gets_chinese_tutorials_and_a_chinese_lab(hub):
     # The session's language reaches the notebook helpers too (shangzhuang.quota()'s report).
     assert "hub user: lin" in run.text and "lin 的配额（计费账户 default）" in run.text, run.text
     assert "tutorials here: 01-welcome.ipynb, 02-train-on-a-gpu.ipynb" in run.text
+
+
+def test_zh_02_trains_and_says_so_in_chinese_with_chinese_plot_labels(hub, trained_in_chinese):
+    """What a Chinese reader sees of notebook 2: its printed lines in Chinese, and the loss
+    plot's labels (训练, 验证, 步数, 损失) drawn in CJK glyphs: matplotlib warns "Glyph ...
+    missing from font(s) DejaVu Sans" on the cell's stderr when a font lacks them (as it
+    does without the sessions' matplotlibrc). The PNGs go to test-artifacts/ to look at."""
+    text = trained_in_chinese.text
+    assert "设备：CPU · 规模 small：1 个 epoch，每个 512 张图像" in text, text
+    assert "编译：False" in text and "512 张训练图像" in text and "每个 epoch 8 批" in text
+    assert "个参数" in text and "epoch 1：验证损失" in text and "准确率" in text
+    assert "张图像 · 模型" in text and "验证准确率" in text
+    assert "已保存 models/shapes.pt" in text
+    assert "missing from font" not in text, text
+    pngs = trained_in_chinese.pngs()
+    assert len(pngs) >= 2  # the example images and the loss plot (then its updates)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "tutorial-zh-02-examples.png").write_bytes(pngs[0])
+    (ARTIFACTS / "tutorial-zh-02-loss.png").write_bytes(pngs[-1])
+
+
+def test_zh_03_runs_dask_and_reports_charges_in_chinese(hub, chinese_student):
+    """Notebook 3 on a quarter of the English run's images (64 a partition): its lines and
+    the charges it reads back are what is checked here, the same for any size."""
+    path = "tutorials/03-scale-out-with-dask.ipynb"
+    run = run_notebook(hub, CHINESE, chinese_student, path, size="small", images_per_partition=64)
+    text = run.text
+    assert "后端 local · 2 个 worker，每个 0 块 GPU · 4 个分区" in text, text
+    assert f"dashboard： /user/{CHINESE}/proxy/" in text
+    assert "512 张图像，4 个分区" in text and "各通道均值" in text and "标准差" in text
+    assert "4 次试验，用时" in text and "最佳：" in text
+    assert "worker 作业： 无（worker 是本会话的进程）" in text
+    assert "本笔记本开始运行以来的计费：" in text and "（本会话）：CPU " in text, text
+    assert f"{CHINESE} 的配额（计费账户 default）" in text  # shangzhuang.quota()'s report
+
+
+def test_zh_04_publishes_lins_own_model_as_a_chinese_app(hub, chinese_student, trained_in_chinese):
+    """lin's notebook 4 builds the app on the model her notebook 2 saved, and the viewer she
+    shares it with opens it: its title and controls are in Chinese, no code is shown."""
+    hub.new_user("wen")
+    run = run_notebook(hub, CHINESE, chinese_student, "tutorials/04-share-a-voila-app.ipynb",
+                       share_with=["wen"])  # fmt: skip
+    text = run.text
+    assert "ShapeNet(width=8)，来自 models/shapes.pt：500 张新图像中认对" in text, text
+    assert "circle: 模型看到的是" in text and "diamond: 模型看到的是" in text
+    assert "已写出 shapes-app.ipynb，附带 shapes.py、shapes_app.py、models/shapes.pt" in text
+    assert f"已发布 {CHINESE}/shapes（4 个文件）" in text and "谁可以打开： wen" in text, text
+    wen = hub.login("wen", "correct-horse-9")
+    r = open_app(wen, f"{hub.url}/services/apps/open/{CHINESE}/shapes")
+    assert r.status_code == 200, (r.status_code, r.url, r.text[-500:])
+    page = r.content.decode()  # Voila's text/html names no charset: requests would guess Latin-1
+    # The title as nbconvert writes headings (HTML entities), the widget's repr as JSON.
+    assert "这是什么形状？" in html.unescape(page) and "会告诉你它看到了什么" in page
+    shape = "形状".encode("unicode_escape").decode()
+    assert f"Dropdown(description=\\u0027{shape}\\u0027" in page
+    assert '"output_type": "error"' not in page and "load_model" not in page
