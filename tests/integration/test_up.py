@@ -1,5 +1,6 @@
 """`shangzhuang up` as a newcomer meets it: first-run password, clean Ctrl-C, non-root mode."""
 
+import json
 import os
 import re
 import signal
@@ -9,9 +10,11 @@ import uuid
 
 import psutil
 import pytest
+import requests
+import websocket
 
 from .conftest import root_only
-from .hub import RunningHub, workdir
+from .hub import RunningHub, execute_request, workdir
 
 pytestmark = pytest.mark.integration
 
@@ -73,18 +76,40 @@ def _ids(account):
     return p.pw_uid, p.pw_gid
 
 
-def test_idle_culler_stops_idle_sessions():
+def test_idle_culler_stops_idle_sessions_not_busy_ones_with_the_browser_closed():
+    """ivan's session is idle: culled. kim's kernel computes without printing, her browser
+    closed: jupyter_server counts no activity after the cell's start, and the culler took it
+    for idle (seen red: culled with ivan's). The Lab extension counts a busy kernel as
+    activity (shangzhuang_lab/activity.py): kept until its kernel is interrupted."""
     hub = RunningHub(workdir(), gpus=0, idle_timeout=10)
     try:
         hub.start()
-        hub.new_user("ivan")
-        hub.spawn("ivan", "cpu")
-        hub.wait_ready("ivan")
-        hub.wait(
-            lambda: "" not in hub.api("GET", "/users/ivan").json()["servers"],
-            timeout=90,
-            what="idle session culled",
-        )
+        for name in ("kim", "ivan"):
+            hub.new_user(name)
+            hub.spawn(name, "cpu")
+            hub.wait_ready(name)
+        token = hub.token_for("kim")
+        kernel = hub._new_kernel("kim", token)
+        ws = websocket.create_connection(
+            f"{hub.user_url('kim').replace('http', 'ws', 1)}api/kernels/{kernel}/channels",
+            header=[f"Authorization: token {token}"], timeout=60,
+        )  # fmt: skip
+        ws.send(json.dumps(execute_request(uuid.uuid4().hex, "import time; time.sleep(600)")))
+        ws.close()  # the browser goes away; the cell runs on
+
+        def running(name: str) -> bool:
+            return "" in hub.api("GET", f"/users/{name}").json()["servers"]
+
+        hub.wait(lambda: not running("ivan"), timeout=90, what="idle session culled")
+        kept_until = time.monotonic() + 20  # two idle timeouts more
+        while time.monotonic() < kept_until:
+            assert running("kim"), f"kim's busy session was culled:\n{hub.tail()}"
+            time.sleep(1)
+        requests.post(
+            f"{hub.user_url('kim')}api/kernels/{kernel}/interrupt",
+            headers={"Authorization": f"token {token}"}, timeout=30,
+        ).raise_for_status()  # fmt: skip
+        hub.wait(lambda: not running("kim"), timeout=90, what="kim culled once idle")
     finally:
         hub.cleanup()
 

@@ -161,6 +161,27 @@ async def test_quota_says_where_to_ask_for_more(jp_fetch, quota, lab_config):
     assert body["usage_url"] == "https://hub.example.org/services/quota/"
 
 
+@pytest.mark.parametrize("lab_config", [{"usage_url": "https://hub.example.org/services/quota/"}])
+async def test_quota_passes_on_this_sessions_idle_gpu_warning(jp_fetch, quota, lab_config):
+    """Idle GPU reclaim: the quota service's warning for this session (not another's), and
+    "continue on CPU" as the quota service's page on the hub's origin."""
+    warning = {"idle_since": "2026-12-01T10:00:00+08:00", "warned_at": "2026-12-01T11:00:00+08:00",
+               "stops_at": "2026-12-01T11:30:00+08:00", "stops_in_seconds": 1500.0,
+               "threshold_percent": 10, "idle_seconds": 3600,
+               "continue_url": "/services/quota/continue-on-cpu?server="}  # fmt: skip
+    entry = {"consumer": "lab:alice/@1", "source": "lab", "profile": "gpu-1", "server": "",
+             "started_ms": 1, "cost_per_hour": {"gpu_hours": 1.0}, "reclaim": warning}  # fmt: skip
+    other = {**entry, "consumer": "lab:alice/big@2", "server": "big", "started_ms": 2,
+             "reclaim": {**warning, "stops_in_seconds": 5.0}}  # fmt: skip
+    quota.me = balance(running=[other, entry])
+    body = await get_json(jp_fetch, "quota")
+    assert body["reclaim"] == {
+        **warning, "continue_url": "https://hub.example.org/services/quota/continue-on-cpu?server="
+    }
+    quota.me = balance(running=[{**entry, "reclaim": None}])
+    assert (await get_json(jp_fetch, "quota"))["reclaim"] is None
+
+
 # --- GET usage: the newest ten charges ---------------------------------------------------
 def charges_every(seconds: float, count: int, end: float, user: str = "alice") -> list[Charge]:
     return [

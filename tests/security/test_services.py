@@ -148,3 +148,37 @@ def test_a_users_token_cannot_speak_for_the_hub_to_the_quota_service(hub):
     r = requests.get(f"{api}/users/victor", headers={"Authorization": f"token {hub.admin_token()}"},
                      timeout=30)  # fmt: skip
     assert r.ok and r.json()["user"] == "victor", r.text
+
+
+def test_another_user_cannot_move_a_gpu_session_to_cpu(hub):
+    """"Continue on CPU" (issue 15) stops a GPU session and starts it again on the CPU
+    profile: in another user's hands that is a way to kill her training and take her GPU.
+    mallory tries it on wendy's running GPU session with her own token (403), and through
+    wendy's own browser from a page of hers (wendy's cookie, no XSRF token: 401); wendy's
+    session runs on, unrestarted. wendy herself can. Seen red with the name check of
+    ContinueApiHandler.post removed: mallory's call restarted wendy's session on CPU."""
+    hub.new_user("wendy")
+    if hub.api("GET", "/users/mallory", ok=None).status_code == 404:  # run on its own
+        hub.new_user("mallory")
+    hub.spawn("wendy", "gpu-1")
+    before = hub.wait_ready("wendy")
+    url = f"{hub.url}/services/quota/api/v1/users/wendy/continue-on-cpu"
+    mallory = {"Authorization": f"token {hub.token_for('mallory')}"}
+    r = requests.post(url, json={"server": ""}, headers=mallory, timeout=120)
+    assert r.status_code == 403, r.text
+    wendy = service_session(hub, hub.login("wendy", "correct-horse-9"), "quota",
+                            "continue-on-cpu")  # fmt: skip
+    r = wendy.post(f"{hub.url}/services/quota/continue-on-cpu", data={"server": ""},
+                   allow_redirects=False, timeout=120)  # fmt: skip
+    assert r.status_code in (401, 403), r.text  # the cookie counts only with its XSRF token
+    now = hub.api("GET", "/users/wendy").json()["servers"][""]
+    assert now["ready"] and now["started"] == before["started"]
+    assert now["user_options"] == {"profile": "gpu-1"}
+    # her own token may
+    own = {"Authorization": f"token {hub.token_for('wendy')}"}
+    r = requests.post(url, json={"server": ""}, headers=own, timeout=120)
+    assert r.status_code == 202, r.text
+    assert r.json()["progress_url"] == "/hub/spawn-pending/wendy"
+    after = hub.wait_ready("wendy")
+    assert after["user_options"] == {"profile": "cpu"} and after["started"] != before["started"]
+    hub.stop_server("wendy")

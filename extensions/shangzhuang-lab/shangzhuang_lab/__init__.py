@@ -33,5 +33,11 @@ def _load_jupyter_server_extension(server_app) -> None:
     from .publish import setup_publish_handlers
 
     setup_publish_handlers(server_app.web_app)  # "Publish as app" (shangzhuang.apps)
+    from .activity import watch
+
+    # A busy kernel or GPU is activity, so the hub's idle culler never stops work running.
+    server_app.web_app.settings["shangzhuang_activity"] = watch(
+        server_app.web_app, server_app.kernel_manager, server_app.log
+    )
     where = config.quota_url or "nowhere: $SHANGZHUANG_QUOTA_URL is not set"
     server_app.log.info("shangzhuang_lab %s: quota service at %s", __version__, where)

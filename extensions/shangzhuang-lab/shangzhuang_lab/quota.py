@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from datetime import datetime
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
@@ -187,6 +187,12 @@ def with_session(me: dict, config: ShangzhuangLab) -> dict:
     stops = stops_in is not None
     if stops:
         stops_in = round(stops_in, 1)
+    # Idle GPU reclaim: when this session stops and why, and the way on ("continue on
+    # CPU": a page of the quota service, beside its usage page on the hub's origin).
+    reclaim = (entry or {}).get("reclaim")
+    if reclaim:
+        page = f"continue-on-cpu?server={quote(config.server_name)}"
+        reclaim = {**reclaim, "continue_url": config.usage_url + page}
     return {
         **me,
         "session": {"consumer": entry["consumer"] if entry else None, "profile": profile,
@@ -194,6 +200,7 @@ def with_session(me: dict, config: ShangzhuangLab) -> dict:
         "grace_seconds": config.grace_seconds,
         "session_stops": stops,
         "stops_in_seconds": stops_in,
+        "reclaim": reclaim or None,
     }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ import { localeOf } from './locale';
 import { QuotaModel } from './model';
 import { PANEL_ID, QuotaPanel } from './panel';
 import { publishPlugin } from './publish';
+import { reclaimMessage, reclaimOf, ReclaimNotices } from './reclaim';
 
 const PLUGIN_ID = 'shangzhuang-lab:plugin';
 const OPEN_COMMAND = 'shangzhuang:open-quota';
@@ -80,6 +81,11 @@ class QuotaStatus extends Widget {
       state = info.state;
       this.node.textContent = statusText(info, this.trans);
       this.node.title = tooltipText(info, this.trans);
+      const reclaim = reclaimOf(info); // idle GPUs: said first, the item marked
+      if (reclaim) {
+        this.node.title = reclaimMessage(reclaim, this.trans) + '\n' + this.node.title;
+      }
+      this.node.classList.toggle('sz-reclaim-warned', !!reclaim);
     } else {
       return;
     }
@@ -168,6 +174,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       });
     }
     new QuotaNotices(model, trans);
+    new ReclaimNotices(model, trans);
 
     const apply = (settings: ISettingRegistry.ISettings) => {
       model.refreshSeconds = settings.get('refreshSeconds').composite as number;

@@ -32,6 +32,7 @@ import {
   usedFraction
 } from './format';
 import { endpointUrl, fetchCharges, fetchGpus, QuotaModel } from './model';
+import { reclaimOf, renderReclaim } from './reclaim';
 
 export const PANEL_ID = 'shangzhuang-quota-panel';
 
@@ -197,6 +198,10 @@ export class QuotaPanel extends Widget {
     }
 
     node.appendChild(this.renderSession(info));
+    const reclaim = reclaimOf(info); // its GPUs sit idle: when it stops, and the way on
+    if (reclaim) {
+      node.appendChild(renderReclaim(reclaim, trans));
+    }
     node.appendChild(this.renderLimits(info));
     if (info.usage_url && limitedResources(info).length) {
       node.appendChild(this.renderAskMore(info.usage_url));

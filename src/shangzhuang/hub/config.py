@@ -151,6 +151,16 @@ def sessions(settings: Settings, host: Host) -> dict:
         environment["SHANGZHUANG_QUOTA_URL"] = f"{quota_url(settings)}/services/quota/"
         # For the Lab extension's "this session stops in N minutes" at zero quota.
         environment["SHANGZHUANG_QUOTA_GRACE_SECONDS"] = f"{settings.quota.grace_seconds:g}"
+        # A session's GPUs at or over this are busy: the session is active (the Lab
+        # extension's activity.py), whatever its browser does.
+        environment["SHANGZHUANG_GPU_BUSY_PERCENT"] = (
+            f"{settings.quota.reclaim.idle_threshold_percent:g}"
+        )
+    if settings.hub.idle_timeout_seconds:
+        # The session tells the hub of its activity (busy kernels included) often enough
+        # for the culler: every quarter of the timeout, at most JupyterHub's 300 s.
+        interval = min(300, max(5, settings.hub.idle_timeout_seconds // 4))
+        environment["JUPYTERHUB_ACTIVITY_INTERVAL"] = str(interval)
     if settings.apps.enabled:
         environment["SHANGZHUANG_APPS_URL"] = f"{apps_url(settings)}/services/apps/"
     spawner = {
@@ -278,7 +288,9 @@ def services(settings: Settings, host: Host) -> dict:
                 "oauth_client_allowed_scopes": [ADMIN_SCOPE],
             }
         )
-        scopes = ["list:users", "read:users", "read:servers", "delete:servers"]
+        # `servers`: stop what can't pay or sits idle, and start a session again on the
+        # CPU profile when its user asks to continue on CPU (quota/continue_on_cpu.py).
+        scopes = ["list:users", "read:users", "servers"]
         if settings.backend.kind == "local":
             # The GPUs the pool gave each session, from the spawner's state: what the
             # quota service reads with NVML (quota/gpu_readings.py). Never user_options:

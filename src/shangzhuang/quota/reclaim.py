@@ -127,8 +127,10 @@ class Reclaim:
                 elif self._busy_since(conn, consumer, warning.warned_at, threshold):
                     dropped.append(consumer)
                     report.cleared.append(consumer)
-                elif now >= warning.stops_at and warning.stopped_at is None and (
-                    self._idle_now(conn, consumer, threshold, now)
+                elif (
+                    now >= warning.stops_at
+                    and warning.stopped_at is None
+                    and (self._idle_now(conn, consumer, threshold, now))
                 ):
                     due.append(warning)
             if dropped:

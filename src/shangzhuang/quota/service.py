@@ -14,6 +14,7 @@ import math
 import os
 import time
 from datetime import datetime
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from jupyterhub.services.auth import (
@@ -23,6 +24,7 @@ from jupyterhub.utils import url_path_join
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tornado import web
 
+from shangzhuang.apps.hub_api import HubAPI
 from shangzhuang.i18n import request_language
 from shangzhuang.quota import open_ledger
 from shangzhuang.quota.alerts import Alerts, run_alerts
@@ -45,6 +47,7 @@ from shangzhuang.quota.openapi import (
     route,
 )
 from shangzhuang.quota.periods import iso
+from shangzhuang.quota.reclaim import Reclaim
 from shangzhuang.quota.sources import sources_for
 from shangzhuang.services import APIHandler as JSONHandler
 from shangzhuang.services import is_admin, run_service
@@ -108,6 +111,18 @@ class APIHandler(JSONHandler):
             entry["stops_in_seconds"] = stops_in(
                 balance, entry.get("cost_per_hour") or {}, self.site.quota.grace_seconds, now
             )
+        # Idle GPU reclaim (quota/reclaim.py): a warned session says when and why.
+        warnings = self.settings["reclaim"].warnings(user) if answer["running"] else {}
+        for entry in answer["running"]:
+            warning = warnings.get(entry["consumer"])
+            entry["reclaim"] = None
+            if warning is not None and warning.stopped_at is None:
+                entry["reclaim"] = warning.as_dict(
+                    self.site.quota.reclaim, now, lambda t: iso(t, self.ledger.tz)
+                )
+                entry["reclaim"]["continue_url"] = (
+                    f"{self.settings['prefix']}continue-on-cpu?server={quote(entry['server'])}"
+                )
         return answer
 
     def is_hub(self, model: dict) -> bool:
@@ -373,9 +388,10 @@ class UsageHandler(APIHandler):
 class OpenAPIHandler(APIHandler):
     @operation("This document")
     def get(self):
-        from shangzhuang.quota import pages  # the usage page's API is documented here too
+        # The usage page's API and "continue on CPU" are documented here too.
+        from shangzhuang.quota import continue_on_cpu, pages
 
-        self.write_json(document(self.settings["prefix"], API + pages.API))
+        self.write_json(document(self.settings["prefix"], API + pages.API + continue_on_cpu.API))
 
 
 class MetricsHandler(APIHandler):
@@ -416,8 +432,11 @@ API = [
 ]
 
 
-def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) -> web.Application:
-    from shangzhuang.quota import pages  # the usage page (it builds on APIHandler)
+def make_app(
+    settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics, hub: HubAPI | None = None
+) -> web.Application:
+    """HUB: the hub's API with this service's token ("continue on CPU" restarts sessions)."""
+    from shangzhuang.quota import continue_on_cpu, pages  # they build on APIHandler
     from shangzhuang.quota.figures import UsedHoursCollector
 
     metrics.registry.register(UsedHoursCollector(ledger))  # used hours, read at each scrape
@@ -425,7 +444,8 @@ def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) 
     return web.Application(
         [
             *pages.handlers(prefix),
-            *((api + route(path), handler) for path, handler in API),
+            *continue_on_cpu.handlers(prefix),
+            *((api + route(path), handler) for path, handler in API + continue_on_cpu.API),
             (url_path_join(prefix, "metrics"), MetricsHandler),
             (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
         ],
@@ -433,6 +453,8 @@ def make_app(settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics) 
         site=settings,
         prefix=prefix,
         metrics=metrics,
+        reclaim=Reclaim(ledger, settings),
+        hub_api=hub,
         cookie_secret=os.urandom(32),
         xsrf_cookies=False,
         # Each request's language (cookie on the hub's host, Accept-Language): i18n.
@@ -463,7 +485,8 @@ async def main() -> None:
     ledger = open_ledger(settings)
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/quota/")
     metrics = Metrics()
-    app = make_app(settings, ledger, prefix, metrics)
+    hub = HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], timeout=30)
+    app = make_app(settings, ledger, prefix, metrics, hub)
     url = os.environ.get("JUPYTERHUB_SERVICE_URL", f"http://127.0.0.1:{settings.quota.port}")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     app.listen(port, address="127.0.0.1")
@@ -474,6 +497,7 @@ async def main() -> None:
     meter = Meter(
         ledger, sources, settings.quota.grace_seconds,
         sample_seconds=settings.quota.sample_seconds,
+        reclaim=Reclaim(ledger, settings),  # watches nothing unless the site turns it on
     )  # fmt: skip
     alerts = Alerts(ledger, settings.quota.alerts)
     if alerts.enabled:  # beside the meter: a slow SMTP server never delays a tick
