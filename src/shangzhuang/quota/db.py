@@ -239,6 +239,20 @@ class GpuSample(Base):
     )
 
 
+class GpuAccountHour(Base):
+    """GPU-seconds read per account per clock hour (`hour`: its start), and how many were
+    idle (under utilisation.IDLE_PERCENT): the estate's figure without reading every
+    reading. Written with the readings (utilisation.record_many)."""
+
+    __tablename__ = "gpu_account_hours"
+    account: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hour: Mapped[float] = mapped_column(Float, primary_key=True)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    idle_gpu_seconds: Mapped[float] = mapped_column(Float)
+    percent_gpu_seconds: Mapped[float] = mapped_column(Float)  # for the mean utilisation
+    __table_args__ = (Index("ix_gpu_account_hours_hour", "hour"),)
+
+
 class ReclaimWarning(Base):
     """A GPU session warned that its idle GPUs will be reclaimed (quota/reclaim.py): kept
     here so that a restarted quota service keeps the clock."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.engine import Connection
 
-from shangzhuang.quota.db import Consumer, GpuSample, Watermark
+from shangzhuang.quota.db import Consumer, GpuAccountHour, GpuSample, Watermark
 
 IDLE_PERCENT = 10.0  # a GPU-hour under this utilisation counts as idle (the efficiency)
 RAW_SECONDS = 24 * 3600.0  # samples younger than this stay one row per tick
@@ -70,12 +70,63 @@ def _insert(conn: Connection):
 
 
 def record_many(conn: Connection, samples: list[Sample]) -> None:
-    """Keep these readings (a consumer's reading at a time it has one already: ignored)."""
-    if samples:
-        conn.execute(
-            _insert(conn).on_conflict_do_nothing(index_elements=["consumer", "at"]),
-            [s.row() for s in samples],
-        )
+    """Keep these readings (a consumer's reading at a time it has one already: ignored),
+    and add them to their accounts' hours (gpu_account_hours)."""
+    if not samples:
+        return
+    rows = [s.row() for s in samples]
+    kept = conn.execute(
+        _insert(conn)
+        .on_conflict_do_nothing(index_elements=["consumer", "at"])
+        .returning(GpuSample.consumer, GpuSample.at),
+        rows,
+    ).all()
+    new = {(r.consumer, r.at) for r in kept}
+    _add_to_account_hours(conn, [r for r in rows if (r["consumer"], r["at"]) in new])
+
+
+def _add_to_account_hours(conn: Connection, rows: list[dict]) -> None:
+    """Each new reading's GPU-seconds (its seconds x its session's GPUs) to its session's
+    account, in the clock hour of its time."""
+    if not rows:
+        return
+    c = Consumer
+    ids = sorted({r["consumer"] for r in rows})
+    known = {
+        m.id: m for m in conn.execute(select(c.id, c.account, c.gpu_rate).where(c.id.in_(ids)))
+    }
+    sums: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        m = known.get(r["consumer"])
+        if m is None or m.gpu_rate <= 0:
+            continue
+        key = (m.account, math.floor(r["at"] / BUCKET_SECONDS) * BUCKET_SECONDS)
+        total = sums.setdefault(key, [0.0, 0.0, 0.0])
+        total[0] += r["seconds"] * m.gpu_rate
+        total[1] += r["idle_seconds"] * m.gpu_rate
+        total[2] += r["percent"] * r["seconds"] * m.gpu_rate
+    if not sums:
+        return
+    a = GpuAccountHour.__table__
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(a)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["account", "hour"],
+            set_={
+                col: a.c[col] + stmt.excluded[col]
+                for col in ("gpu_seconds", "idle_gpu_seconds", "percent_gpu_seconds")
+            },
+        ),
+        [
+            {"account": account, "hour": hour, "gpu_seconds": g, "idle_gpu_seconds": i,
+             "percent_gpu_seconds": p}
+            for (account, hour), (g, i, p) in sorted(sums.items())
+        ],
+    )  # fmt: skip
 
 
 def record(
@@ -167,6 +218,7 @@ def tidy(conn: Connection, now: float) -> tuple[int, int]:
         budget -= len(names)
     conn.execute(_upsert_watermark(conn, mark))
     pruned = conn.execute(delete(GpuSample).where(GpuSample.at < now - KEEP_SECONDS)).rowcount
+    conn.execute(delete(GpuAccountHour).where(GpuAccountHour.hour < now - KEEP_SECONDS))
     return merged, pruned
 
 
@@ -241,7 +293,10 @@ def efficiency_by(
     conn: Connection, key: str, start: float, end: float, names: list[str] | None = None
 ) -> dict[str, Efficiency]:
     """Sampled and idle GPU-hours in [start, end) per `key` ("user", "account" or
-    "consumer"): a row's seconds times its session's GPUs (the ledger's gpu_rate)."""
+    "consumer"): a row's seconds times its session's GPUs (the ledger's gpu_rate). Per
+    account, from gpu_account_hours: to the hour (the hours that start in the window)."""
+    if key == "account":
+        return _efficiency_by_account(conn, start, end, names)
     g, c = GpuSample, Consumer
     column = {"user": g.user, "account": c.account, "consumer": g.consumer}[key]
     gpu_seconds = g.seconds * c.gpu_rate
@@ -265,6 +320,31 @@ def efficiency_by(
             percent=r.weighted / total if total else None,
         )  # fmt: skip
     return out
+
+
+def _efficiency_by_account(
+    conn: Connection, start: float, end: float, names: list[str] | None
+) -> dict[str, Efficiency]:
+    a = GpuAccountHour
+    q = (
+        select(
+            a.account, func.sum(a.gpu_seconds).label("total"),
+            func.sum(a.idle_gpu_seconds).label("idle"),
+            func.sum(a.percent_gpu_seconds).label("weighted"),
+        )
+        .where(a.hour >= start, a.hour < end)
+        .group_by(a.account)
+    )  # fmt: skip
+    if names is not None:
+        q = q.where(a.account.in_(names))
+    return {
+        r.account: Efficiency(
+            gpu_hours=r.total / 3600,
+            idle_gpu_hours=r.idle / 3600,
+            percent=r.weighted / r.total if r.total else None,
+        )  # fmt: skip
+        for r in conn.execute(q)
+    }
 
 
 def sessions_of(conn: Connection, user: str, start: float, end: float) -> list[dict]:

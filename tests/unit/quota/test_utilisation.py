@@ -134,7 +134,29 @@ def test_efficiency_is_the_share_of_gpu_hours_under_ten_percent(ledger, write):
     assert (alice.gpu_hours, alice.idle_gpu_hours) == pytest.approx((5, 3))
     assert alice.idle_share == pytest.approx(0.6)
     assert alice.percent == pytest.approx((2 * 3 + 2 * 60 + 5) / 5)
-    assert by_account["physics"].as_dict() == alice.as_dict()
+    assert by_account["physics"].as_dict() == alice.as_dict()  # from gpu_account_hours
     assert by_session[LAB].idle_share == pytest.approx(0.5)
     assert early["alice"].idle_share == 1.0
     assert u.Efficiency().idle_share is None  # nothing sampled: no figure
+
+
+def test_the_accounts_hours_count_each_reading_once_and_outlive_downsampling(ledger, write):
+    """The estate reads gpu_account_hours, written with the readings: the same figures as
+    the readings themselves, a reading given twice counted once, kept when the readings
+    are merged into hours, and gone after KEEP_SECONDS."""
+    ledger.set_account("alice", "physics")
+    ledger.open(LAB, user="alice", account="physics", source="lab", started=T0,
+                rates={"gpu_hours": 2, "cpu_hours": 4})  # fmt: skip
+    with write() as conn:
+        for k in range(1, 241):  # two hours, every 30 s: 4% then 40%
+            u.record(conn, LAB, "alice", T0 + 30 * k, 4 if k <= 120 else 40, seconds=30)
+        u.record(conn, LAB, "alice", T0 + 30, 99, seconds=30)  # again: ignored
+        sums = u.efficiency_by(conn, "account", T0, T0 + 3 * 3600)["physics"]
+        assert (sums.gpu_hours, sums.idle_gpu_hours) == pytest.approx((4, 2))  # 2 GPUs x 2 h
+        from_readings = u.efficiency_by(conn, "user", T0, T0 + 3 * 3600)["alice"]
+        assert sums.as_dict() == from_readings.as_dict()
+        u.tidy(conn, T0 + 3 * 3600 + u.RAW_SECONDS)
+        merged = u.efficiency_by(conn, "account", T0, T0 + 3 * 3600)["physics"]
+        assert merged.as_dict() == sums.as_dict()
+        u.tidy(conn, T0 + u.KEEP_SECONDS + 4 * 3600)
+        assert u.efficiency_by(conn, "account", T0, T0 + 3 * 3600) == {}
