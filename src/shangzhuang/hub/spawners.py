@@ -439,13 +439,12 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         super().clear_state()
         if self.cgroup is not None:
             self._note_oom_kills(stopped=True)
-            self.cgroup.kill()
-            try:  # the hub calls this on its loop; the folder goes once it is empty
+            cgroup, self.cgroup = self.cgroup, None
+            try:  # the hub calls this on its loop: kill and remove off it (remove kills first)
                 loop = asyncio.get_running_loop()
-                self._removals.add(loop.create_task(self._remove_cgroup(self.cgroup)))
+                self._removals.add(loop.create_task(self._remove_cgroup(cgroup)))
             except RuntimeError:
-                pass  # no loop (a script): killed; stop() or the next start removes it
-            self.cgroup = None
+                cgroup.kill()  # no loop (a script): killed; stop() or the next start removes it
         if self.dashboard_ports is not None and self.dashboard_chain:
             # iptables (and the ports lock other hubs share) off the hub's event loop
             release = (self.firewall.release, self.dashboard_ports, self.dashboard_uid)

@@ -26,10 +26,13 @@ async def ensure_account(
     on_create: Callable[[pwd.struct_passwd], None] | None = None,
 ) -> pwd.struct_passwd:
     """Create the account if missing (home 0700, own group); return its passwd entry.
-    `on_create` runs once, right after the account is made (to fill the new home)."""
+    `on_create` runs once, right after the account is made (to fill the new home).
+
+    Runs on the hub's event loop, so what may wait runs off it: the account lookup (NSS,
+    which may ask a directory server: sssd, nslcd), useradd, and the home's files (NFS)."""
     created = False
     try:
-        account = pwd.getpwnam(unix_name)
+        account = await asyncio.to_thread(pwd.getpwnam, unix_name)
     except KeyError:
         proc = await asyncio.create_subprocess_exec(
             "useradd", "--create-home", "--home-dir", home, "--shell", "/bin/bash",
@@ -39,15 +42,25 @@ async def ensure_account(
         out, _ = await proc.communicate()
         if proc.returncode != 0:
             raise AccountError(f"useradd {unix_name} failed: {out.decode().strip()}") from None
-        account = pwd.getpwnam(unix_name)
+        account = await asyncio.to_thread(pwd.getpwnam, unix_name)
         created = True
+    return await asyncio.to_thread(_settle, account, created, on_create)
+
+
+def _settle(
+    account: pwd.struct_passwd,
+    created: bool,
+    on_create: Callable[[pwd.struct_passwd], None] | None,
+) -> pwd.struct_passwd:
+    """Refuse accounts no session runs as; make the home the user's own, 0700."""
     if account.pw_gecos.startswith(RETIRED_COMMENT):
         # A hub user named like a retired account ("retired1001") must not get its uid.
-        raise AccountError(f"{unix_name} is a retired account; sessions never run as one")
+        raise AccountError(f"{account.pw_name} is a retired account; sessions never run as one")
     if account.pw_uid < FIRST_USER_UID:
         # With an empty user_prefix a hub user named "root" or "daemon" must not get that account.
         raise AccountError(
-            f"{unix_name} is a system account (uid {account.pw_uid}); sessions never run as one"
+            f"{account.pw_name} is a system account (uid {account.pw_uid}); "
+            "sessions never run as one"
         )
     os.makedirs(account.pw_dir, exist_ok=True)
     os.chown(account.pw_dir, account.pw_uid, account.pw_gid)

@@ -1,0 +1,121 @@
+"""Nothing of ours holds up the hub's event loop (issue 16): what may wait (systemctl, a
+directory server behind NSS, a slow disk) runs off it while the loop keeps turning."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import subprocess
+import time
+
+import pytest
+
+from shangzhuang.hub import unix
+from shangzhuang.hub.containment import session_cgroup
+from shangzhuang.hub.gpus import GpuPool
+
+from .spawner_kit import gpus, make_spawner
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the home's owner is root's to set")
+
+# Stand-in for systemctl: like systemd, `kill` kills the scope's processes and empties it;
+# every call takes a second (a busy systemd answers in seconds).
+SLOW_SYSTEMCTL = """#!/bin/sh
+printf '%s\\n' "$*" >> {log}
+sleep 1
+if [ "$1" = kill ]; then
+  kill -9 $(cat {procs}) 2>/dev/null
+  : > {procs}
+fi
+"""
+
+
+async def longest_stall(work) -> float:
+    """Run `work()` (a coroutine function) while a ticker notes how long the loop went
+    without turning; return the longest gap, in seconds."""
+    gaps: list[float] = []
+    last = [time.monotonic()]
+
+    async def ticker():
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - last[0])
+            last[0] = time.monotonic()
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)
+    try:
+        await work()
+    finally:
+        tick.cancel()
+    gaps.append(time.monotonic() - last[0])  # a stall at the very end counts too
+    return max(gaps)
+
+
+def test_stopping_a_systemd_scope_never_holds_up_the_hubs_loop(tmp_path, monkeypatch):
+    """JupyterHub calls clear_state on its event loop when a session stops or is found dead;
+    the session's scope is killed and removed (systemctl kill, systemctl stop) while the loop
+    keeps turning. No systemd here (not PID 1): systemctl is the stand-in above, on PATH,
+    and the scope's cgroup a folder of files. Seen red before the change: clear_state ran
+    `systemctl kill` on the loop (a 1.0 s stall) and remove() ran `systemctl stop` there."""
+    session = subprocess.Popen(["sleep", "60"])
+    root = tmp_path / "cg"
+    (root / "memory").mkdir(parents=True)
+    scope = session_cgroup("systemd", "shangzhuang/abc123/ana.lab", root=root)
+    (folder,) = scope.folders()
+    folder.mkdir(parents=True)
+    procs = folder / "cgroup.procs"
+    procs.write_text(f"{session.pid}\n")
+    log, bin_dir = tmp_path / "calls", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(SLOW_SYSTEMCTL.format(log=log, procs=procs))
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    spawner = make_spawner(GpuPool(gpus(0)))
+    spawner.cgroup = scope
+
+    async def stop():
+        spawner.clear_state()  # as JupyterHub calls it: on its loop
+        assert spawner.cgroup is None
+        await asyncio.gather(*list(spawner._removals))
+
+    try:
+        stall = asyncio.run(longest_stall(stop))
+        assert session.wait(5) == -9  # the scope's process was killed
+    finally:
+        session.kill()
+    assert log.read_text().splitlines() == [
+        f"kill --signal=SIGKILL {scope.unit}",
+        f"stop {scope.unit}",
+    ]
+    assert stall < 0.5, f"the loop stood still {stall:.2f} s"
+
+
+@root_only
+def test_a_slow_account_lookup_never_holds_up_the_hubs_loop(tmp_path, monkeypatch):
+    """The user's Unix account is looked up at every spawn (`getpwnam`, which NSS may send
+    to a directory server: sssd, nslcd). Such a server can't run here: a lookup that takes
+    a second stands in for it (the only stand-in; the home's checks and chown are real).
+    Seen red before the change: the lookup ran on the loop (a 1.0 s stall)."""
+    home = tmp_path / "home" / "sz-ana"
+    account = pwd.struct_passwd(
+        ("sz-ana", "x", 54321, 54321, "Shangzhuang user ana", str(home), "/bin/bash")
+    )
+
+    def slow_lookup(name: str) -> pwd.struct_passwd:
+        time.sleep(1)
+        if name != account.pw_name:
+            raise KeyError(name)
+        return account
+
+    monkeypatch.setattr(unix.pwd, "getpwnam", slow_lookup)
+
+    async def spawn():
+        found = await unix.ensure_account("sz-ana", str(home), "ana")
+        assert found == account
+
+    stall = asyncio.run(longest_stall(spawn))
+    assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (54321, 0o700)
+    assert stall < 0.5, f"the loop stood still {stall:.2f} s"
