@@ -96,6 +96,36 @@ def session_files(folder: Path, oom_kills: int = 0, usage_usec: int = 0) -> None
     (folder / "cpu.stat").write_text(f"usage_usec {usage_usec}\nuser_usec 0\n")
 
 
+@root_only
+@pytest.mark.skipif(detect() != "v1", reason="needs the cgroup v1 controllers mounted")
+def test_sessions_weigh_against_the_nodes_other_processes_as_their_cores_would():
+    """The kernel shares the CPU between the siblings of each level: the folders above the
+    sessions (the workbench's, the hub's) weigh what their sessions weigh together, not one
+    process's 1024. Seen red before: both stayed at 1024, so every session of the node
+    together had one process's share against the hub and its services
+    (bench/session_start.py)."""
+    top = f"sz-unit-{uuid.uuid4().hex[:8]}"
+    cpu = Path("/sys/fs/cgroup/cpu")
+    one, two = CgroupV1(f"{top}/hub/one.lab"), CgroupV1(f"{top}/hub/two.lab")
+    try:
+        one.create(SessionLimits(cores=1, memory=2**30, pids=64))
+        two.create(SessionLimits(cores=2, memory=2**30, pids=64))
+        for folder in (cpu / top, cpu / top / "hub"):
+            assert (folder / "cpu.shares").read_text().strip() == "3072"
+        assert asyncio.run(two.remove())
+        for folder in (cpu / top, cpu / top / "hub"):
+            assert (folder / "cpu.shares").read_text().strip() == "1024"
+    finally:
+        for cgroup in (one, two):
+            asyncio.run(cgroup.remove(timeout=5))
+        for folder in Path("/sys/fs/cgroup").glob(f"*/{top}"):
+            for f in (folder / "hub", folder):
+                try:
+                    f.rmdir()
+                except OSError:
+                    pass
+
+
 def test_v2_writes_the_profile_into_cgroup2_files(tmp_path):
     """A temp folder stands in for /sys/fs/cgroup (no cgroup2 with controllers here)."""
     parent = "shangzhuang/abc"

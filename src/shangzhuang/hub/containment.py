@@ -207,15 +207,18 @@ class SessionCgroup:
 
     async def remove(self, timeout: float = 30) -> bool:
         """Kill everything in the session, wait until it is empty, remove the cgroup.
-        False if processes outlived `timeout` (the cgroup is then left in place)."""
+        False if processes outlived `timeout` (the cgroup is then left in place).
+
+        Off the hub's event loop: with a systemd scope, kill and rmdir are systemctl calls
+        (up to 30 s each), and the cgroup files may be slow on a busy node."""
         deadline = time.monotonic() + timeout
-        while self.pids():
+        while pids := await asyncio.to_thread(self.pids):
             if time.monotonic() > deadline:
-                log.warning("%s: processes %s outlived the kill", self, sorted(self.pids()))
+                log.warning("%s: processes %s outlived the kill", self, sorted(pids))
                 return False
-            self.kill()
+            await asyncio.to_thread(self.kill)
             await asyncio.sleep(0.05)
-        self.rmdir()
+        await asyncio.to_thread(self.rmdir)
         return True
 
     def rmdir(self) -> None:
@@ -228,6 +231,37 @@ class SessionCgroup:
                     pass
                 except OSError:  # busy: still has processes or other sessions
                     break
+        self.weigh_parents()  # the session's weight leaves its parents'
+
+    # The CPU weight's file, its bounds, and where its hierarchy starts (v1: .../cpu).
+    weight_file, weight_bounds = "", (1, 1)
+
+    def _cpu_folder(self) -> tuple[Path, Path] | None:
+        """(the session's folder holding weight_file, its hierarchy's root)."""
+        return None
+
+    def weigh_parents(self) -> None:
+        """Give each folder above the session the weight of the sessions below it together.
+
+        The kernel shares the CPU between the siblings of each level, and a folder left at
+        the default weighs as much as one process: every session of the node together then
+        got one process's share against the hub, its services and whatever else runs
+        there, and starting Labs waited for a CPU (bench/session_start.py). Weighed this
+        way, a session of N cores competes with the node's other processes as N of them
+        would, as each Lab process does under a plain JupyterHub."""
+        found = self._cpu_folder()
+        if found is None:
+            return
+        folder, mount = found
+        low, high = self.weight_bounds
+        for parent in [p for p in folder.parents if p.is_relative_to(mount) and p != mount]:
+            try:
+                children = [c for c in parent.iterdir() if c.is_dir()]
+            except OSError:  # removed meanwhile (its last session went)
+                continue
+            total = sum(int(_read(c / self.weight_file).strip() or 0) for c in children)
+            if total:
+                _write(parent / self.weight_file, str(min(high, max(low, total))))
 
     def _cpus_taken(self, cpuset_folder: Path) -> list[list[int]]:
         """The cpusets of this hub's other sessions (siblings of this cgroup)."""
@@ -247,6 +281,12 @@ class CgroupV1(SessionCgroup):
         mount = self.root / controller
         return mount / self.path if mount.is_dir() else None
 
+    weight_file, weight_bounds = "cpu.shares", (2, 262144)
+
+    def _cpu_folder(self) -> tuple[Path, Path] | None:
+        folder = self._at("cpu")
+        return (folder, self.root / "cpu") if folder is not None else None
+
     def create(self, limits: SessionLimits) -> list[str]:
         left_out = []
         for folder in self.folders():
@@ -264,6 +304,8 @@ class CgroupV1(SessionCgroup):
             left_out.append("CPU quota")
         elif not _write(cpu / "cpu.shares", str(max(2, int(limits.cores * 1024)))):
             left_out.append("CPU weight")
+        else:
+            self.weigh_parents()
         memory = self._at("memory")
         if not (memory and _write(memory / "memory.limit_in_bytes", str(limits.memory))):
             left_out.append("memory limit")
@@ -323,6 +365,11 @@ class CgroupV2(SessionCgroup):
     def folders(self) -> list[Path]:
         return [self.root / self.path]
 
+    weight_file, weight_bounds = "cpu.weight", (1, 10000)
+
+    def _cpu_folder(self) -> tuple[Path, Path] | None:
+        return self.root / self.path, self.root
+
     def create(self, limits: SessionLimits) -> list[str]:
         folder = self.root / self.path
         folder.mkdir(parents=True, exist_ok=True)
@@ -334,6 +381,8 @@ class CgroupV2(SessionCgroup):
             left_out.append("CPU quota")
         elif not _write(folder / "cpu.weight", str(min(10000, max(1, int(limits.cores * 100))))):
             left_out.append("CPU weight")
+        else:
+            self.weigh_parents()
         if not _write(folder / "memory.max", str(limits.memory)):
             left_out.append("memory limit")
         else:
