@@ -6,6 +6,7 @@
 - `ShapeBatches`: the images as a map-style dataset whose items are whole batches, so a
   DataLoader's workers hand the GPU one ready batch at a time instead of 512 single images.
 - `to_input(x, device)`: uint8 images -> normalised float input, on the device.
+- `CLASSES`: the model's labels; `CLASS_NAMES[language]`: what people call them (en, zh-CN).
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import torch
 from torch import nn
 
 CLASSES = ("circle", "square", "triangle", "plus", "diamond")
+# What people call each class, in the tutorials' languages (CLASSES stay the model's labels).
+CLASS_NAMES = {
+    "en": dict(zip(CLASSES, CLASSES, strict=True)),
+    "zh-CN": dict(zip(CLASSES, ("圆形", "正方形", "三角形", "十字", "菱形"), strict=True)),
+}
 IMAGE_SIZE = 32
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -171,6 +172,8 @@ def test_an_nbgitpuller_link_pulls_a_course_into_the_session(hub, student):
 # --- the same tutorials in Chinese, in the session of a student who chose 中文 -------------
 
 CHINESE = "lin"
+SHAPES_IN_CHINESE = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "plus": "十字",
+                     "diamond": "菱形"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +272,10 @@ def test_zh_04_publishes_lins_own_model_as_a_chinese_app(hub, chinese_student, t
                        share_with=["wen"])  # fmt: skip
     text = run.text
     assert "ShapeNet(width=8)，来自 models/shapes.pt：500 张新图像中认对" in text, text
-    assert "circle: 模型看到的是" in text and "diamond: 模型看到的是" in text
+    # The model's verdict on each shape, which it names in Chinese.
+    verdicts = re.findall(r"(\w+): 模型看到的是 (\S+)（\d+%，[对错]）", text)
+    assert [shape for shape, _ in verdicts] == list(SHAPES_IN_CHINESE), text
+    assert {name for _, name in verdicts} <= set(SHAPES_IN_CHINESE.values()), verdicts
     assert "已写出 shapes-app.ipynb，附带 shapes.py、shapes_app.py、models/shapes.pt" in text
     assert f"已发布 {CHINESE}/shapes（4 个文件）" in text and "谁可以打开： wen" in text, text
     wen = hub.login("wen", "correct-horse-9")
@@ -278,6 +284,6 @@ def test_zh_04_publishes_lins_own_model_as_a_chinese_app(hub, chinese_student, t
     page = r.content.decode()  # Voila's text/html names no charset: requests would guess Latin-1
     # The title as nbconvert writes headings (HTML entities), the widget's repr as JSON.
     assert "这是什么形状？" in html.unescape(page) and "会告诉你它看到了什么" in page
-    shape = "形状".encode("unicode_escape").decode()
-    assert f"Dropdown(description=\\u0027{shape}\\u0027" in page
+    shape, circle = (words.encode("unicode_escape").decode() for words in ("形状", "圆形"))
+    assert f"Dropdown(description=\\u0027{shape}\\u0027" in page and circle in page
     assert '"output_type": "error"' not in page and "load_model" not in page

@@ -2,10 +2,10 @@
 the same code (only its strings and comments may differ: plot labels, notes), prose in
 Chinese, no outputs; and a new home gets each tutorial in its user's language.
 
-Why this and not a second run of every notebook in tests/notebooks: with the code proven
-equal here, a Chinese run would repeat the English run's code path; test_tutorials.py
-runs the cheapest one (01) in Chinese on the real hub, and test_session_language.py draws
-Chinese plot labels with the sessions' matplotlib settings."""
+With the code proven equal here, tests/notebooks/test_tutorials.py runs the Chinese 02 and
+03 at a smaller size than the English ones (what it checks there is what a Chinese reader
+sees: printed lines, plot labels in CJK glyphs, the app), and test_session_language.py
+draws Chinese plot labels with the sessions' matplotlib settings."""
 
 from __future__ import annotations
 
