@@ -44,12 +44,18 @@ def ledger_cpu_hours(hub, user: str) -> float:
 
 @pytest.fixture(scope="module")
 def hub():
-    with RunningHub(workdir(), quota=QUOTA) as h:
+    base = workdir()
+    # uma's Lab holds a GPU that NVML reads at 3% (the stand-in: no GPU here)
+    readings = base / "nvml.json"
+    readings.write_text(json.dumps({"gpus": [{"utilisation": 3, "memory_mib": 512}] * 2}))
+    readings.chmod(0o644)
+    with RunningHub(base, quota=QUOTA, nvml_readings=readings) as h:
         h.new_user("uma")
         h.new_user("mara")
-        h.spawn("uma", "cpu")
+        h.spawn("uma", "gpu-1")
         h.wait_ready("uma")
         h.wait(lambda: ledger_cpu_hours(h, "uma") > 0, 60, "uma's first charges")
+        h.wait(lambda: admin_get(h, "usage/gpus?user=uma")["sessions"], 60, "a GPU reading")
         h.stop_server("uma")
         h.wait(lambda: not admin_get(h, "users/uma")["running"], 60, "uma's session closed")
         yield h
@@ -92,6 +98,23 @@ def test_a_user_sees_her_chart(hub, browser, artifacts):
         page.select_option("#sz-period", "1")  # the period before: nothing used then
         page.wait_for_selector('main[data-loaded="1"]', state="attached", timeout=30_000)
         assert chart(page, "chart-me-cpu_hours")["by_source"] == {}
+    finally:
+        context.close()
+
+
+def test_a_user_sees_her_gpu_utilisation_and_efficiency(hub, browser, artifacts):
+    context, page = open_usage(browser, hub, "uma")
+    try:
+        el = page.locator("#chart-gpu-utilisation")
+        assert el.get_attribute("data-ready") == "1"
+        assert el.locator("canvas").count() >= 1  # uPlot drew it
+        drawn = json.loads(el.get_attribute("data-gpus"))
+        assert drawn == admin_get(hub, "usage/gpus?user=uma")  # what the platform read
+        (session,) = drawn["sessions"]
+        assert {p for _, p in session["utilisation"]} == {3}
+        text = page.locator("#sz-efficiency").inner_text()
+        assert "under 10% utilisation (100%)" in text, text
+        page.locator("#sz-gpus").screenshot(path=str(artifacts / "usage-page-gpus.png"))
     finally:
         context.close()
 
