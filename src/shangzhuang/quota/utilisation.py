@@ -74,15 +74,24 @@ def record_many(conn: Connection, samples: list[Sample]) -> None:
     and add them to their accounts' hours (gpu_account_hours)."""
     if not samples:
         return
-    rows = [s.row() for s in samples]
+    g = GpuSample
+    times = [s.at for s in samples]
     kept = conn.execute(
-        _insert(conn)
-        .on_conflict_do_nothing(index_elements=["consumer", "at"])
-        .returning(GpuSample.consumer, GpuSample.at),
-        rows,
-    ).all()
-    new = {(r.consumer, r.at) for r in kept}
-    _add_to_account_hours(conn, [r for r in rows if (r["consumer"], r["at"]) in new])
+        select(g.consumer, g.at).where(
+            g.consumer.in_(sorted({s.consumer for s in samples})),
+            g.at >= min(times),
+            g.at <= max(times),
+        )
+    )  # (not INSERT ... RETURNING: SQLite has it only since 3.35)
+    have = {(r.consumer, r.at) for r in kept}
+    rows = []
+    for s in samples:
+        if (s.consumer, s.at) not in have:
+            have.add((s.consumer, s.at))
+            rows.append(s.row())
+    if rows:
+        conn.execute(_insert(conn).on_conflict_do_nothing(index_elements=["consumer", "at"]), rows)
+        _add_to_account_hours(conn, rows)
 
 
 def _add_to_account_hours(conn: Connection, rows: list[dict]) -> None:
