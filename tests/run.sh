@@ -20,7 +20,7 @@ fi
 # browser or Slurm, not computing. tests/conftest.py keeps each module on one worker and
 # the Slurm modules one after another. `-n 0` after these runs it all in one process.
 # The slowest tests, so that a CI log shows where its minutes went.
-.venv/bin/python -m pytest -n 2 --dist loadgroup --durations=30 "$@"
+.venv/bin/python -m pytest -n 2 --durations=30 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: failing on purpose" >&2

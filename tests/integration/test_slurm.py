@@ -18,7 +18,7 @@ from tests.slurm import LocalSlurm
 
 from .hub import RunningHub, workdir
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]  # one Slurm at a time
+pytestmark = pytest.mark.integration
 
 PROFILES = """
 [[profiles]]

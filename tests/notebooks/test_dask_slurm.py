@@ -12,7 +12,7 @@ from tests.slurm import LocalSlurm
 from .conftest import QUOTA, SITE
 from .session import run_notebook
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]  # one Slurm at a time
+pytestmark = pytest.mark.integration
 
 PROFILES = """
 [[profiles]]

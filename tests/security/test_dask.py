@@ -22,7 +22,7 @@ import requests
 from tests.integration.hub import RunningHub, workdir
 from tests.slurm import LocalSlurm
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]  # one Slurm at a time
+pytestmark = pytest.mark.integration
 root_only = pytest.mark.skipif(
     os.geteuid() != 0, reason="users get their own accounts only as root"
 )

@@ -24,11 +24,7 @@ import requests
 from tests.integration.hub import RunningHub, workdir
 from tests.slurm import LocalSlurm
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.xdist_group("slurm"),  # one Slurm at a time
-]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 PROFILES = """
 [[profiles]]
