@@ -233,10 +233,9 @@ class GpuSample(Base):
     peak: Mapped[float] = mapped_column(Float)  # the highest reading merged into the row
     idle_seconds: Mapped[float] = mapped_column(Float)  # of `seconds`, under IDLE_PERCENT
     memory_mib: Mapped[float | None] = mapped_column(Float, nullable=True)
-    __table_args__ = (
-        Index("ix_gpu_samples_user_at", "user", "at"),
-        Index("ix_gpu_samples_at", "at"),  # downsampling and pruning walk by time
-    )
+    # Downsampling and pruning walk by time. No index by user: a tick's readings would
+    # dirty a page of it per session; a user's readings are found through their consumers.
+    __table_args__ = (Index("ix_gpu_samples_at", "at"),)
 
 
 class GpuAccountHour(Base):

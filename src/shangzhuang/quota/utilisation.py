@@ -307,7 +307,7 @@ def efficiency_by(
     if key == "account":
         return _efficiency_by_account(conn, start, end, names)
     g, c = GpuSample, Consumer
-    column = {"user": g.user, "account": c.account, "consumer": g.consumer}[key]
+    column = {"user": c.user, "consumer": g.consumer}[key]
     gpu_seconds = g.seconds * c.gpu_rate
     q = (
         select(
@@ -319,8 +319,9 @@ def efficiency_by(
         .where(g.at >= start, g.at < end)
         .group_by(column)
     )  # fmt: skip
-    if names is not None:
-        q = q.where(column.in_(names))
+    if names is not None:  # by the readings' key (consumer, at): a user's are their consumers'
+        ids = select(c.id).where(c.user.in_(names)) if key == "user" else names
+        q = q.where(g.consumer.in_(ids))
     out = {}
     for r in conn.execute(q):
         total = r.total or 0.0
@@ -362,7 +363,7 @@ def sessions_of(conn: Connection, user: str, start: float, end: float) -> list[d
     g, c = GpuSample, Consumer
     rows = conn.execute(
         select(g.consumer, g.at, g.percent)
-        .where(g.user == user, g.at >= start, g.at < end)
+        .where(g.consumer.in_(select(c.id).where(c.user == user)), g.at >= start, g.at < end)
         .order_by(g.consumer, g.at)
     ).all()
     series: dict[str, list[tuple[float, float]]] = {}
