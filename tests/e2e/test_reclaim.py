@@ -1,6 +1,7 @@
-"""Idle GPU reclaim on a real hub: an idle GPU session is warned (the quota API, the Lab
-extension's status endpoint, the home page), its user continues on CPU (same server, same
-home), another idle one is stopped after the grace period, and a busy one is kept.
+"""Idle GPU reclaim on a real hub, in Chromium: an idle GPU session is warned (the quota API,
+the Lab's status bar and panel, the home page), its user presses "Continue on CPU" in Lab and
+confirms on the quota service's page (same server, same home), another idle one is stopped
+after the grace period, and a busy one is kept.
 
 What is faked: the GPUs' utilisation. There is no GPU here, so the quota service reads a
 stand-in NVML (tests/integration/pynvml_standin) whose readings come from a file this test
@@ -18,12 +19,14 @@ import time
 import pytest
 import requests
 
-from .hub import RunningHub, workdir
+from tests.integration.hub import RunningHub, workdir
+
+from .test_lab_quota import lab_settings, open_lab
 
 pytestmark = pytest.mark.integration
 
 IDLE, BUSY = 2, 90  # % utilisation of a GPU
-GRACE = 25  # seconds between the warning and the stop
+GRACE = 30  # seconds between the warning and the stop: time for the browser's way on
 
 QUOTA = f"""
 sample_seconds = 1
@@ -85,46 +88,61 @@ def warning_of(hub, user: str, token: str) -> dict | None:
     return running[0].get("reclaim") if running else None
 
 
-def test_idle_session_is_warned_and_continues_on_cpu_a_busy_one_is_kept(hub):
+def test_idle_session_is_warned_and_continues_on_cpu_a_busy_one_is_kept(hub, browser, artifacts):
     token = hub.token_for("alice")
     hub.spawn("alice", "gpu-1")
-    hub.wait_ready("alice")
+    before = hub.wait_ready("alice")
+    (gpu,) = before["state"]["gpus"]
+    hub.readings.set(gpu, BUSY)  # busy while her Lab loads in the browser ...
     hub.run_code("alice", "open('kept.txt', 'w').write('still here')", token)
-    before = server(hub, "alice")
+    lab_settings(hub, "alice", token)
+    context, page = open_lab(browser, hub, "alice")
+    hub.readings.set(gpu, IDLE)  # ... then idle
+    try:
+        # Warned after 4 s of idle readings: the status bar says so (and the quota API) ...
+        page.wait_for_selector(".sz-quota-status.sz-reclaim-warned", timeout=60_000)
+        warning = warning_of(hub, "alice", token)
+        assert warning["threshold_percent"] == 10 and 0 < warning["stops_in_seconds"] <= GRACE
+        assert warning["continue_url"] == "/services/quota/continue-on-cpu?server="
+        status = page.locator(".sz-quota-status")
+        assert status.text_content().startswith("Idle GPUs: stops in ")  # no hour limits here
+        assert "GPUs have been under 10% use since" in status.get_attribute("title")
+        # ... the Lab extension's status endpoint, which the status bar and panel read ...
+        lab = requests.get(
+            f"{hub.user_url('alice')}shangzhuang/quota",
+            headers={"Authorization": f"token {token}"}, timeout=30,
+        ).json()  # fmt: skip
+        assert lab["reclaim"]["stops_at"] == warning["stops_at"]
+        assert lab["reclaim"]["continue_url"] == (
+            f"{hub.url}/services/quota/continue-on-cpu?server="
+        )
+        # ... the home page, with the way on ...
+        home = hub.browsers["alice"].get(f"{hub.url}/hub/home", timeout=30).text
+        assert 'class="alert alert-warning sz-reclaim" data-server=""' in home
+        assert "have been under 10% use since" in html.unescape(home)
+        assert 'href="/services/quota/continue-on-cpu?server="' in home
+        # bob's busy GPU is not warned
+        assert warning_of(hub, "bob", hub.token_for("bob")) is None
 
-    # Warned after 4 s of idle readings: in the quota API ...
-    warning = hub.wait(lambda: warning_of(hub, "alice", token), 60, "alice warned")
-    assert warning["threshold_percent"] == 10
-    assert 0 < warning["stops_in_seconds"] <= GRACE
-    assert warning["continue_url"] == "/services/quota/continue-on-cpu?server="
-    # ... in the Lab extension's status endpoint (what the status bar and panel show) ...
-    lab = requests.get(f"{hub.user_url('alice')}shangzhuang/quota",
-                       headers={"Authorization": f"token {token}"}, timeout=30).json()  # fmt: skip
-    assert lab["reclaim"]["stops_at"] == warning["stops_at"]
-    assert lab["reclaim"]["continue_url"].endswith("/services/quota/continue-on-cpu?server=")
-    # ... and on the home page, with the way on.
-    browser = hub.browsers["alice"]
-    home = browser.get(f"{hub.url}/hub/home", timeout=30).text
-    assert 'class="alert alert-warning sz-reclaim" data-server=""' in home
-    assert "have been under 10% use since" in html.unescape(home)
-    assert 'href="/services/quota/continue-on-cpu?server="' in home
-    # bob's busy GPU is not warned
-    assert warning_of(hub, "bob", hub.token_for("bob")) is None
-
-    # "Continue on CPU": her page, then its form (the page's XSRF token, her cookie).
-    page = browser.get(f"{hub.url}/services/quota/continue-on-cpu?server=",
-                       headers={"Accept": "text/html"}, timeout=30)  # fmt: skip
-    assert page.status_code == 200 and 'id="sz-reclaim-warning"' in page.text
-    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)[1]
-    r = browser.post(
-        f"{hub.url}/services/quota/continue-on-cpu", data={"_xsrf": xsrf, "server": ""},
-        allow_redirects=False, timeout=120,
-    )  # fmt: skip
-    assert r.status_code == 303, r.text[-500:]
-    assert r.headers["Location"] == "/hub/spawn-pending/alice"
-    after = hub.wait(lambda: (s := server(hub, "alice")) and s["ready"] and s, 120, "on CPU")
+        # ... and the panel, with the button: to the quota service's page, then its form.
+        status.click()
+        reclaim = page.locator("#shangzhuang-quota-panel .sz-reclaim")
+        reclaim.wait_for(state="visible", timeout=15_000)
+        assert "unless they get busy" in reclaim.inner_text()
+        page.screenshot(path=str(artifacts / "reclaim-lab-warning.png"))
+        reclaim.locator("button.sz-continue-on-cpu").click()
+        page.wait_for_url("**/services/quota/continue-on-cpu?server=", timeout=60_000)
+        assert page.locator("#sz-reclaim-warning").is_visible()
+        page.screenshot(path=str(artifacts / "reclaim-continue-page.png"))
+        page.click("#sz-continue-on-cpu")
+        # the hub's pending page, then her Lab again: the same server, now on CPU
+        page.wait_for_url("**/user/alice/lab**", timeout=180_000)
+        page.wait_for_selector(".jp-Launcher", timeout=60_000)
+    finally:
+        context.close()
+    after = server(hub, "alice")
     assert after["user_options"] == {"profile": "cpu"} and after["started"] != before["started"]
-    assert "gpus" not in (after.get("state") or {}) or not after["state"]["gpus"]
+    assert not (after.get("state") or {}).get("gpus")
     assert hub.run_code("alice", "print(open('kept.txt').read())", token).strip() == "still here"
     assert warning_of(hub, "alice", token) is None  # a CPU session is not reclaimed
 

@@ -25,7 +25,7 @@ import { localeOf } from './locale';
 import { QuotaModel } from './model';
 import { PANEL_ID, QuotaPanel } from './panel';
 import { publishPlugin } from './publish';
-import { reclaimMessage, reclaimOf, ReclaimNotices } from './reclaim';
+import { reclaimMessage, reclaimOf, ReclaimNotices, reclaimStatus } from './reclaim';
 
 const PLUGIN_ID = 'shangzhuang-lab:plugin';
 const OPEN_COMMAND = 'shangzhuang:open-quota';
@@ -83,6 +83,8 @@ class QuotaStatus extends Widget {
       this.node.title = tooltipText(info, this.trans);
       const reclaim = reclaimOf(info); // idle GPUs: said first, the item marked
       if (reclaim) {
+        const hours = this.node.textContent;
+        this.node.textContent = reclaimStatus(reclaim, this.trans) + (hours ? ` · ${hours}` : '');
         this.node.title = reclaimMessage(reclaim, this.trans) + '\n' + this.node.title;
       }
       this.node.classList.toggle('sz-reclaim-warned', !!reclaim);

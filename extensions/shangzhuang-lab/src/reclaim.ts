@@ -36,6 +36,11 @@ export function reclaimMessage(reclaim: IReclaim, trans: ILocale = ENGLISH): str
   );
 }
 
+/** The status bar's words while warned (before the hours left, if any). */
+export function reclaimStatus(reclaim: IReclaim, trans: ILocale = ENGLISH): string {
+  return trans.__('Idle GPUs: stops %1', stopsInText(reclaim.stops_in_seconds, trans));
+}
+
 /** The button's words. */
 export function continueLabel(trans: ILocale = ENGLISH): string {
   return trans.__('Continue on CPU');
