@@ -3,7 +3,7 @@
 Each meter tick records, per GPU session (a ledger `Consumer` id), the mean utilisation of
 the session's GPUs over the tick, read by the quota service from a source the session's
 user can't write: NVML on the node for the local backend, Slurm's GPU accounting for jobs
-(quota/sources.py). No API writes samples.
+(quota/gpu_readings.py). No API writes samples.
 
 Bounded size (the table `gpu_samples`, one row per consumer per sample):
 - for RAW_SECONDS (24 h) a row per tick (`quota.sample_seconds`, 15 s: 5,760 rows a
@@ -14,7 +14,8 @@ Bounded size (the table `gpu_samples`, one row per consumer per sample):
 - rows older than KEEP_SECONDS (400 days) are deleted.
 So the table holds at most 24 h x 3,600 / sample_seconds rows per session running in the
 last day, plus one per session-hour of the last 400 days. `tidy` does both, a few hours
-of history at a time, from the meter's tick.
+of history at a time, from the meter's tick. Beside it, `gpu_account_hours` keeps each
+account's GPU-seconds read and idle per hour (the estate's figure), also for 400 days.
 
 `record`, `recent` and `idle_for` take a connection of the ledger's engine inside a
 transaction (`Ledger._write()` / `_read()`).
