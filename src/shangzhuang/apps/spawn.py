@@ -10,6 +10,7 @@ Every other server passes through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from urllib.parse import quote
@@ -82,7 +83,8 @@ class AppServers:
         ]  # fmt: skip
         if os.geteuid() == 0 and getattr(spawner, "isolated", False):
             account = await spawner.unix_account()
-            self.registry.let_read(owner, name, account.pw_gid)
+            # Every file of the app (a model can be thousands): off the hub's event loop.
+            await asyncio.to_thread(self.registry.let_read, owner, name, account.pw_gid)
 
 
 class NoConfirmClients(set):
