@@ -22,10 +22,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from shangzhuang.quota import utilisation
-from shangzhuang.quota.db import ReclaimWarning
+from shangzhuang.quota.db import GpuSample, ReclaimWarning
 from shangzhuang.quota.ledger import Ledger
 from shangzhuang.quota.meter import Running, UsageSource
 from shangzhuang.settings import Settings
@@ -81,6 +81,7 @@ class Reclaim:
         self.ledger = ledger
         self.settings = settings
         self.policy = settings.quota.reclaim
+        self.readings = IdleReadings(self.policy.idle_threshold_percent)
 
     def idle_period(self, r: Running) -> float:
         """Seconds of idle GPUs after which this session is warned; 0: never reclaimed."""
@@ -109,30 +110,38 @@ class Reclaim:
         report = ReclaimReport()
         threshold = self.policy.idle_threshold_percent
         watched = {c: r for c, r in seen.items() if self.idle_period(r) > 0}
+        fresh_since = now - 2 * self.settings.quota.sample_seconds
         with self.ledger._write() as conn:
             known = {w.consumer: _warning(w) for w in conn.execute(select(ReclaimWarning))}
+            self.readings.update(conn, watched, known, now)
             # Gone, exempted or no longer reclaimed: its warning goes.
             dropped = [c for c in known if c not in watched]
             due: list[IdleWarning] = []
+            new: list[dict] = []
             for consumer, r in watched.items():
-                idle = utilisation.idle_for(conn, consumer, threshold, now)
+                run = self.readings.runs.get(consumer)
+                idle = run.seconds_to(now) if run else 0.0
                 warning = known.get(consumer)
                 if warning is None:
                     if idle >= self.idle_period(r):
                         warning = IdleWarning(consumer, r.user, now - idle, now,
                                               now + self.policy.grace_seconds)  # fmt: skip
-                        conn.execute(ReclaimWarning.__table__.insert().values(
-                            **vars(warning)))  # fmt: skip
+                        new.append(vars(warning))
                         report.warned.append(consumer)
-                elif self._busy_since(conn, consumer, warning.warned_at, threshold):
+                elif self.readings.busy_at.get(consumer, 0.0) > warning.warned_at:
                     dropped.append(consumer)
                     report.cleared.append(consumer)
                 elif (
                     now >= warning.stops_at
                     and warning.stopped_at is None
-                    and (self._idle_now(conn, consumer, threshold, now))
+                    and run
+                    and (
+                        run.newest >= fresh_since  # read lately, and idle: never on old readings
+                    )
                 ):
                     due.append(warning)
+            if new:  # one statement for all: a thousand sessions idle since the same hour
+                conn.execute(ReclaimWarning.__table__.insert(), new)
             if dropped:
                 conn.execute(delete(ReclaimWarning).where(ReclaimWarning.consumer.in_(dropped)))
         for warning in due:
@@ -153,14 +162,83 @@ class Reclaim:
             log.info("warned %s: its GPUs are idle (reclaim)", consumer)
         return report
 
-    @staticmethod
-    def _busy_since(conn, consumer: str, since: float, threshold: float) -> bool:
-        return any(p >= threshold for _t, p in utilisation.recent(conn, consumer, since))
 
-    def _idle_now(self, conn, consumer: str, threshold: float, now: float) -> bool:
-        """Read in the last two meter intervals, and idle: never stopped on old readings."""
-        fresh = utilisation.recent(conn, consumer, now - 2 * self.settings.quota.sample_seconds)
-        return bool(fresh) and all(p < threshold for _t, p in fresh)
+@dataclass
+class IdleRun:
+    """A session's current run of readings under the threshold: from `start` to the newest
+    reading (at `newest`, standing for `seconds` before it)."""
+
+    start: float
+    newest: float
+    seconds: float
+
+    def seconds_to(self, now: float) -> float:
+        return max(0.0, min(now, self.newest + self.seconds) - self.start)
+
+
+class IdleReadings:
+    """Each watched session's idle run and newest busy reading, kept up to date from the
+    readings written since the last tick (one indexed query for all sessions, not one per
+    session: 1,000 GPU sessions stay a few milliseconds). A session seen for the first time
+    (or after a restart of the service) is read from the ledger once, by utilisation.idle_for's
+    rule: a reading at or over the threshold, or a gap of more than half an interval in the
+    readings, ends a run."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.runs: dict[str, IdleRun] = {}  # absent: not idle (busy, or no reading)
+        self.busy_at: dict[str, float] = {}  # the newest reading at or over the threshold
+        self.known: set[str] = set()
+        self.read_to: float | None = None
+
+    def update(self, conn, watched: dict, warned: dict[str, IdleWarning], now: float) -> None:
+        for gone in self.known - set(watched):
+            self.known.discard(gone)
+            self.runs.pop(gone, None)
+            self.busy_at.pop(gone, None)
+        if self.read_to is not None:
+            rows = conn.execute(
+                select(GpuSample.consumer, GpuSample.at, GpuSample.seconds, GpuSample.peak)
+                .where(GpuSample.at > self.read_to, GpuSample.at <= now)
+                .order_by(GpuSample.at)
+            )
+            for r in rows:
+                if r.consumer in self.known:
+                    self.add(r.consumer, r.at, r.seconds, r.peak)
+        for consumer in set(watched) - self.known:  # first seen: what the ledger has
+            self.seed(conn, consumer, warned.get(consumer), now)
+        self.read_to = now
+
+    def add(self, consumer: str, at: float, seconds: float, peak: float) -> None:
+        run = self.runs.get(consumer)
+        if peak >= self.threshold:
+            self.busy_at[consumer] = at
+            self.runs.pop(consumer, None)
+        elif run is None or at - seconds > run.newest + 0.5 * seconds:  # a new run (or a gap)
+            self.runs[consumer] = IdleRun(at, at, seconds)
+        else:
+            run.newest, run.seconds = at, seconds
+
+    def seed(self, conn, consumer: str, warning: IdleWarning | None, now: float) -> None:
+        self.known.add(consumer)
+        idle = utilisation.idle_for(conn, consumer, self.threshold, now)
+        newest = conn.execute(
+            select(GpuSample.at, GpuSample.seconds, GpuSample.peak)
+            .where(GpuSample.consumer == consumer, GpuSample.at <= now)
+            .order_by(GpuSample.at.desc())
+            .limit(1)
+        ).first()
+        if newest is not None and newest.peak < self.threshold:  # idle now, for `idle` s
+            end = min(now, newest.at + newest.seconds)
+            self.runs[consumer] = IdleRun(end - idle, newest.at, newest.seconds)
+        busy = conn.execute(
+            select(func.max(GpuSample.at)).where(
+                GpuSample.consumer == consumer, GpuSample.peak >= self.threshold,
+                GpuSample.at <= now,
+            )
+        ).scalar()  # fmt: skip
+        if busy is not None:
+            self.busy_at[consumer] = busy
 
 
 def _warning(row: ReclaimWarning) -> IdleWarning:

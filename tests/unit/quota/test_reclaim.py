@@ -221,3 +221,34 @@ def test_profile_reclaim_period_must_not_be_negative():
 
 def test_the_cpu_profile_is_the_first_without_gpus_unless_named():
     assert site().reclaim_cpu_profile.name == "cpu"
+
+
+def test_idle_runs_read_tick_by_tick_agree_with_utilisation_idle_for(ledger):
+    """IdleReadings keeps each session's idle run from the readings written since the last
+    tick (one query for all); it must say what utilisation.idle_for says from the whole
+    record, with busy readings and gaps (the service down) among them."""
+    import random
+
+    from shangzhuang.quota.reclaim import IdleReadings
+
+    rng = random.Random(15)
+    consumers = [f"lab:u{i}/@1" for i in range(6)]
+    watched = dict.fromkeys(consumers)
+    readings, now, longest = IdleReadings(threshold=10), T0, 0.0
+    for tick in range(150):
+        now += TICK
+        with ledger._write() as conn:
+            for c in consumers:
+                if rng.random() < 0.1:
+                    continue  # no reading this tick: a gap
+                percent = rng.choice([0, 3, 9, 9.9, 10, 50]) if rng.random() < 0.3 else 2
+                utilisation.record(conn, c, "u", now, percent, seconds=TICK)
+            if tick == 70:  # a restarted service: a new reader seeds from the ledger
+                readings = IdleReadings(threshold=10)
+            readings.update(conn, watched, {}, now)
+            for c in consumers:
+                run = readings.runs.get(c)
+                ours = run.seconds_to(now) if run else 0.0
+                assert ours == pytest.approx(utilisation.idle_for(conn, c, 10, now)), (tick, c)
+                longest = max(longest, ours)
+    assert longest >= 5 * TICK  # runs long enough to matter were compared
