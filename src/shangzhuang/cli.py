@@ -1,4 +1,9 @@
-"""The command line: `shangzhuang up | check | quota | apps | upgrade-db | backup | restore`."""
+"""The command line: `shangzhuang up | check | quota | apps | upgrade-db | backup | restore`.
+
+What it prints for a person is a Message, in the operator's language
+(i18n.operator_language: the terminal's locale, else site.language); `apps`, which users
+run in their sessions, speaks the session's (i18n.terminal_language). Logs stay English.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,22 @@ import signal
 import sys
 from pathlib import Path
 
+from shangzhuang import i18n
+from shangzhuang.i18n import Message
 from shangzhuang.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
 
 
 def _settings_or_exit(path: str | None) -> Settings:
     try:
-        return load_settings(path)
+        settings = load_settings(path)
     except SettingsError as e:
-        print(e, file=sys.stderr)
+        from shangzhuang.operate import refused_config
+
+        print(refused_config(e), file=sys.stderr)
         sys.exit(2)
+    # Without a locale (a service manager, cron), the site's language if it names one.
+    i18n.use(i18n.operator_language(settings.site.language))
+    return settings
 
 
 def admin_password(settings: Settings) -> tuple[str, bool]:
@@ -46,7 +58,7 @@ def source_is_default(settings: Settings) -> bool:
 
 def cmd_check(args) -> int:
     settings = _settings_or_exit(args.config)
-    print(f"ok: {settings.source}")
+    print(Message("ok: {config}", config=str(settings.source)))
     return 0
 
 
@@ -64,28 +76,34 @@ def cmd_up(args) -> int:
     # Only the embedded sign-up has passwords of its own; LDAP and OIDC admins use theirs.
     if admin and settings.auth.kind == "native":
         password, new = admin_password(settings)
+        kept = str(state / "admin-password")
         if new:
-            print(f"First start: admin {admin!r}, password {password}")
-            print(f"(kept in {state / 'admin-password'}, mode 0600)")
+            print(Message("First start: admin {admin}, password {password}", admin=repr(admin),
+                          password=password))  # fmt: skip
+            print(Message("(kept in {file}, mode 0600)", file=kept))
         else:
-            kept = state / "admin-password"
-            print(f"Admin {admin!r}: password from $SHANGZHUANG_ADMIN_PASSWORD or {kept}")
+            print(Message("Admin {admin}: password from $SHANGZHUANG_ADMIN_PASSWORD or {file}",
+                          admin=repr(admin), file=kept))  # fmt: skip
     # The embedded default (`make up`, a first look from a checkout) upgrades its own
     # databases after a `git pull`; a site's own config is upgraded by its operator.
     from shangzhuang.operate import pending_upgrades, upgrade_db
 
     if pending := pending_upgrades(settings):
+        databases = list(pending)  # a list: joined as the language joins one
         if source_is_default(settings):
-            print(f"Upgrading {', '.join(pending)} to this version first (shangzhuang upgrade-db)")
+            print(Message("Upgrading {databases} to this version first (shangzhuang upgrade-db)",
+                          databases=databases))  # fmt: skip
             upgrade_db(settings)
         else:
             print(
-                f"{', '.join(pending)}: made by an older version. Back up and upgrade with "
-                f"`shangzhuang upgrade-db --config {settings.source}`, then start again.",
+                Message("{databases}: made by an older version. Back up and upgrade with "
+                        "`shangzhuang upgrade-db --config {config}`, then start again.",
+                        databases=databases, config=str(settings.source)),
                 file=sys.stderr,
-            )
+            )  # fmt: skip
             return 2
-    print(f"Shangzhuang Workbench on {settings.hub.url}  (Ctrl-C stops it)", flush=True)
+    print(Message("Shangzhuang Workbench on {url}  (Ctrl-C stops it)", url=settings.hub.url),
+          flush=True)  # fmt: skip
 
     source = Path(settings.source).resolve()
     hub_config = source.parent / "jupyterhub_config.py"
@@ -111,7 +129,7 @@ def _operate(args, step) -> int:
     try:
         step(settings)
     except OperateError as e:
-        print(f"shangzhuang {args.command}: {e}", file=sys.stderr)
+        print(f"shangzhuang {args.command}: {e}", file=sys.stderr)  # e: a Message
         return 2
     return 0
 
@@ -163,10 +181,11 @@ def _ledger(args):
         # the URL and the driver's message without the password (no secret in any output)
         url = make_url(database_url(settings))
         print(
-            f"cannot open the quota database {url.render_as_string(hide_password=True)} "
-            f"(quota.database_url): {str(e.orig).replace(url.password or '<none>', '***')}",
+            Message("cannot open the quota database {url} (quota.database_url): {error}",
+                    url=url.render_as_string(hide_password=True),
+                    error=str(e.orig).replace(url.password or "<none>", "***")),
             file=sys.stderr,
-        )
+        )  # fmt: skip
         sys.exit(2)
 
 
@@ -175,22 +194,44 @@ def cmd_quota_show(args) -> int:
 
     ledger = _ledger(args)
     if args.user:
-        print(repr(QuotaReport(ledger.balance(args.user).as_dict())))
+        print(QuotaReport(ledger.balance(args.user).as_dict()).text(i18n.current()))
         return 0
     period = ledger.period()
     from shangzhuang.quota.periods import iso
 
-    resets = iso(period.end, ledger.tz) or "never"
-    print(f"Period from {iso(period.start, ledger.tz)}, resets {resets}")
-    print(f"{'account':<20} {'resource':<10} {'used':>12} {'of':>12} {'left':>12}")
+    start = iso(period.start, ledger.tz)
+    if period.end is None:
+        print(Message("Period from {start}, never resets (grants only)", start=start))
+    else:
+        print(Message("Period from {start}, resets {resets}", start=start,
+                      resets=iso(period.end, ledger.tz)))  # fmt: skip
+    # TRANSLATORS: the columns of `shangzhuang quota show` (account, resource, used, of, left)
+    head = [Message("account"), Message("resource"), Message("used"), Message("of"),
+            Message("left")]  # fmt: skip
+    print(_row(head, QUOTA_SHOW, texts=2))
     for account, pool in ledger.accounts_pool().items():
         for resource, lim in pool.items():
             total = lim["allocated"] + lim["granted"]
-            print(
-                f"{account:<20} {resource:<10} {lim['used']:>12.2f} {total:>12.2f} "
-                f"{lim['remaining']:>12.2f}"
-            )
+            print(_row([account, resource, f"{lim['used']:.2f}", f"{total:.2f}",
+                        f"{lim['remaining']:.2f}"], QUOTA_SHOW, texts=2))  # fmt: skip
     return 0
+
+
+QUOTA_SHOW = (20, 10, 12, 12, 12)  # the columns' widths
+
+
+def _row(cells: list, widths: tuple[int, ...], texts: int) -> str:
+    """A table row: the first `texts` cells left-aligned, figures right-aligned, padded by the width
+    a terminal gives them (a Chinese character takes two columns)."""
+    import unicodedata
+
+    out = []
+    for n, (cell, width) in enumerate(zip(cells, widths, strict=False)):
+        cell = str(cell)
+        pad = " " * max(0, width - sum(
+            2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in cell))  # fmt: skip
+        out.append(cell + pad if n < texts else pad + cell)
+    return " ".join(out)
 
 
 def cmd_quota_grant(args) -> int:
@@ -206,8 +247,15 @@ def cmd_quota_grant(args) -> int:
     except QuotaError as e:
         print(f"shangzhuang quota grant: {e}", file=sys.stderr)
         return 2
-    target = f"user {args.user}" if args.user else f"account {args.account}"
-    print(f"granted {grant['amount']:g} {grant['resource']} to {target} (grant {grant['id']})")
+    if args.user:
+        done = Message("granted {amount} {resource} to user {user} (grant {id})",
+                       user=args.user, amount=grant["amount"], resource=grant["resource"],
+                       id=str(grant["id"]))  # fmt: skip
+    else:
+        done = Message("granted {amount} {resource} to account {account} (grant {id})",
+                       account=args.account, amount=grant["amount"],
+                       resource=grant["resource"], id=str(grant["id"]))  # fmt: skip
+    print(done)
     return 0
 
 
@@ -227,7 +275,8 @@ def cmd_quota_report(args) -> int:
         try:
             t = datetime.fromisoformat(text)
         except ValueError:
-            print(f"--{name} must be an ISO 8601 date or time, not {text!r}", file=sys.stderr)
+            print(Message("--{option} must be an ISO 8601 date or time, not {given}",
+                          option=name, given=repr(text)), file=sys.stderr)  # fmt: skip
             sys.exit(2)
         return (t if t.tzinfo else t.replace(tzinfo=ZoneInfo(ledger.tz))).timestamp()
 
@@ -247,9 +296,11 @@ def cmd_quota_report(args) -> int:
     sums = defaultdict(float)
     for r in rows:
         sums[(r.user, r.account, r.resource)] += r.amount
-    print(f"{'user':<20} {'account':<20} {'resource':<10} {'used':>12}")
+    widths = (20, 20, 10, 12)
+    print(_row([Message("user"), Message("account"), Message("resource"), Message("used")],
+               widths, texts=3))  # fmt: skip
     for (user, account, resource), used in sorted(sums.items()):
-        print(f"{user:<20} {account:<20} {resource:<10} {used:>12.4f}")
+        print(_row([user, account, resource, f"{used:.4f}"], widths, texts=3))
     return 0
 
 
@@ -284,11 +335,8 @@ def _apps_call(fn):
 
 def _say(message) -> str:
     """A line for whoever runs `shangzhuang apps`: mostly users, in their session's terminal,
-    so in the session's language ($SHANGZHUANG_LANGUAGE, set by the hub), else $LANG's.
-    The operators' commands (up, check, quota, backup ...) stay English: their lines name
-    settings, paths and database URLs as the TOML and the logs spell them."""
-    from shangzhuang import i18n
-
+    so in the session's language ($SHANGZHUANG_LANGUAGE, set by the hub), else $LANG's
+    (the operator's commands speak i18n.operator_language's, set by `main`)."""
     return message.render(i18n.terminal_language())
 
 
@@ -305,7 +353,7 @@ def cmd_apps_publish(args) -> int:
             always_on=True if args.always_on else None,
         )
     )  # fmt: skip
-    from shangzhuang.i18n import Message, Plural
+    from shangzhuang.i18n import Plural
 
     where, n = f"{app['owner']}/{app['name']}", len(app["files"])
     done = Plural("published {app} ({n} file): {url}", "published {app} ({n} files): {url}", n,
@@ -324,8 +372,6 @@ def cmd_apps_list(args) -> int:
     if args.json:
         print(json.dumps(listing, indent=1))
         return 0
-    from shangzhuang.i18n import Message
-
     for title, apps in ((Message("Your apps:"), listing["owned"]),
                         (Message("Shared with you:"), listing["shared"])):  # fmt: skip
         print(_say(title))
@@ -339,8 +385,6 @@ def cmd_apps_list(args) -> int:
 
 def cmd_apps_unpublish(args) -> int:
     _apps_call(lambda: _apps_client(args).unpublish(args.name, owner=args.owner))
-    from shangzhuang.i18n import Message
-
     print(_say(Message("unpublished {name}", name=args.name)))
     return 0
 
@@ -438,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", help="the site config (default: $SHANGZHUANG_CONFIG, embedded)")
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    # The operator's language (the locale's; site.language once the config is read).
+    with i18n.speaking(i18n.operator_language()):
+        return args.func(args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,13 +96,39 @@ def use(language: str, timezone: str | None = None) -> None:
         _timezone.set(timezone)
 
 
+def _terminal_locale() -> str:
+    """The terminal's locale for messages, as gettext reads it: the first of $LC_ALL,
+    $LC_MESSAGES and $LANG that is set ('' when none is)."""
+    return next((os.environ[v] for v in ("LC_ALL", "LC_MESSAGES", "LANG") if os.environ.get(v)),
+                "")  # fmt: skip
+
+
 def terminal_language() -> str:
     """The language of a command run in a terminal: a session's ($SHANGZHUANG_LANGUAGE, set
     by the hub), else the locale's ($LC_ALL, $LC_MESSAGES, $LANG: zh_CN.UTF-8 is 中文)."""
-    locale = next((os.environ[v] for v in ("LC_ALL", "LC_MESSAGES", "LANG") if os.environ.get(v)),
-                  "")  # fmt: skip
-    tag = locale.split(".")[0].replace("_", "-")  # zh_CN.UTF-8 -> zh-CN
+    tag = _terminal_locale().split(".")[0].replace("_", "-")  # zh_CN.UTF-8 -> zh-CN
     return negotiate(tag, os.environ.get(ENVIRONMENT), "auto")
+
+
+def operator_language(site_language: str | None = None) -> str:
+    """The language of the operator's commands (`shangzhuang up`, `check`, `quota` ...): the
+    terminal's locale (zh_CN.UTF-8, zh_SG ... are 中文; C, POSIX, en_US and the rest English,
+    as gettext, which has no catalog for them, would say), else, with no locale set at all (a
+    service manager, cron), the site's `site.language` when it names one, else English."""
+    if locale := _terminal_locale():
+        return "zh_CN" if locale.lower().startswith("zh") else "en"
+    return site_language if site_language in LANGUAGES else "en"
+
+
+@contextmanager
+def speaking(language: str):
+    """Render Messages in `language` inside the block (a command's whole run); the language
+    before it is back afterwards, so tests that run commands in-process don't leak it."""
+    token = _language.set(language if language in LANGUAGES else "en")
+    try:
+        yield
+    finally:
+        _language.reset(token)
 
 
 def gettext(message: str) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from shangzhuang.i18n import Message
 from shangzhuang.settings import Settings
 
 # Files of the state folder worth keeping (pid files and session logs are not).
@@ -29,8 +30,17 @@ STATE_FILES = ("cookie_secret", "admin-password")
 MANIFEST = "backup.json"
 
 
+def refused_config(refused) -> Message:
+    """A SettingsError for the operator: the file, then each 'key: reason' line."""
+    lines = "\n".join(f"  {problem}" for problem in refused.problems)
+    return Message("{config} is not a valid Shangzhuang config:\n{problems}",
+                   config=str(refused.source), problems=lines)  # fmt: skip
+
+
 class OperateError(Exception):
-    """A step that can't be done as asked; the message says what to do instead."""
+    """A step that can't be done as asked; the message (a Message, in the operator's
+    language where it is printed) says what to do instead. What the steps `say` are
+    Messages too."""
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -59,7 +69,8 @@ def copy_sqlite(src: Path, dest: Path) -> None:
         source.backup(target)  # all pages in one step: one read transaction
         ok = target.execute("PRAGMA quick_check").fetchone()[0]
         if ok != "ok":
-            raise OperateError(f"the copy of {src} failed SQLite's check: {ok}")
+            raise OperateError(Message("the copy of {file} failed SQLite's check: {result}",
+                                       file=str(src), result=ok))  # fmt: skip
     finally:
         source.close()
         target.close()
@@ -82,7 +93,8 @@ def backup(settings: Settings, dest: Path, say: Callable[[str], None] = print) -
     """Copy the site's state into DEST (a new folder, 0700); online, while the hub runs."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
-        raise OperateError(f"{dest} is not empty: back up into a new folder")
+        raise OperateError(Message("{folder} is not empty: back up into a new folder",
+                                   folder=str(dest)))  # fmt: skip
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     state = settings.hub.state_dir
     manifest: dict = {"version": version("shangzhuang"), "created": time.time(), "files": []}
@@ -91,8 +103,9 @@ def backup(settings: Settings, dest: Path, say: Callable[[str], None] = print) -
         path = _sqlite_file(url)
         if path is None:
             manifest["postgresql"].append(name)
-            say(f"{name.split('.')[0]} database on {_hide_password(url)}: not in this backup; "
-                "back it up with pg_dump (docs/operating.md, Backups)")  # fmt: skip
+            say(Message("{database} database on {url}: not in this backup; back it up with "
+                        "pg_dump (docs/operating.md, Backups)", database=name.split(".")[0],
+                        url=_hide_password(url)))  # fmt: skip
             continue
         if not path.exists():
             continue
@@ -111,7 +124,11 @@ def backup(settings: Settings, dest: Path, say: Callable[[str], None] = print) -
         (dest / "apps.tar").chmod(0o600)
         manifest["files"].append("apps.tar")
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    say(f"backed up {', '.join(manifest['files']) or 'nothing'} into {dest}")
+    if manifest["files"]:
+        say(Message("backed up {files} into {folder}", files=manifest["files"],
+                    folder=str(dest)))  # fmt: skip
+    else:
+        say(Message("nothing to back up: {folder} holds only the manifest", folder=str(dest)))
     return manifest
 
 
@@ -122,27 +139,30 @@ def restore(settings: Settings, src: Path, say: Callable[[str], None] = print) -
     try:
         manifest = json.loads((src / MANIFEST).read_text())
     except (OSError, ValueError):
-        raise OperateError(f"{src} is not a backup made by `shangzhuang backup` "
-                           f"(no readable {MANIFEST})") from None  # fmt: skip
+        raise OperateError(Message("{folder} is not a backup made by `shangzhuang backup` "
+                                   "(no readable {manifest})", folder=str(src),
+                                   manifest=MANIFEST)) from None  # fmt: skip
     if pid := hub_running(settings):
-        raise OperateError(f"the hub is running (pid {pid}): stop it before restoring")
+        raise OperateError(Message("the hub is running (pid {pid}): stop it before restoring",
+                                   pid=str(pid)))  # fmt: skip
     state = settings.hub.state_dir
     dbs = databases(settings)
     for name in manifest["files"]:
         if name in dbs:
             path = _sqlite_file(dbs[name])
             if path is None:
-                raise OperateError(
-                    f"the backup holds {name}, but this site's config puts that database on "
-                    f"{_hide_password(dbs[name])}: restore into a site that uses SQLite"
-                )
+                raise OperateError(Message(
+                    "the backup holds {file}, but this site's config puts that database on "
+                    "{url}: restore into a site that uses SQLite", file=name,
+                    url=_hide_password(dbs[name])))  # fmt: skip
             if path.exists():
-                raise OperateError(
-                    f"{path} exists: restore into a fresh state folder (move {state} aside)"
-                )
+                raise OperateError(Message(
+                    "{file} exists: restore into a fresh state folder (move {folder} aside)",
+                    file=str(path), folder=str(state)))  # fmt: skip
     apps = settings.apps_folder
     if "apps.tar" in manifest["files"] and apps.exists() and any(apps.iterdir()):
-        raise OperateError(f"{apps} is not empty: move it aside before restoring")
+        raise OperateError(Message("{folder} is not empty: move it aside before restoring",
+                                   folder=str(apps)))  # fmt: skip
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     restored = []
     for name in manifest["files"]:
@@ -162,9 +182,11 @@ def restore(settings: Settings, src: Path, say: Callable[[str], None] = print) -
             shutil.copy2(src / name, state / name)
             (state / name).chmod(0o600)
         restored.append(name)
-    say(f"restored {', '.join(restored)} from {src} (made by version {manifest['version']})")
+    say(Message("restored {files} from {folder} (made by version {version})",
+                files=restored, folder=str(src), version=manifest["version"]))
     for name in manifest.get("postgresql", []):
-        say(f"{name.split('.')[0]} database: was on PostgreSQL; restore it with pg_restore")
+        say(Message("{database} database: was on PostgreSQL; restore it with pg_restore",
+                    database=name.split(".")[0]))  # fmt: skip
     return restored
 
 
@@ -226,21 +248,22 @@ def upgrade_db(settings: Settings, say: Callable[[str], None] = print) -> Path |
 
     pending = pending_upgrades(settings)
     if not pending:
-        say("the databases are at this version's schema: nothing to upgrade")
+        say(Message("the databases are at this version's schema: nothing to upgrade"))
         return None
     if pid := hub_running(settings):
-        say(f"note: a hub is running (pid {pid}); it keeps the old schema until restarted")
+        say(Message("note: a hub is running (pid {pid}); it keeps the old schema until "
+                    "restarted", pid=str(pid)))  # fmt: skip
     urls = databases(settings)
     folder = settings.hub.state_dir / "backups" / time.strftime("pre-upgrade-%Y%m%dT%H%M%S")
     folder.mkdir(mode=0o700, parents=True)
     for name in pending:
         if path := _sqlite_file(urls[name]):
             copy_sqlite(path, folder / name)
-            say(f"backed up {path} to {folder / name}")
+            say(Message("backed up {file} to {copy}", file=str(path), copy=str(folder / name)))
         else:
-            say(f"{_hide_password(urls[name])} is on PostgreSQL: not backed up by this command; "
-                "your pg_dump from before the upgrade is the way back (docs/operating.md, "
-                "Upgrades)")  # fmt: skip
+            say(Message("{url} is on PostgreSQL: not backed up by this command; your pg_dump "
+                        "from before the upgrade is the way back (docs/operating.md, Upgrades)",
+                        url=_hide_password(urls[name])))  # fmt: skip
     if "jupyterhub.sqlite" in pending:
         # What `jupyterhub upgrade-db` does, without loading our config (and backing up twice).
         log = logging.getLogger("shangzhuang.upgrade-db")
@@ -249,13 +272,14 @@ def upgrade_db(settings: Settings, say: Callable[[str], None] = print) -> Path |
         bin_dir = str(Path(sys.executable).parent)
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         dbutil.upgrade_if_needed(urls["jupyterhub.sqlite"], backup=False, log=log)
-        say("upgraded the hub database")
+        say(Message("upgraded the hub database"))
     if "quota.sqlite" in pending:
         engine = make_engine(urls["quota.sqlite"])
         try:
             before = schema_revision(engine)
             migrate(engine)
-            say(f"upgraded the quota database from revision {before} to {head_revision()}")
+            say(Message("upgraded the quota database from revision {before} to {after}",
+                        before=str(before), after=head_revision()))  # fmt: skip
         finally:
             engine.dispose()
     return folder
@@ -278,11 +302,10 @@ def proxy_command(given: str | None = None) -> str:
     """configurable-http-proxy: as given, else from PATH (Debian: node-configurable-http-proxy)."""
     found = given or shutil.which("configurable-http-proxy")
     if not found or not os.access(found, os.X_OK):
-        raise OperateError(
+        raise OperateError(Message(
             "configurable-http-proxy not found: install it (apt install "
             "node-configurable-http-proxy, or npm install -g configurable-http-proxy) or name "
-            "it with --proxy-command"
-        )
+            "it with --proxy-command"))  # fmt: skip
     return str(Path(found).resolve())
 
 
@@ -321,28 +344,28 @@ def install(
     try:
         settings = load_settings(config)
     except SettingsError as e:
-        raise OperateError(str(e)) from None
+        raise OperateError(refused_config(e)) from None
     hub = settings.hub
     # One platform account: the proxy's unit runs as it, the hub's services too (config.py).
     if account and account != settings.site.service_account:
         wanted = settings.site.service_account
-        raise OperateError(
-            f"--account {account}, but site.service_account is {wanted!r} in {config}: "
-            "make them the same"
-        )
+        raise OperateError(Message(
+            "--account {account}, but site.service_account is {wanted} in {config}: make them "
+            "the same", account=account, wanted=repr(wanted), config=str(config)))  # fmt: skip
     account = settings.site.service_account
     if not hub.separate_proxy:
-        raise OperateError(f"{config}: set hub.separate_proxy = true (the proxy gets a service "
-                           "of its own, so hub restarts drop no connection)")  # fmt: skip
+        raise OperateError(Message("{config}: set hub.separate_proxy = true (the proxy gets a "
+                                   "service of its own, so hub restarts drop no connection)",
+                                   config=str(config)))  # fmt: skip
     if (tls_cert is None) != (tls_key is None):
-        raise OperateError("--tls-cert and --tls-key go together")
+        raise OperateError(Message("--tls-cert and --tls-key go together"))
     https = hub.url.startswith("https://")
     if https and tls_cert is None:
-        say(f"hub.public_url is {hub.url}: without --tls-cert/--tls-key, TLS must end in "
-            "front of the proxy (docs/operating.md, TLS)")  # fmt: skip
+        say(Message("hub.public_url is {url}: without --tls-cert/--tls-key, TLS must end in "
+                    "front of the proxy (docs/operating.md, TLS)", url=hub.url))  # fmt: skip
     if tls_cert is not None and not https:
-        raise OperateError(f"--tls-cert given, but hub.public_url is {hub.url!r}: make it "
-                           "https://... (secure cookies, HSTS)")  # fmt: skip
+        raise OperateError(Message("--tls-cert given, but hub.public_url is {url}: make it "
+                                   "https://... (secure cookies, HSTS)", url=repr(hub.url)))
     shangzhuang = Path(sys.executable).parent / "shangzhuang"
     root = Path(root)
 
@@ -355,9 +378,10 @@ def install(
                  "--no-create-home", "--shell", "/usr/sbin/nologin", account],
                 check=True,
             )  # fmt: skip
-            say(f"made the system account {account}")
+            say(Message("made the system account {account}", account=account))
     else:
-        say(f"--root {root}: no system account made (useradd --system {account} on the server)")
+        say(Message("--root {root}: no system account made (useradd --system {account} on the "
+                    "server)", root=str(root), account=account))  # fmt: skip
 
     written: dict[str, Path] = {}
     hub_config = config.parent / "jupyterhub_config.py"
@@ -393,7 +417,8 @@ def install(
         (units / name).chmod(0o644)
         written[name] = units / name
     for path in written.values():
-        say(f"wrote {path}")
-    say("next: systemctl daemon-reload && systemctl enable --now shangzhuang-proxy "
-        "shangzhuang-hub; logs: journalctl -u shangzhuang-hub -u shangzhuang-proxy")  # fmt: skip
+        say(Message("wrote {file}", file=str(path)))
+    say(Message("next: {enable}; logs: {logs}",
+                enable="systemctl daemon-reload && systemctl enable --now shangzhuang-proxy "
+                "shangzhuang-hub", logs="journalctl -u shangzhuang-hub -u shangzhuang-proxy"))
     return written

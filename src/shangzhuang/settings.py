@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from shangzhuang.i18n import Message
+
 # The embedded default config and the workbench's own tutorials: in the checkout, or in the
 # installed wheel, which carries them as package data (pyproject.toml's force-include).
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -213,18 +215,22 @@ def _refuse_inline_db_password(data: object, section: str) -> object:
 
 
 def read_secret(key: str, file: Path | None, env: str | None) -> str:
-    """A secret from its file or environment variable; ValueError naming the key if absent."""
+    """A secret from its file or environment variable; ValueError naming the key if absent
+    (its Message in the reader's language where it is shown: `shangzhuang up` prints it)."""
     if file is not None:
         try:
             value = file.read_text(encoding="utf-8").strip()
         except OSError as e:
-            raise ValueError(f"{key}_file: can't read {str(file)!r} ({e.strerror})") from None
+            raise ValueError(Message("{key}: can't read {file} ({error})", key=key + "_file",
+                                     file=repr(str(file)), error=e.strerror)) from None
         if not value:
-            raise ValueError(f"{key}_file: {str(file)!r} is empty")
+            raise ValueError(Message("{key}: {file} is empty", key=key + "_file",
+                                     file=repr(str(file))))  # fmt: skip
         return value
     value = os.environ.get(env or "", "").strip()
     if not value:
-        raise ValueError(f"{key}_env: the environment variable {env} is not set")
+        raise ValueError(Message("{key}: the environment variable {name} is not set",
+                                 key=key + "_env", name=str(env)))  # fmt: skip
     return value
 
 
@@ -907,10 +913,11 @@ def _key(loc: tuple, last_is_user_key: bool = False) -> str:
 
 def _reason(err: dict) -> str:
     kind = err["type"]
+    # Messages: `shangzhuang check` shows them in the operator's language (cli.py).
     if kind == "extra_forbidden":
-        return "unknown key"
+        return Message("unknown key")
     if kind == "missing":
-        return "required key is missing"
+        return Message("required key is missing")
     if kind == "literal_error":
         return f"{err['msg'].lower()}, got {err['input']!r}"
     # pydantic names its own classes here ("instance of Site", "<class 'pathlib.Path'>").
@@ -927,7 +934,7 @@ def _reason(err: dict) -> str:
 def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
     """Validate a parsed TOML document; relative paths resolve against `source`'s folder."""
     # `source` is filled in by load_settings: in the file it is a key like any unknown one.
-    problems = ["source: unknown key"] if "source" in data else []
+    problems = ["source: " + str(Message("unknown key"))] if "source" in data else []
     try:
         settings = Settings.model_validate({k: v for k, v in data.items() if k != "source"})
     except ValidationError as e:
@@ -946,15 +953,16 @@ def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:
     settings = _resolve_sign_in_paths(settings, base)
     problems += _node_problems(settings)
     if settings.site.logo is not None and not _is_file(settings.site.logo):
-        problems.append(f"site.logo: no such file {str(settings.site.logo)!r}")
+        missing = Message("no such file {file}", file=repr(str(settings.site.logo)))
+        problems.append(f"site.logo: {missing}")
     tutorials = settings.tutorials
     if tutorials.source is not None:
         tutorials = tutorials.model_copy(update={"source": (base / tutorials.source).resolve()})
     for i, path in enumerate(tutorials.files):
         if not _is_file(path):
-            problems.append(
-                f"tutorials.copy_to_new_homes[{i}]: no file {path.name!r} in {path.parent}"
-            )
+            missing = Message("no file {name} in {folder}", name=repr(path.name),
+                              folder=str(path.parent))  # fmt: skip
+            problems.append(f"tutorials.copy_to_new_homes[{i}]: {missing}")
     if problems:
         raise SettingsError(source, problems)
     hub = settings.hub.model_copy(update={"state_dir": (base / settings.hub.state_dir).resolve()})
@@ -1013,11 +1021,12 @@ def _node_problems(settings: Settings) -> list[str]:
     so one config serves CPU nodes, one-GPU nodes and big ones."""
     listed = settings.backend.local.gpus
     problems = [
-        f"profiles[{i}].gpus: asks for {p.gpus} GPUs but this node has {len(listed)} "
-        "(listed in backend.local.gpus)"
+        f"profiles[{i}].gpus: " + str(Message(
+            "asks for {n} GPUs but this node has {listed} (listed in backend.local.gpus)",
+            n=p.gpus, listed=len(listed)))
         for i, p in enumerate(settings.profiles)
         if listed and p.gpus > len(listed)
-    ]
+    ]  # fmt: skip
     hub, ports = settings.hub, {}
     named = [
         ("hub.port", hub.port), ("hub.api_port", hub.api_port),
@@ -1026,7 +1035,9 @@ def _node_problems(settings: Settings) -> list[str]:
     ]  # fmt: skip
     for key, port in named:
         if port in ports:
-            problems.append(f"{key}: port {port} is already used by {ports[port]}")
+            used = Message("port {port} is already used by {key}", port=str(port),
+                           key=ports[port])  # fmt: skip
+            problems.append(f"{key}: {used}")
         ports.setdefault(port, key)
     return problems
 
@@ -1037,11 +1048,13 @@ def load_settings(path: Path | str | None = None) -> Settings:
     try:
         text = path.read_text(encoding="utf-8")  # TOML is UTF-8 whatever the locale
     except OSError as e:
-        raise SettingsError(path, [f"cannot read the file: {e.strerror}"]) from None
+        problem = Message("cannot read the file: {error}", error=e.strerror)
+        raise SettingsError(path, [str(problem)]) from None
     except UnicodeDecodeError as e:
-        raise SettingsError(path, [f"not valid TOML: not UTF-8 text (byte {e.start})"]) from None
+        problem = Message("not valid TOML: not UTF-8 text (byte {byte})", byte=str(e.start))
+        raise SettingsError(path, [str(problem)]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise SettingsError(path, [f"not valid TOML: {e}"]) from None
+        raise SettingsError(path, [str(Message("not valid TOML: {error}", error=str(e)))]) from None
     return parse_settings(data, path)

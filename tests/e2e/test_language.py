@@ -88,6 +88,14 @@ def test_sign_up_spawn_refusal_and_a_choice_that_sticks(hub, browser, artifacts)
     quota = page.locator("#sz-quota").inner_text()
     assert "你的算力配额" in quota and "剩余 1,000 CPU 核时" in quota and "日 00:00 重置" in quota
     shot(page, artifacts, "home-zh")
+    # A token asked for with the note left empty: token.js (JupyterHub 6.1.1) would note it
+    # "Requested via token page"; our token page gives it her words.
+    page.goto(f"{hub.url}/hub/token")
+    page.locator("#request-token-form button[type=submit]").click()
+    page.locator("#token-area").wait_for(state="visible", timeout=30_000)
+    page.reload()
+    tokens = page.locator("#api-tokens-table").inner_text()
+    assert "在令牌页面创建" in tokens and "Requested via" not in tokens
     for path, name, heading in [("/services/quota/", "usage", "我的用量"),
                                 ("/services/apps/", "apps", "应用")]:  # fmt: skip
         page.goto(f"{hub.url}{path}")

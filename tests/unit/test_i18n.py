@@ -471,6 +471,8 @@ def test_the_words_jupyterhubs_page_scripts_write_come_from_our_templates():
     tokens = render("token.html", "zh_CN", api_tokens=[token], oauth_clients=[],
                     token_expires_in_max_seconds=0)  # fmt: skip
     assert "time-col" not in tokens and tokens.count("11月30日 16:00") == 2
+    # token.js's note for a token asked for without one, in her words (e2e test_language).
+    assert json.dumps("在令牌页面创建") in tokens
     pending = render("spawn_pending.html", "zh_CN", progress_url="/p")
     for upstream, ours in {"Server requested": "已请求启动会话",
                            "Spawn failed": "会话未能启动。"}.items():  # fmt: skip

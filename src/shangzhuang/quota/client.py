@@ -25,7 +25,11 @@ class QuotaReport(dict):
     def __repr__(self) -> str:
         from shangzhuang import i18n
 
-        language = os.environ.get(i18n.ENVIRONMENT, "en")
+        return self.text(os.environ.get(i18n.ENVIRONMENT, "en"))
+
+    def text(self, language: str) -> str:
+        """The report in `language` (`shangzhuang quota show USER`: the operator's)."""
+        from shangzhuang import i18n
 
         def say(message: i18n.Message) -> str:
             return message.render(language)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, event, func, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
+from shangzhuang.i18n import Message
 from shangzhuang.quota.db import (
     Cap,
     Charge,
@@ -565,23 +566,25 @@ class Ledger:
         """Top up the current period of an account, or of a user's personal cap."""
         now = time.time() if now is None else now
         if resource not in RESOURCES:
-            raise QuotaError(f"resource must be one of {', '.join(RESOURCES)}, not {resource!r}")
+            raise QuotaError(Message("resource must be one of {resources}, not {resource}",
+                                     resources=list(RESOURCES), resource=repr(resource)))
+        # Messages: the operator's CLI and the usage page show them in their reader's words.
         if not amount > 0:
-            raise QuotaError("amount must be a positive number of hours")
+            raise QuotaError(Message("amount must be a positive number of hours"))
         if not reason.strip():
-            raise QuotaError("reason must say why the grant is made")
+            raise QuotaError(Message("reason must say why the grant is made"))
         if (user is None) == (account is None):
-            raise QuotaError("give exactly one of user or account")
+            raise QuotaError(Message("give exactly one of user or account"))
         if account is not None and account not in self.policy.accounts:
-            raise QuotaError(f"unknown account {account!r}")
+            raise QuotaError(Message("unknown account {account}", account=repr(account)))
         if user is not None:
             cap = self.policy.users.get(user)
             has_cap = resource in self.caps(user) or (cap and getattr(cap, resource) is not None)
             if not has_cap:
-                raise QuotaError(
-                    f"{user} has no personal cap on {resource}: grant to their account "
-                    f"({self.account_of(user)}) instead"
-                )
+                raise QuotaError(Message(
+                    "{user} has no personal cap on {resource}: grant to their account "
+                    "({account}) instead", user=user, resource=resource,
+                    account=self.account_of(user)))  # fmt: skip
         kind, name = ("user", user) if user is not None else ("account", account)
         period = self.period(now)
         with self._write() as conn:
