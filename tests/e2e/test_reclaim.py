@@ -156,6 +156,11 @@ def test_an_idle_session_nobody_moves_is_stopped_after_the_grace_and_a_busy_one_
     hub.wait(lambda: server(hub, "carol") is None, GRACE + 60, "carol's idle session stopped")
     assert time.monotonic() - started >= warning["stops_in_seconds"] - 3
     assert re.search(r"stopped lab:carol/@\d+ of carol: GPUs idle", hub.log.read_text())
+    # her home page says why (for a day)
+    home = html.unescape(hub.browsers["carol"].get(f"{hub.url}/hub/home", timeout=30).text)
+    assert 'class="alert alert-info sz-reclaimed" data-server=""' in home
+    assert "Your session default was stopped at" in home
+    assert "its GPUs had been under 10% use since" in home
     # bob's GPU stayed busy all along: still running, never warned
     assert server(hub, "bob")["ready"]
     assert "of bob: GPUs idle" not in hub.log.read_text()

@@ -111,6 +111,8 @@ BALANCE = {
         },
         "exhausted_since": {"type": ["string", "null"]},
         "running": {"type": "array", "items": {"type": "object"}},
+        # sessions stopped for idle GPUs in the last day (quota/reclaim.py)
+        "reclaimed": {"type": "array", "items": {"type": "object"}},
     },
 }
 _balance_ref = {"$ref": "#/components/schemas/Balance"}

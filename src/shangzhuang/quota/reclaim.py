@@ -32,6 +32,7 @@ from shangzhuang.settings import Settings
 
 log = logging.getLogger(__name__)
 
+STOPPED_SHOWN = 86400.0  # seconds the home page says a session was stopped, and why
 SOURCE = "lab"  # reclaimed: Lab sessions (an app has its own idle stop; jobs end by themselves)
 
 
@@ -96,7 +97,8 @@ class Reclaim:
         return self.policy.idle_seconds if own is None else own
 
     def warnings(self, user: str | None = None) -> dict[str, IdleWarning]:
-        """The warnings in force (a user's, or everyone's), by consumer."""
+        """The warnings (a user's, or everyone's), by consumer: those in force, and for a
+        day those of sessions it stopped (`stopped_at`)."""
         with self.ledger._read() as conn:
             q = select(ReclaimWarning)
             if user is not None:
@@ -115,7 +117,9 @@ class Reclaim:
             known = {w.consumer: _warning(w) for w in conn.execute(select(ReclaimWarning))}
             self.readings.update(conn, watched, known, now)
             # Gone, exempted or no longer reclaimed: its warning goes.
-            dropped = [c for c in known if c not in watched]
+            # A session it stopped keeps its record a day: the home page says why it stopped.
+            dropped = [c for c, w in known.items() if c not in watched and (
+                w.stopped_at is None or w.stopped_at < now - STOPPED_SHOWN)]  # fmt: skip
             due: list[IdleWarning] = []
             new: list[dict] = []
             for consumer, r in watched.items():

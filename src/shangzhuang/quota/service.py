@@ -112,7 +112,15 @@ class APIHandler(JSONHandler):
                 balance, entry.get("cost_per_hour") or {}, self.site.quota.grace_seconds, now
             )
         # Idle GPU reclaim (quota/reclaim.py): a warned session says when and why.
-        warnings = self.settings["reclaim"].warnings(user) if answer["running"] else {}
+        tz = self.ledger.tz
+        warnings = self.settings["reclaim"].warnings(user)
+        answer["reclaimed"] = [  # stopped for idle GPUs (the last day): why, for the home page
+            {"server": Consumer.parse(w.consumer).server, "stopped_at": iso(w.stopped_at, tz),
+             "idle_since": iso(w.idle_since, tz),
+             "threshold_percent": self.site.quota.reclaim.idle_threshold_percent}
+            for w in sorted(warnings.values(), key=lambda w: w.stopped_at or 0)
+            if w.stopped_at is not None
+        ]  # fmt: skip
         for entry in answer["running"]:
             warning = warnings.get(entry["consumer"])
             entry["reclaim"] = None

@@ -173,7 +173,7 @@ def test_not_stopped_without_fresh_readings(ledger, lab):
     assert lab.stopped == []
 
 
-def test_a_stopped_session_is_stopped_once_and_its_warning_goes_with_it(ledger, lab):
+def test_a_stopped_session_is_stopped_once_and_said_why_for_a_day(ledger, lab):
     session = gpu_session("alice")
     lab.sessions = [session]
     clock = Clock(ledger, site(), lab)
@@ -183,6 +183,10 @@ def test_a_stopped_session_is_stopped_once_and_its_warning_goes_with_it(ledger, 
     clock.run(2 * TICK)
     assert len(lab.stopped) == 1
     lab.sessions = []
+    clock.run(TICK)
+    (kept,) = clock.reclaim.warnings("alice").values()  # the home page says why
+    assert kept.stopped_at == T0 + 960
+    clock.now += 86400  # a day on: gone
     clock.run(TICK)
     assert clock.reclaim.warnings() == {}
 
