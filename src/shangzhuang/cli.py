@@ -19,7 +19,7 @@ from shangzhuang.i18n import Message
 from shangzhuang.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
 
 
-def _settings_or_exit(path: str | None) -> Settings:
+def _settings_or_exit(path: str | None, operator: bool = True) -> Settings:
     try:
         settings = load_settings(path)
     except SettingsError as e:
@@ -27,8 +27,8 @@ def _settings_or_exit(path: str | None) -> Settings:
 
         print(refused_config(e), file=sys.stderr)
         sys.exit(2)
-    # Without a locale (a service manager, cron), the site's language if it names one.
-    i18n.use(i18n.operator_language(settings.site.language))
+    if operator:  # without a locale (a service manager, cron): the site's language
+        i18n.use(i18n.operator_language(settings.site.language))
     return settings
 
 
@@ -315,7 +315,7 @@ def _apps_client(args):
         if os.environ.get("SHANGZHUANG_APPS_URL"):  # inside a session
             return AppsClient(token=token)
         # On the hub's machine: the apps service itself (no need to resolve *.localhost names)
-        settings = _settings_or_exit(args.config)
+        settings = _settings_or_exit(args.config, operator=False)
         return AppsClient(f"http://127.0.0.1:{settings.apps.port}/services/apps/", token)
     except AppsAPIError as e:
         print(f"shangzhuang apps: {e.message}", file=sys.stderr)
@@ -482,8 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", help="the site config (default: $SHANGZHUANG_CONFIG, embedded)")
 
     args = parser.parse_args(argv)
-    # The operator's language (the locale's; site.language once the config is read).
-    with i18n.speaking(i18n.operator_language()):
+    # `apps`: the session's language (users, in Lab's terminal); the operator's commands:
+    # the locale's (site.language once the config is read, if no locale is set).
+    apps = args.command == "apps"
+    with i18n.speaking(i18n.terminal_language() if apps else i18n.operator_language()):
         return args.func(args)
 
 

@@ -62,11 +62,13 @@ def terminal(monkeypatch, tmp_path):
     monkeypatch.setattr(cli.signal, "signal", lambda *a: None)
     monkeypatch.delenv("SHANGZHUANG_ADMIN_PASSWORD", raising=False)
 
-    def run(*argv, locale: str | None = "zh_CN.UTF-8"):
+    def run(*argv, locale: str | None = "zh_CN.UTF-8", session: str | None = None):
         for name in LOCALE:
             monkeypatch.delenv(name, raising=False)
         if locale is not None:
             monkeypatch.setenv("LANG", locale)
+        if session is not None:  # a Lab session's language, set by the hub
+            monkeypatch.setenv(i18n.ENVIRONMENT, session)
         out, err = [], []
         monkeypatch.setattr(sys, "stdout", _Lines(out))
         monkeypatch.setattr(sys, "stderr", _Lines(err))
@@ -221,3 +223,14 @@ def test_without_a_locale_the_sites_language(terminal, tmp_path):
     assert out == "数据库结构已是当前版本：无需升级\n"
     status, out, err = terminal("check", config, locale=None)
     assert out == f"配置有效：{config}\n"
+
+
+def test_shangzhuang_apps_keeps_the_sessions_language(terminal, tmp_path):
+    """`apps` is run by users in their sessions: their session's language wins over the
+    locale, for its refusals too (test_i18n runs `apps list` in both)."""
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[apps]\ncolour = 'red'\n")
+    status, out, err = terminal("apps", "list", "--config", broken, session="en")
+    assert (status, err.splitlines()[0]) == (2, f"{broken} is not a valid Shangzhuang config:")
+    status, out, err = terminal("apps", "list", "--config", broken, locale="C", session="zh_CN")
+    assert err.splitlines()[0] == f"{broken} 不是有效的 Shangzhuang 配置："
