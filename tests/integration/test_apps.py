@@ -75,11 +75,14 @@ def app_url(hub, owner, name):
 
 def test_viewer_sees_the_app_and_nothing_else(hub, published):
     vic = login(hub, "vic")
-    # Straight in: no "authorize this server" page for a published app.
-    r = vic.get(open_url(hub, "olga", "demo"), headers={"Accept": "text/html"}, timeout=120)
+    # Straight in: no "authorize this server" page for a published app. Her browser asks for
+    # Chinese: the page says it is in Chinese (nbconvert's default is "en").
+    r = vic.get(open_url(hub, "olga", "demo"), timeout=120,
+                headers={"Accept": "text/html", "Accept-Language": "zh-CN,zh;q=0.9"})
     assert r.status_code == 200, (r.status_code, r.url, r.text[-500:])
     assert r.url == app_url(hub, "olga", "demo")
     assert "y = 4" in r.text  # the notebook ran: a=3, x=1, b=1
+    assert '<html lang="zh">' in r.text
     # The app shares olga's host with her Lab: vic's cookies for that host are the app's
     # (its login and its _xsrf), for the app's path; the hub's stay on the hub's host.
     olgas = {(c.name, c.path) for c in vic.cookies if c.domain == "olga.hub.localhost"}
@@ -208,7 +211,7 @@ def test_public_app_leaks_no_token(hub, published):
     anon = requests.Session()
     r = open_app(anon, open_url(hub, "olga", "pub"))
     assert r.status_code == 200 and r.url == app_url(hub, "olga", "pub")
-    assert "y = 4" in r.text
+    assert "y = 4" in r.text and '<html lang="en">' in r.text  # no Accept-Language: English
     assert "app token in kernel: None" in r.text  # the app's kernel never had one
     secrets = secrets_of_the_site(hub)
     assert any("shangzhuang.apps.server" in k for k in secrets), secrets.keys()

@@ -213,3 +213,29 @@ def test_an_app_stopping_as_a_viewer_comes_is_started_again(tmp_path):
     app = App(owner="olga", name="demo", notebook="app.ipynb")
     assert asyncio.run(apps.start(app)) == ""
     assert hub.starts == 2
+
+
+@pytest.mark.parametrize(
+    "accept, cookie, lang",
+    [("zh-CN,zh;q=0.9,en;q=0.8", None, "zh"), ("en-US,en;q=0.9", None, "en"), (None, None, "en"),
+     ("en-US", "zh_CN", "zh"), ("zh-TW", "en", "en")],
+)  # fmt: skip
+def test_an_app_page_declares_its_viewers_language(accept, cookie, lang):
+    """nbconvert writes `<html lang="{{ resources.language_code }}">`, "en" unless told; the
+    app server tells the page's exporter the viewer's language (tests/integration/test_apps.py
+    reads it on a real app page)."""
+    from tornado.httputil import HTTPHeaders, HTTPServerRequest
+    from traitlets.config import Config
+    from voila.exporter import VoilaExporter
+
+    from shangzhuang.apps.server import page_language
+
+    headers = HTTPHeaders()
+    if accept:
+        headers["Accept-Language"] = accept
+    if cookie:
+        headers["Cookie"] = f"shangzhuang-language={cookie}"
+    assert page_language(HTTPServerRequest(uri="/", headers=headers)) == lang
+    config = Config()
+    config.HTMLExporter.language_code = lang  # as AppPageHandler.get sets it
+    assert VoilaExporter(config=config).language_code == lang

@@ -97,6 +97,18 @@ def client_address(request) -> str:
     return forwarded or request.remote_ip
 
 
+def page_language(request) -> str:
+    """The app page's `<html lang>`: the viewer's language (the language cookie, where the
+    app shares the hub's host, else Accept-Language) as nbconvert's HTMLExporter.language_code
+    takes it, an ISO 639-1 code: 'zh' or 'en' (it would replace 'zh-CN' with 'en')."""
+    from shangzhuang import i18n
+
+    cookie = request.cookies.get(i18n.COOKIE)
+    chosen = i18n.negotiate(request.headers.get("Accept-Language"),
+                            cookie.value if cookie else None, "auto")  # fmt: skip
+    return "zh" if chosen == "zh_CN" else "en"
+
+
 class AppPageHandler(TornadoVoilaHandler):
     """The app's page; the hub's readiness probe (no text/html) is answered without
     rendering, so a probe never starts a kernel. Each page load starts a kernel: at most
@@ -125,6 +137,12 @@ class AppPageHandler(TornadoVoilaHandler):
                             f"({self.max_kernels}). Try again in a few minutes.")  # fmt: skip
                 return
             AppPageHandler.loading += 1
+            # This request's own copy of the config (each request has its own handler):
+            # the page declares its viewer's language, not nbconvert's default "en".
+            config = Config()
+            config.merge(self.traitlet_config or Config())
+            config.HTMLExporter.language_code = page_language(self.request)
+            self.traitlet_config = config
             try:
                 return await super().get(path)
             finally:
