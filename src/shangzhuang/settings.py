@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from shangzhuang.i18n import Message
+from shangzhuang.i18n import Message, Plural
 
 # The embedded default config and the workbench's own tutorials: in the checkout, or in the
 # installed wheel, which carries them as package data (pyproject.toml's force-include).
@@ -43,12 +43,12 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 def parse_bytes(value: object) -> int:
     """'4G', '512M', '1.5GiB' or a plain integer of bytes -> bytes."""
     if isinstance(value, bool):
-        raise ValueError("must be a size such as '4G' or a number of bytes")
+        raise ValueError(Message("must be a size such as '4G' or a number of bytes"))
     if isinstance(value, int):
         return value
     if isinstance(value, str) and (m := _SIZE.match(value)):
         return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    raise ValueError("must be a size such as '4G' or '512M' or a number of bytes")
+    raise ValueError(Message("must be a size such as '4G' or '512M' or a number of bytes"))
 
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0)]
@@ -82,9 +82,9 @@ class Site(Section):
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Asia" is a folder
-            raise ValueError(
-                f"unknown time zone {v!r} (use an IANA name such as 'Asia/Shanghai')"
-            ) from None
+            raise ValueError(Message(
+                "unknown time zone {zone} (use an IANA name such as 'Asia/Shanghai')",
+                zone=repr(v))) from None  # fmt: skip
         return v
 
 
@@ -125,17 +125,19 @@ class Hub(Section):
             return v
         u = urlparse(v)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"{v!r} is not a URL such as 'https://hub.example.org'")
+            raise ValueError(Message("{url} is not a URL such as 'https://hub.example.org'",
+                                     url=repr(v)))  # fmt: skip
         if u.path not in ("", "/") or u.query or u.fragment:
-            raise ValueError(f"{v!r}: the hub is served at the root of its host (no path)")
+            raise ValueError(Message("{url}: the hub is served at the root of its host (no "
+                                     "path)", url=repr(v)))  # fmt: skip
         try:
             ipaddress.ip_address(u.hostname)
         except ValueError:
             return v.rstrip("/")
-        raise ValueError(
-            f"{v!r}: a host name is needed, not an address, since user servers and apps are "
-            "served on NAME.<host> (e.g. 'http://hub.localhost:8000' on one machine)"
-        )
+        raise ValueError(Message(
+            "{url}: a host name is needed, not an address, since user servers and apps are "
+            "served on NAME.<host> (e.g. 'http://hub.localhost:8000' on one machine)",
+            url=repr(v)))  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -362,14 +364,15 @@ class OidcAuth(Section):
         if not m:
             raise ValueError(f"{v!r} is not an http(s) URL such as 'https://sso.example.org'")
         if m.group(1) == "http" and m.group(2) not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("must be https:// (plain http only for a provider on localhost)")
+            raise ValueError(Message("must be https:// (plain http only for a provider on "
+                                     "localhost)"))  # fmt: skip
         return v.rstrip("/")
 
     @field_validator("scopes")
     @classmethod
     def _openid_scope(cls, scopes: list[str]) -> list[str]:
         if "openid" not in scopes:
-            raise ValueError("must include 'openid'")
+            raise ValueError(Message("must include 'openid'"))
         return scopes
 
     @model_validator(mode="after")
@@ -485,9 +488,8 @@ class UnixAccounts(Section):
     @classmethod
     def _portable(cls, v: str) -> str:
         if not re.fullmatch(r"([a-z_][a-z0-9_-]{0,15})?", v):
-            raise ValueError(
-                "must be empty, or a lowercase letter or _ followed by up to 15 of a-z 0-9 _ -"
-            )
+            raise ValueError(Message(
+                "must be empty, or a lowercase letter or _ followed by up to 15 of a-z 0-9 _ -"))
         return v
 
 
@@ -523,7 +525,7 @@ class LocalBackend(UnixAccounts):
     def _distinct(cls, gpus: list[Gpu]) -> list[Gpu]:
         seen = [g.index for g in gpus]
         if len(seen) != len(set(seen)):
-            raise ValueError("two GPUs share an index")
+            raise ValueError(Message("two GPUs share an index"))
         return gpus
 
 
@@ -573,7 +575,8 @@ class Cluster(Section):
     @classmethod
     def _absolute(cls, v: str) -> str:
         if not (v.startswith("~/") or v.startswith("/")):
-            raise ValueError("must be an absolute path, or ~/... for a folder in each user's home")
+            raise ValueError(Message("must be an absolute path, or ~/... for a folder in each "
+                                     "user's home"))  # fmt: skip
         return v
 
 
@@ -649,9 +652,9 @@ class QuotaAccount(Amounts):
     def _manager_names(cls, v: list[str]) -> list[str]:
         for name in v:
             if not name.strip() or name != name.strip():
-                raise ValueError(f"{name!r} is not a hub user name")
+                raise ValueError(Message("{name} is not a hub user name", name=repr(name)))
         if len(set(v)) != len(v):
-            raise ValueError("a manager is listed twice")
+            raise ValueError(Message("a manager is listed twice"))
         return v
 
 
@@ -703,7 +706,7 @@ class QuotaReclaim(Section):
     def _user_names(cls, v: list[str]) -> list[str]:
         for name in v:
             if not name.strip() or name != name.strip():
-                raise ValueError(f"{name!r} is not a hub user name")
+                raise ValueError(Message("{name} is not a hub user name", name=repr(name)))
         return v
 
 
@@ -799,7 +802,8 @@ class Settings(Section):
         names = [p.name for p in self.profiles]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"profiles: duplicate profile name {dupes[0]!r}")
+            raise ValueError("profiles: " + str(Message("duplicate profile name {name}",
+                                                       name=repr(dupes[0]))))  # fmt: skip
         return self
 
     @model_validator(mode="after")
@@ -918,17 +922,61 @@ def _reason(err: dict) -> str:
         return Message("unknown key")
     if kind == "missing":
         return Message("required key is missing")
+    ctx = {k: _figure(v) for k, v in err.get("ctx", {}).items()}
     if kind == "literal_error":
-        return f"{err['msg'].lower()}, got {err['input']!r}"
+        return Message("input should be {expected}, got {given}",
+                       expected=_choices(ctx["expected"]), given=repr(err["input"]))
     # pydantic names its own classes here ("instance of Site", "<class 'pathlib.Path'>").
     if kind == "model_type":
-        return "Input should be a table"
+        return Message("Input should be a table")
     if kind == "path_type":
-        return "Input should be a path (a string)"
+        return Message("Input should be a path (a string)")
     if kind == "too_short":
-        return err["msg"].replace(" after validation", "")
+        return Plural("List should have at least {n} item, not {actual}",
+                      "List should have at least {n} items, not {actual}",
+                      err["ctx"]["min_length"], actual=ctx["actual_length"])  # fmt: skip
+    if kind in _PYDANTIC_REASONS:  # pydantic's own English, in the operator's language
+        return _PYDANTIC_REASONS[kind](ctx)
     msg = err["msg"]
     return msg.removeprefix("Value error, ")
+
+
+def _choices(expected: str) -> str:
+    """pydantic's "'a', 'b' or 'c'" in the reader's words ("'a'、'b' 或 'c'")."""
+    *some, last = re.split(r", | or ", expected)
+    if not some or not all(p[:1] == p[-1:] == "'" and len(p) > 1 for p in [*some, last]):
+        return expected
+    # TRANSLATORS: the last of a list of choices, e.g. "'native', 'ldap' or 'oidc'"
+    return Message("{some} or {last}", some=some, last=last)
+
+
+def _figure(value) -> str:
+    """A bound as pydantic writes it: 0, not 0.0 (and no thousands separator: 65535)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# pydantic-core 2's messages for the checks a site config meets most, word for word.
+_PYDANTIC_REASONS = {
+    "int_parsing": lambda ctx: Message("Input should be a valid integer"),
+    "int_type": lambda ctx: Message("Input should be a valid integer"),
+    "int_from_float": lambda ctx: Message("Input should be a valid integer"),
+    "float_parsing": lambda ctx: Message("Input should be a valid number"),
+    "float_type": lambda ctx: Message("Input should be a valid number"),
+    "bool_parsing": lambda ctx: Message("Input should be a valid boolean"),
+    "bool_type": lambda ctx: Message("Input should be a valid boolean"),
+    "string_type": lambda ctx: Message("Input should be a valid string"),
+    "list_type": lambda ctx: Message("Input should be a valid list"),
+    "dict_type": lambda ctx: Message("Input should be a table"),
+    "greater_than": lambda ctx: Message("Input should be greater than {gt}", **ctx),
+    "greater_than_equal": lambda ctx: Message("Input should be greater than or equal to {ge}",
+                                              **ctx),  # fmt: skip
+    "less_than": lambda ctx: Message("Input should be less than {lt}", **ctx),
+    "less_than_equal": lambda ctx: Message("Input should be less than or equal to {le}", **ctx),
+    "string_pattern_mismatch": lambda ctx: Message("String should match pattern {pattern}",
+                                                   pattern="'" + ctx["pattern"] + "'"),
+}
 
 
 def parse_settings(data: dict, source: Path | str = "<config>") -> Settings:

@@ -40,8 +40,22 @@ cores = 1
 memory = "1G"
 """
 
+WRONG = """
+[site]
+timezone = "Mars/Olympus"
+[auth]
+kind = "kerberos"
+[hub]
+port = "eight"
+public_url = "http://hub.localhost/lab"
+[[profiles]]
+name = "Big GPU"
+cores = 0
+memory = "lots"
+"""
+
 # What stays as it is inside a Chinese sentence: names, units, commands and their options.
-KEPT = {"Shangzhuang", "Workbench", "Hub", "SQLite", "TOML", "UTF", "ISO", "Ctrl", "pid",
+KEPT = {"Shangzhuang", "Workbench", "Hub", "SQLite", "TOML", "UTF", "ISO", "IANA", "Ctrl", "pid",
         "admin", "ann", "physics", "default", "course", "project"}  # fmt: skip
 
 
@@ -149,6 +163,18 @@ def test_the_operators_commands_in_a_chinese_terminal(terminal, tmp_path):
     broken.write_text(config.read_text() + "[apps]\nport = 8000\n")
     status, out, err = terminal("check", broken)
     assert err.splitlines()[1] == "  apps.port: 端口 8000 已被 hub.port 占用"
+    # pydantic's own reasons and our validators' in Chinese; keys and values as written.
+    broken.write_text(WRONG)
+    status, out, err = terminal("check", broken)
+    assert err.splitlines()[1:] == [
+        "  site.timezone: 未知的时区 'Mars/Olympus'（请使用 'Asia/Shanghai' 这样的 IANA 名称）",
+        "  hub.port: 应为整数",
+        "  hub.public_url: 'http://hub.localhost/lab'：Hub 须位于主机的根路径（不能带路径）",
+        "  auth.kind: 应为 'native'、'ldap' 或 'oidc'，而不是 'kerberos'",
+        "  profiles[0].name: 应符合模式 '^[a-z0-9][a-z0-9_-]*$'",
+        "  profiles[0].cores: 应大于 0",
+        "  profiles[0].memory: 应为 '4G'、'512M' 这样的大小，或字节数",
+    ]
 
     unset = site(tmp_path / "unset", site="[quota]\ndatabase_url_env = 'SZ_NOT_SET'")
     status, out, err = terminal("up", "--config", unset)
