@@ -192,10 +192,10 @@ class NativeAuth(Section):
 def _refuse_inline_secret(data: object, key: str, section: str, stem: str) -> object:
     """A secret written into the site config is refused (without echoing it)."""
     if isinstance(data, dict) and key in data:
-        raise ValueError(
-            f"{section}.{key}: a secret never goes in the config file; use {stem}_file "
-            f"(a file only the hub's account can read) or {stem}_env (an environment variable)"
-        )
+        raise ValueError(_at(f"{section}.{key}", Message(
+            "a secret never goes in the config file; use {file} (a file only the hub's account "
+            "can read) or {env} (an environment variable)", file=stem + "_file",
+            env=stem + "_env")))  # fmt: skip
     return data
 
 
@@ -205,15 +205,20 @@ def _refuse_inline_db_password(data: object, section: str) -> object:
         return data
     url = data.get("database_url") or ""
     if isinstance(url, str) and re.match(r"^[\w+.-]+://[^/@:]*:[^/@]+@", url):
-        raise ValueError(
-            f"{section}.database_url: it holds a password, which never goes in the config "
-            "file; put the whole URL in database_url_file (a file only the hub's account can "
-            "read) or database_url_env (an environment variable)"
-        )
+        raise ValueError(_at(f"{section}.database_url", Message(
+            "it holds a password, which never goes in the config file; put the whole URL in "
+            "database_url_file (a file only the hub's account can read) or database_url_env "
+            "(an environment variable)")))  # fmt: skip
     sources = [k for k in ("database_url", "database_url_file", "database_url_env") if data.get(k)]
     if len(sources) > 1:
-        raise ValueError(f"{section}: set only one of {', '.join(sources)}")
+        raise ValueError(_at(section, Message("set only one of {keys}", keys=sources)))
     return data
+
+
+def _at(key: str, reason: Message) -> str:
+    """A model check's 'key: reason' (parse_settings takes the key from before ': '), the
+    reason in the reader's language now: pydantic keeps the words, not the Message."""
+    return f"{key}: {reason}"
 
 
 def read_secret(key: str, file: Path | None, env: str | None) -> str:
@@ -238,14 +243,16 @@ def read_secret(key: str, file: Path | None, env: str | None) -> str:
 
 def _one_secret_source(section: str, stem: str, file: Path | None, env: str | None) -> None:
     if (file is None) == (env is None):
-        raise ValueError(f"{section}: set exactly one of {stem}_file and {stem}_env")
+        raise ValueError(_at(section, Message("set exactly one of {file} and {env}",
+                                              file=stem + "_file", env=stem + "_env")))
 
 
 def _tidy_dn(dn: str) -> str:
     """'cn=pku, ou=groups' -> 'cn=pku,ou=groups' (ldap3 refuses the spaces); not a DN: error."""
     parts = [p.strip() for p in re.split(r"(?<!\\),", dn)]
     if not all(re.match(r"^[A-Za-z][\w.-]*\s*=", p) for p in parts):
-        raise ValueError(f"{dn!r} is not a DN such as 'cn=staff,ou=groups,dc=example,dc=org'")
+        raise ValueError(Message("{dn} is not a DN such as 'cn=staff,ou=groups,dc=example,"
+                                 "dc=org'", dn=repr(dn)))  # fmt: skip
     return ",".join(re.sub(r"^([\w.-]+)\s*=\s*", r"\1=", p) for p in parts)
 
 
@@ -294,35 +301,34 @@ class LdapAuth(Section):
     def _has_username(cls, templates: list[str]) -> list[str]:
         for t in templates:
             if "{username}" not in t:
-                raise ValueError(f"{t!r} has no {{username}} in it")
+                raise ValueError(Message("{template} has no {username} in it",
+                                         template=repr(t), username="{username}"))
         return templates
 
     @model_validator(mode="after")
     def _consistent(self) -> LdapAuth:
         if self.tls == "plain" and self.server not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(
-                "auth.ldap.tls: 'plain' sends passwords unencrypted, so only to a directory "
-                "on 127.0.0.1; use 'ldaps' or 'starttls' (the certificate is verified against "
-                "ca_file, else the system's CA bundle)"
-            )
+            raise ValueError(_at("auth.ldap.tls", Message(
+                "'plain' sends passwords unencrypted, so only to a directory on 127.0.0.1; use "
+                "'ldaps' or 'starttls' (the certificate is verified against ca_file, else the "
+                "system's CA bundle)")))  # fmt: skip
         if bool(self.bind_dn_template) == bool(self.user_search_base):
-            raise ValueError(
-                "auth.ldap: set exactly one of bind_dn_template (users' DNs from their "
-                "names) and user_search_base (DNs looked up in the directory)"
-            )
+            raise ValueError(_at("auth.ldap", Message(
+                "set exactly one of bind_dn_template (users' DNs from their names) and "
+                "user_search_base (DNs looked up in the directory)")))  # fmt: skip
         secret = self.search_password_file or self.search_password_env
         if secret and not self.search_user:
-            raise ValueError("auth.ldap.search_user: a search password is set but no search_user")
+            raise ValueError(_at("auth.ldap.search_user",
+                                 Message("a search password is set but no search_user")))
         if self.search_user and self.user_search_base:
             _one_secret_source(
                 "auth.ldap", "search_password", self.search_password_file,
                 self.search_password_env,
             )  # fmt: skip
         if not (self.allowed_groups or self.admin_groups or self.allow_all):
-            raise ValueError(
-                "auth.ldap.allowed_groups: empty, so nobody could sign in; list the group DNs "
-                "whose members may, or set allow_all = true to let everyone in the directory in"
-            )
+            raise ValueError(_at("auth.ldap.allowed_groups", Message(
+                "empty, so nobody could sign in; list the group DNs whose members may, or set "
+                "allow_all = true to let everyone in the directory in")))  # fmt: skip
         return self
 
     @property
@@ -362,7 +368,8 @@ class OidcAuth(Section):
     def _issuer_url(cls, v: str) -> str:
         m = re.match(r"^(https?)://([^/:?#]+)(:\d+)?(/[^?#]*)?$", v)
         if not m:
-            raise ValueError(f"{v!r} is not an http(s) URL such as 'https://sso.example.org'")
+            raise ValueError(Message("{url} is not an http(s) URL such as "
+                                     "'https://sso.example.org'", url=repr(v)))  # fmt: skip
         if m.group(1) == "http" and m.group(2) not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(Message("must be https:// (plain http only for a provider on "
                                      "localhost)"))  # fmt: skip
@@ -381,11 +388,9 @@ class OidcAuth(Section):
             "auth.oidc", "client_secret", self.client_secret_file, self.client_secret_env
         )
         if not (self.allowed_groups or self.admin_groups or self.allow_all):
-            raise ValueError(
-                "auth.oidc.allowed_groups: empty, so nobody could sign in; list the groups "
-                "whose members may, or set allow_all = true to let in everyone the provider "
-                "signs in"
-            )
+            raise ValueError(_at("auth.oidc.allowed_groups", Message(
+                "empty, so nobody could sign in; list the groups whose members may, or set "
+                "allow_all = true to let in everyone the provider signs in")))  # fmt: skip
         return self
 
 
@@ -404,13 +409,14 @@ class AccountRule(Section):
             try:
                 re.compile(v)
             except re.error as e:
-                raise ValueError(f"not a regular expression ({e})") from None
+                raise ValueError(Message("not a regular expression ({error})",
+                                         error=str(e))) from None  # fmt: skip
         return v
 
     @model_validator(mode="after")
     def _one_test(self) -> AccountRule:
         if (self.match is None) == (self.pattern is None):
-            raise ValueError("set exactly one of match and pattern")
+            raise ValueError(Message("set exactly one of match and pattern"))
         return self
 
     def matches(self, value: str) -> bool:
@@ -446,24 +452,22 @@ class Auth(Section):
     @model_validator(mode="after")
     def _kind_configured(self) -> Auth:
         if self.kind == "ldap" and self.ldap is None:
-            raise ValueError("auth.ldap: required when auth.kind = 'ldap'")
+            raise ValueError(_at("auth.ldap", Message("required when auth.kind = 'ldap'")))
         if self.kind == "oidc" and self.oidc is None:
-            raise ValueError("auth.oidc: required when auth.kind = 'oidc'")
+            raise ValueError(_at("auth.oidc", Message("required when auth.kind = 'oidc'")))
         if self.kind == "native" and self.institution is not None:
-            raise ValueError(
-                "auth.institution: only used with auth.kind = 'ldap' or 'oidc' (with native "
-                "sign-in an admin puts users in a hub group named like their account)"
-            )
+            raise ValueError(_at("auth.institution", Message(
+                "only used with auth.kind = 'ldap' or 'oidc' (with native sign-in an admin puts "
+                "users in a hub group named like their account)")))  # fmt: skip
         uses_groups = self.institution is not None and self.institution.source == "groups"
         if (
             self.kind == "ldap"
             and (self.ldap.uses_groups or uses_groups)
             and not self.ldap.group_search_base
         ):
-            raise ValueError(
-                "auth.ldap.group_search_base: needed to find users' groups (for allowed_groups, "
-                "admin_groups or auth.institution.source = 'groups')"
-            )
+            raise ValueError(_at("auth.ldap.group_search_base", Message(
+                "needed to find users' groups (for allowed_groups, admin_groups or "
+                "auth.institution.source = 'groups')")))  # fmt: skip
         return self
 
 
@@ -508,10 +512,9 @@ class Containment(Section):
     def _plain_folder(cls, v: str) -> str:
         parts = v.split("/")
         if not all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", p) for p in parts):
-            raise ValueError(
+            raise ValueError(Message(
                 "must be a relative folder such as 'shangzhuang' or 'sites/physics' "
-                "(letters, digits, _ . -; no '..')"
-            )
+                "(letters, digits, _ . -; no '..')"))  # fmt: skip
         return v
 
 
@@ -593,14 +596,16 @@ class Tutorials(Section):
     def _file_names(cls, names: list[str]) -> list[str]:
         for name in names:
             if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-                raise ValueError(f"{name!r} is not a file name (the files are in tutorials.source)")
+                raise ValueError(Message("{name} is not a file name (the files are in "
+                                         "tutorials.source)", name=repr(name)))  # fmt: skip
         return names
 
     @field_validator("folder")
     @classmethod
     def _inside_home(cls, folder: str) -> str:
         if folder.startswith("/") or ".." in Path(folder).parts or "\0" in folder:
-            raise ValueError(f"{folder!r} must be a folder inside the home, such as tutorials")
+            raise ValueError(Message("{folder} must be a folder inside the home, such as "
+                                     "tutorials", folder=repr(folder)))  # fmt: skip
         return folder
 
     @property
@@ -680,13 +685,15 @@ class QuotaAlerts(Section):
     @classmethod
     def _shares(cls, v: list[float]) -> list[float]:
         if any(not 0 < t <= 1 for t in v) or len(set(v)) != len(v):
-            raise ValueError("each threshold is a share of a limit, above 0 and at most 1, once")
+            raise ValueError(Message("each threshold is a share of a limit, above 0 and at "
+                                     "most 1, once"))  # fmt: skip
         return sorted(v)
 
     @model_validator(mode="after")
     def _mail_needs_addresses(self) -> QuotaAlerts:
         if self.smtp_host and not (self.mail_from and self.mail_domain):
-            raise ValueError("quota.alerts.smtp_host needs mail_from and mail_domain too")
+            raise ValueError(_at("quota.alerts.smtp_host",
+                                 Message("needs mail_from and mail_domain too")))
         return self
 
 
@@ -742,14 +749,12 @@ class Quota(Section):
     @model_validator(mode="after")
     def _accounts_exist(self) -> Quota:
         if self.default_account not in self.accounts:
-            raise ValueError(
-                f"quota.default_account: {self.default_account!r} is not in quota.accounts"
-            )
+            raise ValueError(_at("quota.default_account", Message(
+                "{account} is not in quota.accounts", account=repr(self.default_account))))
         for name, user in self.users.items():
             if user.account is not None and user.account not in self.accounts:
-                raise ValueError(
-                    f"quota.users.{name}.account: {user.account!r} is not in quota.accounts"
-                )
+                raise ValueError(_at(f"quota.users.{name}.account", Message(
+                    "{account} is not in quota.accounts", account=repr(user.account))))
         return self
 
 
@@ -809,11 +814,10 @@ class Settings(Section):
     @model_validator(mode="after")
     def _strangers_keep_their_names(self) -> Settings:
         if self.auth.kind == "native" and not self.backend.accounts.user_prefix:
-            raise ValueError(
-                f"backend.{self.backend.kind}.user_prefix: must not be empty with auth.kind = "
-                "'native': anyone signing up would choose their Unix account's name, also "
-                "one that exists already (such as 'nobody'); keep a prefix such as 'sz-'"
-            )
+            raise ValueError(_at(f"backend.{self.backend.kind}.user_prefix", Message(
+                "must not be empty with auth.kind = 'native': anyone signing up would choose "
+                "their Unix account's name, also one that exists already (such as 'nobody'); "
+                "keep a prefix such as 'sz-'")))  # fmt: skip
         return self
 
     @model_validator(mode="after")
@@ -834,15 +838,15 @@ class Settings(Section):
             named.append(("fallback", institution.fallback))
         for key, account in named:
             if account not in self.quota.accounts:
-                raise ValueError(
-                    f"auth.institution.{key}: {account!r} is not in quota.accounts"
-                )
+                raise ValueError(_at(f"auth.institution.{key}", Message(
+                    "{account} is not in quota.accounts", account=repr(account))))
         return self
 
     @model_validator(mode="after")
     def _apps_profile(self) -> Settings:
         if self.apps.profile and self.apps.profile not in [p.name for p in self.profiles]:
-            raise ValueError(f"apps.profile: {self.apps.profile!r} is not one of the profiles")
+            raise ValueError(_at("apps.profile", Message(
+                "{profile} is not one of the profiles", profile=repr(self.apps.profile))))
         return self
 
     @model_validator(mode="after")
@@ -850,15 +854,18 @@ class Settings(Section):
         reclaim = self.quota.reclaim
         gpu_free = [p.name for p in self.profiles if p.gpus == 0]
         if reclaim.cpu_profile and reclaim.cpu_profile not in gpu_free:
-            raise ValueError(
-                f"quota.reclaim.cpu_profile: {reclaim.cpu_profile!r} is not one of the "
-                f"profiles without GPUs ({', '.join(gpu_free) or 'there is none'})"
-            )
+            profile = repr(reclaim.cpu_profile)
+            if gpu_free:
+                said = Message("{profile} is not one of the profiles without GPUs ({profiles})",
+                               profile=profile, profiles=gpu_free)  # fmt: skip
+            else:
+                said = Message("{profile} is not one of the profiles without GPUs (there is "
+                               "none)", profile=profile)  # fmt: skip
+            raise ValueError(_at("quota.reclaim.cpu_profile", said))
         if reclaim.idle_seconds and not gpu_free:
-            raise ValueError(
-                "quota.reclaim.idle_seconds: idle GPU sessions continue on a profile without "
-                "GPUs, and no profile has gpus = 0: add one, or set idle_seconds = 0"
-            )
+            raise ValueError(_at("quota.reclaim.idle_seconds", Message(
+                "idle GPU sessions continue on a profile without GPUs, and no profile has gpus "
+                "= 0: add one, or set idle_seconds = 0")))  # fmt: skip
         return self
 
     @property

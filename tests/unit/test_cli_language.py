@@ -175,6 +175,9 @@ def test_the_operators_commands_in_a_chinese_terminal(terminal, tmp_path):
         "  profiles[0].cores: 应大于 0",
         "  profiles[0].memory: 应为 '4G'、'512M' 这样的大小，或字节数",
     ]
+    broken.write_text(config.read_text().replace("[hub]", "[apps]\nprofile = 'big'\n[hub]"))
+    assert terminal("check", broken)[2].splitlines()[1:] == [
+        "  apps.profile: 'big' 不是已有的配置"]  # a check across sections names its key too
 
     unset = site(tmp_path / "unset", site="[quota]\ndatabase_url_env = 'SZ_NOT_SET'")
     status, out, err = terminal("up", "--config", unset)
