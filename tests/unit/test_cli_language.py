@@ -152,13 +152,13 @@ def test_the_operators_commands_in_a_chinese_terminal(terminal, tmp_path):
     config = site(tmp_path / "etc")
 
     status, out, err = terminal("check", config)
-    assert (status, out, err) == (0, f"配置有效：{config}\n", "")
+    assert (status, out, err) == (0, f"配置文件有效：{config}\n", "")
 
     broken = tmp_path / "broken.toml"
     broken.write_text(config.read_text() + "[apps]\nport = 8000\ncolour = 'red'\n")
     status, out, err = terminal("check", broken)
     assert status == 2 and out == ""
-    assert err.splitlines() == [f"{broken} 不是有效的 Shangzhuang 配置：",
+    assert err.splitlines() == [f"{broken} 不是有效的 Shangzhuang 配置文件：",
                                 "  apps.colour: 未知的配置项"]  # fmt: skip
     broken.write_text(config.read_text() + "[apps]\nport = 8000\n")
     status, out, err = terminal("check", broken)
@@ -251,7 +251,7 @@ def test_without_a_locale_the_sites_language(terminal, tmp_path):
     status, out, err = terminal("upgrade-db", "--config", config, locale=None)
     assert out == "数据库结构已是当前版本：无需升级\n"
     status, out, err = terminal("check", config, locale=None)
-    assert out == f"配置有效：{config}\n"
+    assert out == f"配置文件有效：{config}\n"
 
 
 def test_shangzhuang_apps_keeps_the_sessions_language(terminal, tmp_path):
@@ -262,4 +262,4 @@ def test_shangzhuang_apps_keeps_the_sessions_language(terminal, tmp_path):
     status, out, err = terminal("apps", "list", "--config", broken, session="en")
     assert (status, err.splitlines()[0]) == (2, f"{broken} is not a valid Shangzhuang config:")
     status, out, err = terminal("apps", "list", "--config", broken, locale="C", session="zh_CN")
-    assert err.splitlines()[0] == f"{broken} 不是有效的 Shangzhuang 配置："
+    assert err.splitlines()[0] == f"{broken} 不是有效的 Shangzhuang 配置文件："
