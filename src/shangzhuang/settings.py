@@ -692,8 +692,8 @@ class QuotaAlerts(Section):
     @model_validator(mode="after")
     def _mail_needs_addresses(self) -> QuotaAlerts:
         if self.smtp_host and not (self.mail_from and self.mail_domain):
-            raise ValueError(_at("quota.alerts.smtp_host",
-                                 Message("needs mail_from and mail_domain too")))
+            raise ValueError(Message("{key} needs mail_from and mail_domain too",
+                                     key="quota.alerts.smtp_host"))  # fmt: skip
         return self
 
 
