@@ -4,6 +4,7 @@
 - a manager reaching past their account: another account's members, or a member's cap
   above the pool;
 - a cross-site POST of a cap: the manager's cookie, no `_xsrf`;
+- a user exempting herself from idle GPU reclaim, directly or through an admin's browser;
 - a user writing GPU utilisation readings (to look busy, or to make another user's
   session look idle for reclaim): the quota service reads them from NVML or Slurm itself
   and has no API that writes them, so each forged write is 404/405.
@@ -14,7 +15,7 @@ import re
 import pytest
 import requests
 
-from tests.integration.hub import RunningHub, workdir
+from tests.integration.hub import ADMIN, RunningHub, workdir
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +36,8 @@ account = "physics"
 account = "chem"
 [quota.users.cole]
 account = "chem"
+[quota.reclaim]
+exempt = ["vic"]
 """
 
 
@@ -111,9 +114,11 @@ def test_a_manager_cannot_reach_past_their_account(hub):
     assert r.json()["resources"]["cpu_hours"]["remaining"] <= 10
 
 
-def manager_browser(hub, name: str) -> tuple[requests.Session, str]:
+def manager_browser(
+    hub, name: str, password: str = "correct-horse-9"
+) -> tuple[requests.Session, str]:
     """The manager's browser after opening the usage page: its cookies and the page's token."""
-    s = hub.login(name, "correct-horse-9")
+    s = hub.login(name, password)
     r = s.get(f"{hub.url}/services/quota/", headers={"Accept": "text/html"}, timeout=60)
     assert r.status_code == 200, r.text
     xsrf = re.search(r'data-xsrf="([^"]+)"', r.text)
@@ -246,3 +251,45 @@ def test_nobody_writes_gpu_utilisation_through_the_quota_api(hub):
         if method in ("post", "put", "patch") and ("gpu" in path or "utilis" in path)
     ]
     assert writes == []
+
+
+def test_only_admins_exempt_users_from_idle_gpu_reclaim(hub):
+    """uma exempts herself from idle GPU reclaim, mara (her account's manager) exempts her:
+    refused (seen red with ReclaimExemptHandler.post taking any caller: 200); a page on
+    another site makes the admin's browser post it (its cookie, no XSRF token): refused.
+    The admin's own page's post holds; the config's exempt user (vic) stays."""
+    admin = hub.admin_token()
+
+    def set_exempt(token, user, exempt=True):
+        return post_request(hub, token, "reclaim/exempt", {"user": user, "exempt": exempt})
+
+    for who in ("uma", "mara"):
+        token = hub.token_for(who)
+        r = set_exempt(token, "uma")
+        assert r.status_code == 403, (who, r.status_code, r.text)
+        assert get(hub, "reclaim/exempt", token).status_code == 403
+    before = {"exempt": ["vic"], "from_config": ["vic"]}
+    assert get(hub, "reclaim/exempt", admin).json() == before
+
+    browser, xsrf = manager_browser(hub, ADMIN, hub.password_of_admin())
+    page = browser.get(f"{hub.url}/services/quota/", headers={"Accept": "text/html"}, timeout=60)
+    assert 'id="sz-reclaim-exempt"' in page.text  # the admin's view has the list to edit
+    uma_page = hub.login("uma", "correct-horse-9").get(
+        f"{hub.url}/services/quota/", headers={"Accept": "text/html"}, timeout=60
+    )
+    assert uma_page.status_code == 200 and 'id="sz-reclaim-exempt"' not in uma_page.text
+    url = f"{hub.url}/services/quota/api/v1/reclaim/exempt"
+    r = browser.post(url, json={"user": "uma", "exempt": True}, timeout=30)
+    assert r.status_code in (401, 403), r.text
+    assert get(hub, "reclaim/exempt", admin).json() == before
+
+    r = browser.post(url, json={"user": "uma", "exempt": True}, headers={"X-XSRFToken": xsrf},
+                     timeout=30)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["exempt"] == ["uma", "vic"]
+    r = set_exempt(admin, "vic", False)  # exempt in the config
+    assert r.status_code == 400, r.text
+    assert "[quota.reclaim] exempt" in r.json()["message"]
+    assert set_exempt(admin, "uma", False).json()["exempt"] == ["vic"]
+    r = set_exempt(admin, "nobody-here")
+    assert r.status_code == 400 and "nobody-here" in r.json()["message"], r.text

@@ -265,6 +265,16 @@ class ReclaimWarning(Base):
     stopped_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class ReclaimExemption(Base):
+    """A user an admin exempted from idle GPU reclaim on the usage page; the config's
+    (`[quota.reclaim] exempt`) are apart, and stay (quota/reclaim.py `exempted`)."""
+
+    __tablename__ = "reclaim_exemptions"
+    user: Mapped[str] = mapped_column(String(100), primary_key=True)
+    set_by: Mapped[str] = mapped_column(String(100))
+    at: Mapped[float] = mapped_column(Float)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
     service both write)."""

@@ -19,7 +19,7 @@ from pydantic import Field
 from tornado import web
 
 from shangzhuang.i18n import Message, jinja_environment
-from shangzhuang.quota import figures, managers, utilisation
+from shangzhuang.quota import figures, managers, reclaim, utilisation
 from shangzhuang.quota import requests as quota_requests
 from shangzhuang.quota.ledger import QuotaError
 from shangzhuang.quota.openapi import operation, route
@@ -231,6 +231,45 @@ class ManagersHandler(UsageAccess):
         self.answer(account)
 
 
+class ExemptChange(Input):
+    """Exempt a user from idle GPU reclaim (exempt true), or no longer (false)."""
+
+    user: str = Field(min_length=1, max_length=100)
+    exempt: bool
+
+
+class ReclaimExemptHandler(UsageAccess):
+    """GET|POST api/v1/reclaim/exempt: who is exempt from idle GPU reclaim (admins); admins
+    exempt users and take exemptions back (those of the config stay: quota/reclaim.py)."""
+
+    def answer(self) -> None:
+        policy = self.site.quota.reclaim
+        self.write_json({
+            "exempt": sorted(reclaim.exempted(self.ledger, policy)),
+            "from_config": sorted(policy.exempt),
+        })  # fmt: skip
+
+    @operation("The users exempt from idle GPU reclaim (admins)")
+    def get(self):
+        self.admin()
+        self.answer()
+
+    @operation("Exempt a user from idle GPU reclaim, or no longer (admins)", body=ExemptChange)
+    def post(self, body: ExemptChange):
+        me = self.admin()
+        if body.exempt and body.user not in self.ledger.users():
+            raise web.HTTPError(400, str(Message(
+                "No user {user} is known to the quota service yet: they appear at their "
+                "first sign-in.", user=body.user,
+            )))  # fmt: skip
+        try:
+            reclaim.set_exempt(self.ledger, self.site.quota.reclaim, body.user, body.exempt,
+                               me["name"])  # fmt: skip
+        except QuotaError as e:
+            raise web.HTTPError(400, str(e)) from None
+        self.answer()
+
+
 class GpusQuery(Window):
     user: str | None = Field(None, description="whose GPU sessions (default: yours)")
 
@@ -292,6 +331,7 @@ API = [
     ("/accounts/{account}/burn", BurnHandler),
     ("/accounts/{account}/caps", CapsHandler),
     ("/accounts/{account}/managers", ManagersHandler),
+    ("/reclaim/exempt", ReclaimExemptHandler),
     ("/estate", EstateHandler),
     *quota_requests.API,  # asking for more (quota/requests.py)
 ]

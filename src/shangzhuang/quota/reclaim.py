@@ -11,7 +11,8 @@ readings, quota/utilisation.py):
   GPUs are still idle then;
 - a reading at or over the threshold since the warning (its GPUs got busy again) *clears*
   the warning, and the idle period counts again from there.
-Users in `quota.reclaim.exempt`, profiles with `reclaim_idle_seconds = 0` and sessions of
+Exempt users (`exempted`: the config's `quota.reclaim.exempt` and those an admin exempts on
+the usage page, `set_exempt`), profiles with `reclaim_idle_seconds = 0` and sessions of
 other sources (apps, Slurm jobs) are never touched. Readings come from where the user
 can't forge them (NVML read by the quota service); without readings nothing is reclaimed.
 """
@@ -19,16 +20,18 @@ can't forge them (NVML read by the quota service); without readings nothing is r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 
+from shangzhuang.i18n import Message
 from shangzhuang.quota import utilisation
-from shangzhuang.quota.db import GpuSample, ReclaimWarning
-from shangzhuang.quota.ledger import Ledger
+from shangzhuang.quota.db import GpuSample, ReclaimExemption, ReclaimWarning
+from shangzhuang.quota.ledger import Ledger, QuotaError
 from shangzhuang.quota.meter import Running, UsageSource
-from shangzhuang.settings import Settings
+from shangzhuang.settings import QuotaReclaim, Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,43 @@ def stop_reason(threshold: float, idle_seconds: float) -> str:
         f"GPUs idle: under {threshold:g}% for {idle_seconds / 60:.0f} minutes, and still idle "
         "at the end of the grace period"
     )
+
+
+def exempted_by_admins(ledger: Ledger) -> set[str]:
+    """The users admins exempted on the usage page."""
+    with ledger._read() as conn:
+        return set(conn.execute(select(ReclaimExemption.user)).scalars())
+
+
+def exempted(ledger: Ledger, policy: QuotaReclaim) -> set[str]:
+    """Every user exempt from idle GPU reclaim: the config's (`policy.exempt`) and the
+    page's."""
+    return set(policy.exempt) | exempted_by_admins(ledger)
+
+
+def set_exempt(
+    ledger: Ledger,
+    policy: QuotaReclaim,
+    user: str,
+    exempt: bool,
+    by: str,
+    now: float | None = None,
+) -> None:
+    """Exempt `user` from idle GPU reclaim (or no longer); an admin's act. Their session
+    warned already loses its warning at the next tick."""
+    if not exempt and user in policy.exempt:
+        raise QuotaError(
+            Message(
+                "{user} is exempt in the site's config ([quota.reclaim] exempt): "
+                "remove them there.",
+                user=user,
+            )
+        )  # fmt: skip
+    with ledger._write() as conn:
+        conn.execute(delete(ReclaimExemption).where(ReclaimExemption.user == user))
+        if exempt:
+            now = time.time() if now is None else now
+            conn.execute(insert(ReclaimExemption).values(user=user, set_by=by, at=now))
 
 
 @dataclass(frozen=True)
@@ -84,11 +124,12 @@ class Reclaim:
         self.policy = settings.quota.reclaim
         self.readings = IdleReadings(self.policy.idle_threshold_percent)
 
-    def idle_period(self, r: Running) -> float:
-        """Seconds of idle GPUs after which this session is warned; 0: never reclaimed."""
+    def idle_period(self, r: Running, exempt: set[str]) -> float:
+        """Seconds of idle GPUs after which this session is warned; 0: never reclaimed.
+        `exempt`: the exempt users (`exempted`, read once a tick)."""
         if r.source != SOURCE or r.rates.get("gpu_hours", 0) <= 0:
             return 0.0
-        if r.user in self.policy.exempt:
+        if r.user in exempt:
             return 0.0
         try:
             own = self.settings.profile(r.profile).reclaim_idle_seconds
@@ -111,7 +152,9 @@ class Reclaim:
         """Warn, clear and stop, for the consumers running now (`seen`)."""
         report = ReclaimReport()
         threshold = self.policy.idle_threshold_percent
-        watched = {c: r for c, r in seen.items() if self.idle_period(r) > 0}
+        exempt = exempted(self.ledger, self.policy)
+        periods = {c: self.idle_period(r, exempt) for c, r in seen.items()}
+        watched = {c: r for c, r in seen.items() if periods[c] > 0}
         fresh_since = now - 2 * self.settings.quota.sample_seconds
         with self.ledger._write() as conn:
             known = {w.consumer: _warning(w) for w in conn.execute(select(ReclaimWarning))}
@@ -127,7 +170,7 @@ class Reclaim:
                 idle = run.seconds_to(now) if run else 0.0
                 warning = known.get(consumer)
                 if warning is None:
-                    if idle >= self.idle_period(r):
+                    if idle >= periods[consumer]:
                         warning = IdleWarning(consumer, r.user, now - idle, now,
                                               now + self.policy.grace_seconds)  # fmt: skip
                         new.append(vars(warning))

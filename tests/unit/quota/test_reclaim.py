@@ -9,8 +9,9 @@ import asyncio
 import pytest
 
 from shangzhuang.quota import utilisation
+from shangzhuang.quota.ledger import QuotaError
 from shangzhuang.quota.meter import Meter, Running
-from shangzhuang.quota.reclaim import Reclaim
+from shangzhuang.quota.reclaim import Reclaim, exempted, set_exempt
 from shangzhuang.settings import SettingsError, parse_settings
 
 T0 = 1_790_000_000.0
@@ -135,6 +136,40 @@ def test_exempt_users_cpu_sessions_and_profiles_without_reclaim_are_left_alone(l
     clock = Clock(ledger, site(), lab)
     clock.run(1200)
     assert clock.reclaim.warnings() == {} and lab.stopped == []
+
+
+def test_a_user_an_admin_exempts_is_left_alone_until_the_exemption_goes(ledger, lab):
+    """The usage page's exemptions (the ledger's) count with the config's: alice, warned,
+    is exempted: her warning goes and she is never stopped; no longer exempt, she is watched
+    again (her GPUs idle all along: warned at once, stopped after the grace)."""
+    settings = site()
+    lab.sessions = [gpu_session("alice")]
+    clock = Clock(ledger, settings, lab)
+    clock.run(660)
+    assert clock.reclaim.warnings("alice")
+    set_exempt(ledger, settings.quota.reclaim, "alice", True, by="root")
+    assert exempted(ledger, settings.quota.reclaim) == {"alice", "erin"}
+    clock.run(TICK)
+    assert clock.reclaim.warnings() == {}
+    reports = clock.run(3000)
+    assert not any(r.warned for r in reports) and lab.stopped == []
+
+    set_exempt(ledger, settings.quota.reclaim, "alice", False, by="root")
+    assert exempted(ledger, settings.quota.reclaim) == {"erin"}
+    (report,) = clock.run(TICK)
+    assert report.warned == [gpu_session("alice").consumer]
+    clock.run(300)
+    assert [c for c, _ in lab.stopped] == [gpu_session("alice").consumer]
+
+
+def test_the_configs_exempt_users_stay_exempt(ledger):
+    """The page adds and removes only its own exemptions; the config's are named."""
+    policy = site().quota.reclaim
+    with pytest.raises(QuotaError, match=r"\[quota.reclaim\] exempt"):
+        set_exempt(ledger, policy, "erin", False, by="root")
+    set_exempt(ledger, policy, "erin", True, by="root")  # both: still one entry
+    set_exempt(ledger, policy, "erin", True, by="root")
+    assert exempted(ledger, policy) == {"erin"}
 
 
 def test_a_profiles_own_period_replaces_the_sites(ledger, lab):
