@@ -229,3 +229,22 @@ def test_an_admin_makes_a_manager_on_the_page(hub, browser):
         assert admin_get(hub, "accounts/physics/managers")["managers"] == ["mara"]
     finally:
         context.close()
+
+
+def test_an_admin_exempts_a_user_from_idle_gpu_reclaim_on_the_page(hub, browser):
+    context, page = open_usage(browser, hub, ADMIN, hub.password_of_admin())
+    try:
+        section = page.locator("#sz-reclaim-exempt")
+        shown = section.locator(".sz-exempt")
+        shown.filter(has_text="Exempt users: none.").wait_for()
+        form = section.locator("form")
+        form.locator("input[name=user]").fill("uma")
+        form.locator("button[name=add]").click()
+        form.locator(".sz-exempt-result").filter(has_text="The exempt users are set.").wait_for()
+        shown.filter(has_text="Exempt users: uma.").wait_for()
+        assert admin_get(hub, "reclaim/exempt")["exempt"] == ["uma"]
+        form.locator("button[name=remove]").click()
+        shown.filter(has_text="Exempt users: none.").wait_for()
+        assert admin_get(hub, "reclaim/exempt")["exempt"] == []
+    finally:
+        context.close()
