@@ -164,3 +164,56 @@ def test_an_apps_files_are_handed_to_its_owner_off_the_hubs_loop(tmp_path, monke
     assert os.lstat(part).st_gid == 54322
     assert spawner.usage_source == "app" and spawner.cmd[-2:] == ["-m", "shangzhuang.apps.server"]
     assert stall < 0.5, f"the loop stood still {stall:.2f} s"
+
+
+# Stand-ins for a slurmctld that answers slowly (a busy controller takes seconds): each
+# command takes a second, then answers as Slurm 22.05 does for a running job on node n1.
+SLOW_SLURM = {
+    "squeue": "sleep 1\nprintf '%s\\n' \"$*\" >> {log}\n"
+              "case \"$*\" in *PENDING*) echo 41; echo 42;; *) echo 'RUNNING None n1';; esac\n",
+    "scontrol": "sleep 1\nprintf '%s\\n' \"$*\" >> {log}\n"
+                "echo 'NodeName=n1 NodeAddr=127.0.0.7 NodeHostName=n1 State=ALLOCATED'\n",
+    "scancel": "sleep 1\nprintf '%s\\n' \"scancel $*\" >> {log}\n",
+}  # fmt: skip
+
+
+def test_a_slow_slurm_never_holds_up_the_hubs_loop(tmp_path, monkeypatch):
+    """The hub asks Slurm about a Lab job while it runs (squeue at every poll, scontrol for
+    its node's address, squeue for its place in the queue, scancel at stop). A slurmctld
+    that answers slowly can't be had on demand from the test Slurm: stand-ins for squeue,
+    scontrol and scancel on PATH take a second each and answer in Slurm's words (the only
+    stand-ins; the spawner's code is the real SlurmSpawner with batchspawner 1.3.0's).
+    Four seconds of Slurm calls, and the loop keeps turning: no stall over 0.3 s. Seen red
+    with the node's address looked up by a blocking subprocess.run (a 1.02 s stall), as
+    batchspawner's state_gethost would have it."""
+    from types import SimpleNamespace
+
+    from shangzhuang.hub.spawners import SlurmSpawner
+
+    from .spawner_kit import HUB, profile
+
+    log = tmp_path / "slurm.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in SLOW_SLURM.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body.format(log=log))
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    spawner = SlurmSpawner(
+        user=SimpleNamespace(name="ana", url="/user/ana/"),
+        orm_spawner=SimpleNamespace(name="", display_name="", server=None, last_activity=None),
+        hub=HUB, profiles=[profile("cpu")], user_prefix="sz-", home_root=str(tmp_path),
+    )  # fmt: skip
+    spawner.job_id, spawner.req_partition = "42", ""
+    SlurmSpawner._node_addrs.pop("n1", None)  # shared by every spawner: look it up anew
+
+    async def ask_slurm():
+        assert await spawner.poll() is None  # squeue, then scontrol for n1's NodeAddr
+        assert spawner.state_gethost() == "127.0.0.7"
+        assert await spawner._queue_position() == (1, 2)  # squeue of the pending jobs
+        await spawner.cancel_batch_job()  # scancel, as batchspawner's stop sends it
+
+    stall = asyncio.run(longest_stall(ask_slurm))
+    calls = log.read_text().splitlines()
+    assert len(calls) == 4 and calls[-1] == "scancel 42", calls
+    assert stall < 0.3, f"the loop stood still {stall:.2f} s while Slurm answered slowly"
