@@ -66,6 +66,16 @@ for _service in c.JupyterHub.services:
         )
 """
 
+# The quota service of a test hub on Slurm runs the stand-in `sstat` (no GPU here).
+SSTAT_STANDIN = """
+import os
+for _service in c.JupyterHub.services:
+    if _service["name"] == "quota":
+        _service["environment"].update(
+            PATH="{folder}:" + os.environ["PATH"], SZ_TEST_SSTAT_READINGS="{readings}"
+        )
+"""
+
 
 class RunningHub:
     def __init__(
@@ -86,6 +96,7 @@ class RunningHub:
         slurm_conf: Path | None = None,
         profiles: str = "",
         nvml_readings: Path | None = None,
+        sstat_readings: Path | None = None,
     ):
         self.base = base
         self.run_as = run_as  # a Unix account to run the hub as, instead of root
@@ -163,6 +174,10 @@ signups_per_address_per_hour = {signups_per_hour}
         if nvml_readings:  # GPU readings from a file: pynvml_standin.py says why
             hub_config += NVML_STANDIN.format(
                 folder=Path(__file__).parent / "pynvml_standin", readings=nvml_readings
+            )
+        if sstat_readings:  # GPU readings of Slurm jobs from a file: sstat_standin/sstat
+            hub_config += SSTAT_STANDIN.format(
+                folder=Path(__file__).parent / "sstat_standin", readings=sstat_readings
             )
         if hub_config:
             default = Path(__file__).parents[2] / "hub_config" / "jupyterhub_config.py"

@@ -2,10 +2,12 @@
 MariaDB for accounting: tests/slurm.py): Lab sessions as jobs, GPUs through gres, the queue
 reason on the spawn page, notebook Dask clusters on both nodes, metering and enforcement,
 every finished job charged exactly from Slurm's accounting (also across a restart of the
-quota service), and a controller that is down."""
+quota service), idle GPU reclaim of Lab sessions, and a controller that is down."""
 
+import html
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -35,6 +37,12 @@ name = "gpu-2"
 cores = 1
 memory = "1G"
 gpus = 2
+[[profiles]]
+name = "gpu-idle"  # reclaimed after 2 s of idle GPUs (the site's idle_seconds is 0: off)
+cores = 1
+memory = "1G"
+gpus = 1
+reclaim_idle_seconds = 2
 """
 
 QUOTA = """
@@ -48,7 +56,10 @@ gpu_hours = 1000
 cpu_hours = 0.01
 [quota.users.zoe]
 cpu_hours = 0.0005
+[quota.reclaim]
+grace_seconds = 15
 """
+RECLAIM_GRACE = 15
 
 CLUSTER = """
 [cluster]
@@ -74,11 +85,33 @@ def slurm():
         s.stop()
 
 
+class SstatReadings:
+    """The stand-in sstat's readings (tests/integration/sstat_standin): job id -> gres/gpuutil."""
+
+    def __init__(self, path):
+        self.path, self.percent = path, {}
+        self.write()
+
+    def set(self, job: str, percent: float) -> None:
+        self.percent[job] = percent
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")  # renamed over: never read half written
+        tmp.write_text(json.dumps(self.percent))
+        tmp.chmod(0o644)
+        os.replace(tmp, self.path)
+
+
 @pytest.fixture(scope="module")
 def hub(slurm):
+    base = workdir()
+    readings = SstatReadings(base / "sstat.json")
     with RunningHub(
-        workdir(), slurm_conf=slurm.conf, profiles=PROFILES, quota=QUOTA, extra_toml=CLUSTER
-    ) as h:
+        base, slurm_conf=slurm.conf, profiles=PROFILES, quota=QUOTA, extra_toml=CLUSTER,
+        sstat_readings=readings.path,
+    ) as h:  # fmt: skip
+        h.sstat = readings
         yield h
 
 
@@ -501,6 +534,83 @@ def test_at_zero_a_job_submitted_onto_idle_nodes_never_starts_and_runs_after_a_g
     assert datetime.fromisoformat(start).timestamp() >= int(granted)
     assert f"user {hub.prefix}zoe " not in _read(slurm.at_zero_file)
     assert f"job:{first}" in charges(hub, "zoe")
+
+
+IDLE, BUSY = 2, 90  # gres/gpuutil, %
+
+
+def quota_me(hub, token: str) -> dict:
+    r = requests.get(f"{hub.url}/services/quota/api/v1/me",
+                     headers={"Authorization": f"token {token}"}, timeout=30)  # fmt: skip
+    r.raise_for_status()
+    return r.json()
+
+
+def warning_of(hub, token: str, consumer: str) -> dict | None:
+    running = [e for e in quota_me(hub, token)["running"] if e["consumer"] == consumer]
+    return running[0].get("reclaim") if running else None
+
+
+def test_an_idle_gpu_lab_session_is_warned_continues_on_cpu_or_is_stopped_by_the_hub(hub, slurm):
+    """Idle GPU reclaim of Lab sessions on the Slurm backend, as on the local one: warned
+    (the quota API, the Lab's own view, the home page), "continue on CPU" (a new job on the
+    CPU profile), and stopped through the hub after the grace (the spawner cancels the job);
+    a user's own sbatch job with an idle GPU is never reclaimed.
+
+    What is faked: the GPU readings. Slurm fills gres/gpuutil only on a node with a GPU and
+    NVML, so the quota service's `sstat` is a stand-in first on its PATH
+    (tests/integration/sstat_standin) that answers gres/gpuutil for the jobs this test names;
+    Slurm, squeue, scancel, the hub, the Labs and the quota service are real."""
+    browsers = {name: hub.new_user(name) for name in ("ida", "ivo")}
+    tokens = {name: hub.token_for(name) for name in browsers}
+    jobs = {}
+    for name in browsers:
+        hub.spawn(name, "gpu-idle")
+    for name in browsers:
+        jobs[name] = hub.wait_ready(name)["state"]["job_id"]
+        hub.sstat.set(jobs[name], IDLE)
+    (own,) = submit(hub, slurm, "ivo", "--gres=gpu:1", "--wrap", "sleep 120")  # idle too
+    hub.sstat.set(own, IDLE)
+
+    # ida is warned: the quota API says when and why, with the way on ...
+    consumer = f"job:{jobs['ida']}"
+    warning = hub.wait(lambda: warning_of(hub, tokens["ida"], consumer), 60, "ida warned")
+    assert warning["threshold_percent"] == 10 and 0 < warning["stops_in_seconds"] <= RECLAIM_GRACE
+    assert warning["continue_url"] == "/services/quota/continue-on-cpu?server="
+    # ... her Lab finds its own warning (its job's entry) ...
+    lab = requests.get(f"{hub.user_url('ida')}shangzhuang/quota",
+                       headers={"Authorization": f"token {tokens['ida']}"}, timeout=30).json()
+    assert lab["session"]["consumer"] == consumer, lab
+    assert lab["reclaim"]["stops_at"] == warning["stops_at"]
+    # ... and her home page
+    home = html.unescape(browsers["ida"].get(f"{hub.url}/hub/home", timeout=30).text)
+    assert 'class="alert alert-warning sz-reclaim" data-server=""' in home
+    assert "have been under 10% use since" in home
+    # She continues on CPU: the GPU job ends, a CPU job runs her session.
+    r = requests.post(
+        f"{hub.url}/services/quota/api/v1/users/ida/continue-on-cpu",
+        headers={"Authorization": f"token {tokens['ida']}"}, json={"server": ""}, timeout=120,
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+    after = hub.wait_ready("ida")
+    assert after["user_options"] == {"profile": "cpu"} and after["state"]["job_id"] != jobs["ida"]
+    assert jobs["ida"] not in [j["id"] for j in slurm.jobs()]
+
+    # Nobody moves ivo's: stopped through the hub after the grace, his own job kept.
+    hub.wait(lambda: "" not in hub.api("GET", "/users/ivo").json()["servers"],
+             RECLAIM_GRACE + 60, "ivo's idle session stopped")  # fmt: skip
+    log = hub.log.read_text()
+    assert re.search(rf"stopped job:{jobs['ivo']} of ivo: GPUs idle", log)
+    assert "DELETE /hub/api/users/ivo/server" in log  # by the hub: its spawner scancels
+    assert jobs["ivo"] not in [j["id"] for j in slurm.jobs()]
+    me = quota_me(hub, tokens["ivo"])
+    assert [e["consumer"] for e in me["running"]] == [f"job:{own}"]  # the Lab's charge closed
+    assert me["running"][0]["reclaim"] is None  # his own sbatch job: never reclaimed
+    assert [r["server"] for r in me["reclaimed"]] == [""]
+    home = html.unescape(browsers["ivo"].get(f"{hub.url}/hub/home", timeout=30).text)
+    assert "Your session default was stopped at" in home
+    slurm.cmd("scancel", own)
+    hub.stop_server("ida")
 
 
 def _read(path) -> str:

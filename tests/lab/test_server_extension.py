@@ -182,6 +182,27 @@ async def test_quota_passes_on_this_sessions_idle_gpu_warning(jp_fetch, quota, l
     assert (await get_json(jp_fetch, "quota"))["reclaim"] is None
 
 
+@pytest.mark.parametrize("lab_config", [{"slurm_job_id": "42"}])
+async def test_a_session_on_slurm_finds_its_own_job_and_its_warning(jp_fetch, quota, lab_config):
+    """On the slurm backend the session is its job (job:42): its cost and its idle GPU
+    warning, not those of the user's other jobs (a Dask worker's, job:43)."""
+    warning = {"idle_since": "2026-12-01T10:00:00+08:00", "warned_at": "2026-12-01T11:00:00+08:00",
+               "stops_at": "2026-12-01T11:30:00+08:00", "stops_in_seconds": 1500.0,
+               "threshold_percent": 10, "idle_seconds": 3600,
+               "continue_url": "/services/quota/continue-on-cpu?server="}  # fmt: skip
+    lab = {"consumer": "job:42", "source": "job", "profile": "gpu-1", "server": "",
+           "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0}, "reclaim": warning}
+    worker = {"consumer": "job:43", "source": "job", "profile": "",
+              "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 2.0}, "reclaim": None}
+    quota.me = balance(running=[worker, lab])
+    body = await get_json(jp_fetch, "quota")
+    assert body["session"] == {"consumer": "job:42", "profile": "gpu-1",
+                               "cost_per_hour": lab["cost_per_hour"]}  # fmt: skip
+    assert body["reclaim"]["stops_at"] == warning["stops_at"]
+    quota.me = balance(running=[worker])  # its job not seen yet: not the worker's
+    assert (await get_json(jp_fetch, "quota"))["session"]["consumer"] is None
+
+
 # --- GET usage: the newest ten charges ---------------------------------------------------
 def charges_every(seconds: float, count: int, end: float, user: str = "alice") -> list[Charge]:
     return [

@@ -64,6 +64,15 @@ class ShangzhuangLab(Configurable):
     def _server_name(self) -> str:
         return os.environ.get("JUPYTERHUB_SERVER_NAME", "")
 
+    slurm_job_id = Unicode(
+        help="""This session's Slurm job on the slurm backend ('' elsewhere): the quota
+        service charges it as job:ID. Default: $SLURM_JOB_ID, which Slurm gives the job."""
+    ).tag(config=True)
+
+    @default("slurm_job_id")
+    def _slurm_job_id(self) -> str:
+        return os.environ.get("SLURM_JOB_ID", "")
+
     profile = Unicode(help="This session's profile. Default: $SHANGZHUANG_PROFILE.").tag(
         config=True
     )

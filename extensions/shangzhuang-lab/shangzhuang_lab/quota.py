@@ -174,9 +174,12 @@ async def newest_in_windows(window: Callable, n: int) -> list[dict]:
 
 def with_session(me: dict, config: ShangzhuangLab) -> dict:
     """Add this session's view to GET me's answer (pure, for tests)."""
-    # GET me lists only this user's consumers; the service names each one's server.
+    # GET me lists only this user's consumers; the service names each one's server. On
+    # the slurm backend this session is its job (job:ID, or job:ID@START once requeued).
+    job = f"job:{config.slurm_job_id}" if config.slurm_job_id else None
     mine = [r for r in me.get("running", [])
-            if r.get("source") == "lab" and r.get("server") == config.server_name]  # fmt: skip
+            if (r.get("source") == "lab" and r.get("server") == config.server_name)
+            or (job and r.get("consumer", "").split("@")[0] == job)]  # fmt: skip
     entry = max(mine, key=lambda r: r.get("started_ms") or 0, default=None)
     cost = entry.get("cost_per_hour") if entry else None
     profile = (entry or {}).get("profile") or config.profile or None

@@ -290,12 +290,11 @@ def services(settings: Settings, host: Host) -> dict:
         )
         # `servers`: stop what can't pay or sits idle, and start a session again on the
         # CPU profile when its user asks to continue on CPU (quota/continue_on_cpu.py).
-        scopes = ["list:users", "read:users", "servers"]
-        if settings.backend.kind == "local":
-            # The GPUs the pool gave each session, from the spawner's state: what the
-            # quota service reads with NVML (quota/gpu_readings.py). Never user_options:
-            # those come from the user.
-            scopes.append("admin:server_state")
+        # `admin:server_state`: the spawners' own record of each session, never the
+        # user's user_options: the GPUs the pool gave it (local: what the quota service
+        # reads with NVML, quota/gpu_readings.py), its Slurm job (slurm: which jobs are Lab
+        # sessions, quota/sources.py SlurmJobs).
+        scopes = ["list:users", "read:users", "servers", "admin:server_state"]
         roles.append({"name": "quota-service", "services": ["quota"], "scopes": scopes})
         # The hub's own token for the quota service: spawns, logins, deletions, home page.
         listed.append({"name": HUB_CLIENT, "api_token": host.quota_token})

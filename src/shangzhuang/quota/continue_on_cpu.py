@@ -23,7 +23,6 @@ from tornado import web
 
 from shangzhuang.apps.hub_api import HubAPI, HubError
 from shangzhuang.i18n import Message, jinja_environment
-from shangzhuang.quota.consumers import Consumer
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.openapi import operation
 from shangzhuang.quota.pages import HERE
@@ -139,7 +138,7 @@ class ContinuePage(ContinueAccess):
 
         reclaim: Reclaim = self.settings["reclaim"]
         warning = next((w for w in reclaim.warnings(user).values()
-                        if Consumer.parse(w.consumer).server == server), None)  # fmt: skip
+                        if w.server == server), None)  # fmt: skip
         prefix = self.settings["prefix"]
         cpu = self.site.reclaim_cpu_profile
         html = _jinja.get_template("continue.html").render(

@@ -263,6 +263,9 @@ class ReclaimWarning(Base):
     warned_at: Mapped[float] = mapped_column(Float)
     stops_at: Mapped[float] = mapped_column(Float)
     stopped_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The session's hub server (a Slurm job's consumer id does not say it); None: written
+    # before schema 0015, by a Lab session whose consumer id says it.
+    server: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class ReclaimExemption(Base):

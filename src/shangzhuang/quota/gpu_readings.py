@@ -7,10 +7,11 @@
   it). A user's `user_options` come from the user, so they are never trusted for this.
   A pool GPU is found in NVML by its UUID when the config gives one, else by its index
   (NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES).
-- `slurm_utilisation`: the Slurm backend. Slurm's own GPU accounting, read with `sstat`:
-  TRESUsageInAve's `gres/gpuutil` (%) and `gres/gpumem`, which Slurm fills only with
+- `parse_sstat`: the Slurm backend. Slurm's own GPU accounting, read with `sstat` by the
+  quota service (sources.SlurmJobs.utilisation): TRESUsageInAve's `gres/gpuutil` (%) and
+  `gres/gpumem`, which Slurm's step daemons fill from NVML, only with
   AccountingStorageTRES=gres/gpuutil,gres/gpumem and the gpu/nvml plugin on the nodes
-  (AutoDetect=nvml in gres.conf).
+  (AutoDetect=nvml in gres.conf); its lines hold no field a job's owner sets.
 
 Each reading is `(percent, memory_mib)`: the mean utilisation of the session's GPUs and the
 GPU memory they use (None where unknown).

@@ -49,6 +49,9 @@ class Running:
     rates: dict[str, float]
     profile: str = ""
     groups: tuple[str, ...] = ()
+    # A Slurm job that runs a Lab session: its hub server name, from the spawner's state
+    # (SlurmJobs); None for every other consumer.
+    lab_server: str | None = None
 
 
 class UsageSource(Protocol):

@@ -11,10 +11,19 @@ readings, quota/utilisation.py):
   GPUs are still idle then;
 - a reading at or over the threshold since the warning (its GPUs got busy again) *clears*
   the warning, and the idle period counts again from there.
+Lab sessions on either backend are watched alike: on `local` the hub's Lab servers (source
+"lab"), on `slurm` the jobs the hub's spawners started for Lab sessions (source "job" with
+`Running.lab_server`, quota/sources.py SlurmJobs), stopped through the hub in both cases
+(the spawner ends the session or cancels its job, and closes its charge).
 Exempt users (`exempted`: the config's `quota.reclaim.exempt` and those an admin exempts on
-the usage page, `set_exempt`), profiles with `reclaim_idle_seconds = 0` and sessions of
-other sources (apps, Slurm jobs) are never touched. Readings come from where the user
-can't forge them (NVML read by the quota service); without readings nothing is reclaimed.
+the usage page, `set_exempt`) and profiles with `reclaim_idle_seconds = 0` are never
+touched, nor is anything but a Lab session: an app has its own idle stop, and a Slurm job
+that is not a Lab session (a Dask worker, a user's own sbatch job) runs unattended to its
+own end (its cluster scales it down, its wall time ends it), with nobody at a Lab to warn or
+to offer "continue on CPU"; it is charged for what it holds all the same.
+Readings come from where the user can't forge them (NVML read by the quota service on the
+node, Slurm's own GPU accounting read with sstat, quota/gpu_readings.py); without readings
+nothing is reclaimed.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from sqlalchemy import delete, func, insert, select, update
 
 from shangzhuang.i18n import Message
 from shangzhuang.quota import utilisation
+from shangzhuang.quota.consumers import Consumer
 from shangzhuang.quota.db import GpuSample, ReclaimExemption, ReclaimWarning
 from shangzhuang.quota.ledger import Ledger, QuotaError
 from shangzhuang.quota.meter import Running, UsageSource
@@ -36,7 +46,14 @@ from shangzhuang.settings import QuotaReclaim, Settings
 log = logging.getLogger(__name__)
 
 STOPPED_SHOWN = 86400.0  # seconds the home page says a session was stopped, and why
-SOURCE = "lab"  # reclaimed: Lab sessions (an app has its own idle stop; jobs end by themselves)
+
+
+def lab_server(r: Running) -> str | None:
+    """The server name of a Lab session (local: its consumer says it; Slurm: its job's
+    `lab_server`); None for anything else, which is never reclaimed."""
+    if r.lab_server is not None:
+        return r.lab_server
+    return Consumer.parse(r.consumer).server if r.source == "lab" else None
 
 
 def stop_reason(threshold: float, idle_seconds: float) -> str:
@@ -87,8 +104,9 @@ def set_exempt(
 
 @dataclass(frozen=True)
 class IdleWarning:
-    """A GPU session warned that it will be stopped: idle since `idle_since`, warned at
-    `warned_at`, stopped at `stops_at` unless its GPUs get busy."""
+    """A GPU session (the hub's `server` of `user`) warned that it will be stopped: idle
+    since `idle_since`, warned at `warned_at`, stopped at `stops_at` unless its GPUs get
+    busy."""
 
     consumer: str
     user: str
@@ -96,6 +114,7 @@ class IdleWarning:
     warned_at: float
     stops_at: float
     stopped_at: float | None = None
+    server: str = ""
 
     def as_dict(self, reclaim, now: float, iso: Callable[[float], str]) -> dict:
         """For the API (balance's running entries): when and why, and where to go on."""
@@ -127,7 +146,7 @@ class Reclaim:
     def idle_period(self, r: Running, exempt: set[str]) -> float:
         """Seconds of idle GPUs after which this session is warned; 0: never reclaimed.
         `exempt`: the exempt users (`exempted`, read once a tick)."""
-        if r.source != SOURCE or r.rates.get("gpu_hours", 0) <= 0:
+        if lab_server(r) is None or r.rates.get("gpu_hours", 0) <= 0:
             return 0.0
         if r.user in exempt:
             return 0.0
@@ -172,7 +191,8 @@ class Reclaim:
                 if warning is None:
                     if idle >= periods[consumer]:
                         warning = IdleWarning(consumer, r.user, now - idle, now,
-                                              now + self.policy.grace_seconds)  # fmt: skip
+                                              now + self.policy.grace_seconds,
+                                              server=lab_server(r))  # fmt: skip
                         new.append(vars(warning))
                         report.warned.append(consumer)
                 elif self.readings.busy_at.get(consumer, 0.0) > warning.warned_at:
@@ -289,5 +309,7 @@ class IdleReadings:
 
 
 def _warning(row: ReclaimWarning) -> IdleWarning:
+    # No server: a warning from before schema 0015, of a Lab session whose consumer says it.
+    server = row.server if row.server is not None else Consumer.parse(row.consumer).server
     return IdleWarning(row.consumer, row.user, row.idle_since, row.warned_at, row.stops_at,
-                       row.stopped_at)  # fmt: skip
+                       row.stopped_at, server)  # fmt: skip

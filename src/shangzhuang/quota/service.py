@@ -115,7 +115,7 @@ class APIHandler(JSONHandler):
         tz = self.ledger.tz
         warnings = self.settings["reclaim"].warnings(user)
         answer["reclaimed"] = [  # stopped for idle GPUs (the last day): why, for the home page
-            {"server": Consumer.parse(w.consumer).server, "stopped_at": iso(w.stopped_at, tz),
+            {"server": w.server, "stopped_at": iso(w.stopped_at, tz),
              "idle_since": iso(w.idle_since, tz),
              "threshold_percent": self.site.quota.reclaim.idle_threshold_percent}
             for w in sorted(warnings.values(), key=lambda w: w.stopped_at or 0)
@@ -125,6 +125,7 @@ class APIHandler(JSONHandler):
             warning = warnings.get(entry["consumer"])
             entry["reclaim"] = None
             if warning is not None and warning.stopped_at is None:
+                entry["server"] = warning.server  # a Slurm Lab session's job: its server
                 entry["reclaim"] = warning.as_dict(
                     self.site.quota.reclaim, now, lambda t: iso(t, self.ledger.tz)
                 )

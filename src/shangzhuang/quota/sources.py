@@ -4,8 +4,9 @@
   `HubAPI`, whose one listing per tick also serves `AppServers`.
 - `AppServers`: published Voila apps' servers, the same way (source "app").
 - `SlurmJobs`: every running Slurm job of a workbench user, as squeue lists them: Lab
-  sessions on the `slurm` backend, and Dask workers however they were started; once
-  they end, settled from Slurm's accounting (quota/accounting.py).
+  sessions on the `slurm` backend (known as such from the hub's spawner state), and Dask
+  workers and users' own jobs however they were started; once they end, settled from
+  Slurm's accounting (quota/accounting.py).
 """
 
 from __future__ import annotations
@@ -140,7 +141,9 @@ class SlurmJobs:
     """Running Slurm jobs of workbench users (Unix accounts with the site's prefix).
 
     Sampled for enforcement; once a job ends, Slurm's accounting settles what it cost
-    (`settle`, quota/accounting.py)."""
+    (`settle`, quota/accounting.py). With the hub's API (`hub`), the jobs that run Lab
+    sessions are known by the spawners' own record (`lab_jobs`): they carry their server
+    (`Running.lab_server`, what idle GPU reclaim watches) and the hub stops them."""
 
     name = "job"
     # No field a user controls (never %j, the job name: it can hold a newline and forge
@@ -154,7 +157,10 @@ class SlurmJobs:
     FIELDS = ("JobID", "UserName", "StartTime", *TRES, "RestartCnt")
     FORMAT = ",".join(f"{f}:|" for f in FIELDS)  # width 0 (never cut), "|" after each
 
-    def __init__(self, settings: Settings, ledger=None):
+    def __init__(self, settings: Settings, ledger=None, hub: HubAPI | None = None):
+        self.settings = settings
+        self.hub = hub
+        self.labs: dict[str, str] = {}  # the Lab sessions' consumers -> server, last listed
         self.prefix = settings.backend.slurm.user_prefix
         self.at_zero_file = settings.backend.slurm.at_zero_file
         conf = settings.backend.slurm.conf
@@ -173,8 +179,43 @@ class SlurmJobs:
         return out.decode(errors="replace")
 
     async def running(self) -> list[Running]:
-        out = await self._run("squeue", "-h", "-t", "RUNNING,COMPLETING", "-O", self.FORMAT)
-        return self.parse(out)
+        squeue = self._run("squeue", "-h", "-t", "RUNNING,COMPLETING", "-O", self.FORMAT)
+        if self.hub is None:
+            return self.parse(await squeue)
+        out, labs = await asyncio.gather(squeue, self.lab_jobs(), return_exceptions=True)
+        if isinstance(out, BaseException):
+            raise out
+        if isinstance(labs, BaseException):  # charged all the same, as plain jobs
+            log.warning("the hub's servers unavailable, Lab sessions' jobs not known: %s", labs)
+            labs = {}
+        jobs = []
+        for r in self.parse(out):
+            lab = labs.get((r.user, Consumer.parse(r.consumer).job_id))
+            if lab is not None:
+                r = replace(r, lab_server=lab[0], profile=lab[1])
+            jobs.append(r)
+        self.labs = {r.consumer: r.lab_server for r in jobs if r.lab_server is not None}
+        return jobs
+
+    async def lab_jobs(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """The jobs that run Lab sessions, as the hub's spawners recorded them (batchspawner's
+        `job_id` in the server's state, which the quota service's role reads with
+        admin:server_state), never by anything a user sets (a job's name or comment):
+        (user, job id) -> (server name, profile). App servers are not Lab sessions."""
+        apps = self.settings.apps
+        out = {}
+        for user in await self.hub.active_users():
+            for server, s in (user.get("servers") or {}).items():
+                job = str((s.get("state") or {}).get("job_id") or "")
+                app = apps.enabled and is_app_server(server, apps.server_prefix)
+                if not job.isdigit() or app:
+                    continue
+                try:  # the profile it was started on (the hub checked it at spawn)
+                    profile = self.settings.profile((s.get("user_options") or {}).get("profile"))
+                except KeyError:  # gone from the config since: the site's reclaim rules
+                    profile = None
+                out[(user["name"], job)] = (server, profile.name if profile else "")
+        return out
 
     def parse(self, out: str) -> list[Running]:
         jobs = []
@@ -208,6 +249,17 @@ class SlurmJobs:
         return await self.accounting.settle(now) if self.accounting else 0
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
+        """A Lab session's job is stopped by the hub, as on the local backend: its spawner
+        cancels the job and closes the session's charge at once. Any other job (and a Lab's
+        when the hub can't) is cancelled here."""
+        server = self.labs.get(consumer)
+        if server is not None and self.hub is not None:
+            try:
+                await self.hub.stop(user, server)
+                return
+            except Exception as e:
+                log.warning("the hub could not stop %s's server %r (%s): cancelling %s",
+                            user, server, e, consumer)  # fmt: skip
         await self._run("scancel", Consumer.parse(consumer).job_id)  # a rerun's job too
 
     async def utilisation(self, runs: list[Running]) -> dict[str, Reading]:
@@ -310,9 +362,9 @@ def job_rates(alloc: str, nodes: str, tasks: str, per_job: str, per_node: str,
 
 def sources_for(settings: Settings, api_url: str, token: str, ledger=None) -> list[UsageSource]:
     """What the meter polls on this site's backend (the ledger: to settle Slurm jobs)."""
-    if settings.backend.kind == "slurm":
-        return [SlurmJobs(settings, ledger)]
     hub = HubAPI(api_url, token, timeout=30)
+    if settings.backend.kind == "slurm":
+        return [SlurmJobs(settings, ledger, hub)]
     node = NodeGpus(node_gpus(settings))
     sources: list[UsageSource] = [LabSessions(settings, hub, node)]
     if settings.apps.enabled:

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from shangzhuang.quota import utilisation
+from shangzhuang.quota.db import ReclaimWarning
 from shangzhuang.quota.ledger import QuotaError
 from shangzhuang.quota.meter import Meter, Running
 from shangzhuang.quota.reclaim import Reclaim, exempted, set_exempt
@@ -160,6 +161,42 @@ def test_a_user_an_admin_exempts_is_left_alone_until_the_exemption_goes(ledger, 
     assert report.warned == [gpu_session("alice").consumer]
     clock.run(300)
     assert [c for c, _ in lab.stopped] == [gpu_session("alice").consumer]
+
+
+def test_slurm_jobs_that_run_lab_sessions_are_reclaimed_and_no_other_job(ledger, lab):
+    """On the slurm backend a Lab session is a job the hub's spawner started (`lab_server`,
+    from SlurmJobs): watched and stopped by its source like a local one, its warning naming
+    its server. A Dask worker's job and a user's own sbatch job, their GPUs idle all along,
+    are never touched, nor an exempt user's Lab job."""
+    lab.name = "job"  # the meter's Slurm source
+    rates = {"gpu_hours": 1.0, "cpu_hours": 1.0}
+    lab.sessions = [
+        Running("job:101", "alice", "job", T0, rates, "gpu", lab_server="big"),
+        Running("job:102", "alice", "job", T0, rates),  # a Dask worker of her Lab's cluster
+        Running("job:103", "bob", "job", T0, rates),  # bob's own sbatch job
+        Running("job:104", "erin", "job", T0, rates, "gpu", lab_server=""),  # exempt
+    ]
+    clock = Clock(ledger, site(), lab)
+    clock.run(660)
+    (warning,) = clock.reclaim.warnings().values()
+    assert (warning.consumer, warning.user, warning.server) == ("job:101", "alice", "big")
+    clock.run(300)
+    assert [c for c, _ in lab.stopped] == ["job:101"]
+    clock.run(1200)
+    assert [c for c, _ in lab.stopped] == ["job:101"]
+    (kept,) = clock.reclaim.warnings("alice").values()  # the home page names its server
+    assert kept.server == "big" and kept.stopped_at == T0 + 960
+
+
+def test_a_warning_from_before_its_server_was_kept_names_it_from_its_consumer(ledger):
+    """Schema 0015 added reclaim_warnings.server; a Lab session's warning from before has
+    none, and its consumer id says it."""
+    with ledger._write() as conn:
+        conn.execute(ReclaimWarning.__table__.insert(), [{
+            "consumer": "lab:alice/big@1", "user": "alice", "idle_since": T0,
+            "warned_at": T0 + 600, "stops_at": T0 + 900}])  # fmt: skip
+    reclaim = Reclaim(ledger, site())
+    assert reclaim.warnings("alice")["lab:alice/big@1"].server == "big"
 
 
 def test_the_configs_exempt_users_stay_exempt(ledger):

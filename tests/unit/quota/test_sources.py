@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 import pytest
 from tornado import web
@@ -13,7 +14,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from shangzhuang.apps.hub_api import HubAPI
-from shangzhuang.quota.sources import AppServers, LabSessions
+from shangzhuang.quota.sources import AppServers, LabSessions, SlurmJobs
 from shangzhuang.settings import parse_settings
 
 TOKEN = "quota-service-token"
@@ -53,7 +54,7 @@ def hub():
     asyncio.set_event_loop(loop)
     app = web.Application(
         [(r"/hub/api/users", Users), (r"/hub/api/users/([^/]+)/server", Server),
-         (r"/hub/api/users/([^/]+)/servers/([^/]+)", Server)],
+         (r"/hub/api/users/([^/]+)/servers/([^/]*)", Server)],
         calls=calls, deleted=deleted,
     )  # fmt: skip
     sock, port = bind_unused_port()
@@ -103,3 +104,55 @@ def test_one_listing_serves_the_lab_and_app_sources_of_a_tick(hub, tmp_path):
     loop.run_until_complete(lab.stop(labs[0].consumer, "u0", "quota exhausted"))
     loop.run_until_complete(apps.stop(served[0].consumer, "ann", "quota exhausted"))
     assert deleted == [("u0", ""), ("ann", "app-demo")]
+
+
+class SlurmAnswers(SlurmJobs):
+    """The real Slurm source; its Slurm commands answered here (squeue) and recorded."""
+
+    def __init__(self, settings, hub, squeue: str):
+        super().__init__(settings, None, hub)
+        self.squeue, self.ran = squeue, []
+
+    async def _run(self, *args: str, strict: bool = True) -> str:
+        self.ran.append(args)
+        return self.squeue if args[0] == "squeue" else ""
+
+
+def test_slurm_jobs_that_run_lab_sessions_are_known_by_the_spawners_state(
+    hub, tmp_path, monkeypatch
+):
+    """Which Slurm jobs are Lab sessions: those whose id the hub's spawner recorded in its
+    state (batchspawner's job_id), for that user, never anything a job's owner sets. The
+    hub stops those (its spawner cancels the job); other jobs are cancelled with scancel,
+    and all of them when the hub is down (charged all the same)."""
+    loop, url, calls, deleted = hub
+    monkeypatch.setattr(sys.modules[__name__], "USERS", [
+        {"name": "ida", "servers": {"": {"started": STARTED, "user_options": {"profile": "gpu-1"},
+                                         "state": {"job_id": "101", "consumer": "job:101"}}}},
+        # ivo's Lab has not started running yet: its job is not his sbatch job 104
+        {"name": "ivo", "servers": {"": {"started": None, "user_options": {"profile": "gpu-1"},
+                                         "state": {"job_id": "102"}}}},
+    ])  # fmt: skip
+    settings = site(tmp_path)
+    prefix = settings.backend.slurm.user_prefix
+    tres = "cpu=1,mem=1G,node=1,billing=1,gres/gpu=1|1|1|N/A|N/A|N/A|0|"
+    squeue = "".join(
+        f"{job}|{prefix}{user}|1764464400|{tres}\n"
+        for job, user in (("101", "ida"), ("103", "ida"), ("104", "ivo"))
+    )
+    source = SlurmAnswers(settings, HubAPI(url, TOKEN), squeue)
+    jobs = {r.consumer: r for r in loop.run_until_complete(source.running())}
+    assert {c: (r.lab_server, r.profile) for c, r in jobs.items()} == {
+        "job:101": ("", "gpu-1"), "job:103": (None, ""), "job:104": (None, "")
+    }  # fmt: skip
+
+    loop.run_until_complete(source.stop("job:101", "ida", "GPUs idle"))
+    loop.run_until_complete(source.stop("job:103", "ida", "quota exhausted"))
+    assert deleted == [("ida", "")]
+    assert [a for a in source.ran if a[0] == "scancel"] == [("scancel", "103")]
+
+    down = SlurmAnswers(settings, HubAPI("http://127.0.0.1:9/hub/api", TOKEN), squeue)
+    jobs = loop.run_until_complete(down.running())
+    assert len(jobs) == 3 and all(r.lab_server is None for r in jobs)
+    loop.run_until_complete(down.stop("job:101", "ida", "quota exhausted"))
+    assert down.ran[-1] == ("scancel", "101")
