@@ -268,11 +268,12 @@ signups_per_address_per_hour = {signups_per_hour}
 
     def _remove_cgroups(self, timeout: float = 10) -> None:
         """The cgroups of sessions a hub left running when it died (their processes were
-        just killed above): remove them, and the hub's folder, once they are empty."""
-        from shangzhuang.hub.containment import hub_parent
+        just killed above): remove them, and the hub's folder, once they are empty; and the
+        hub's own cgroup (containment.hub_cgroup), which a stopped hub leaves empty."""
+        from shangzhuang.hub.containment import hub_cgroup, hub_parent
 
-        parent = hub_parent("shangzhuang", self.state)
-        folders = [f for f in Path("/sys/fs/cgroup").glob(f"*/{parent}") if f.is_dir()]
+        ours = (hub_parent("shangzhuang", self.state), hub_cgroup("shangzhuang", self.state))
+        folders = [f for o in ours for f in Path("/sys/fs/cgroup").glob(f"*/{o}") if f.is_dir()]
         deadline = time.monotonic() + timeout
         while folders and time.monotonic() < deadline:
             for folder in list(folders):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shangzhuang.hub.containment import detect, firewall_chain
+from shangzhuang.hub.containment import detect, firewall_chain, hub_cgroup
 from tests.integration.hub import RunningHub, workdir
 
 pytestmark = [
@@ -249,6 +249,51 @@ def test_a_held_gpu_descriptor_does_not_outlive_the_session(hub):
     hub.stop_server("carol")
 
 
+ATTEMPTS = """
+import errno, os
+def attempt(path, text):
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+        return "written"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(attempt({own!r} + "/cgroup.procs", str(os.getpid())))  # be served first
+print(attempt({own!r} + "/cpu.shares", "2"))  # starve the hub
+print(attempt({session!r} + "/cgroup.procs", "{hub}"))  # the hub into my limits
+try:
+    os.mkdir({own!r} + "/mine")
+    print("made")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+@v1_files
+def test_a_session_can_neither_join_nor_reweigh_the_hubs_cgroup(hub):
+    """The hub, its proxy and services run in a cgroup of their own at the highest CPU
+    weight (containment.hub_cgroup: served before the sessions). A session that joined it
+    would be served first too; one that wrote its weight down, or pulled the hub into its
+    own session's cgroup, would starve the hub. From alice's kernel, each is refused: the
+    folders and files are root's. Seen red before the change: the hub ran in the root
+    cgroup at one process's weight (the first assertion)."""
+    own = "/" + hub_cgroup("shangzhuang", hub.state)
+    children = subprocess.run(["pgrep", "-P", str(hub.proc.pid)], capture_output=True, text=True)
+    pids = [hub.proc.pid, *map(int, children.stdout.split())]  # its proxy and services
+    assert len(pids) >= 4 and {p: cgroup_of(p, "cpu") for p in pids} == dict.fromkeys(pids, own)
+    start(hub, "alice")
+    lab = int(hub.run_code("alice", "import os; print(os.getppid())").strip())
+    cpu = Path("/sys/fs/cgroup/cpu")
+    attack = ATTEMPTS.format(
+        own=str(cpu / own.lstrip("/")), session=str(cpu / cgroup_of(lab, "cpu").lstrip("/")),
+        hub=hub.proc.pid,
+    )  # fmt: skip
+    assert hub.run_code("alice", attack).split() == ["EACCES"] * 4
+    assert cgroup_of(hub.proc.pid, "cpu") == own
+    assert (cpu / own.lstrip("/") / "cpu.shares").read_text().strip() == "262144"
+    hub.stop_server("alice")
+
+
 def holds(pid: int, device: Path) -> bool:
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
@@ -278,6 +323,8 @@ def test_a_hub_restart_keeps_sessions_in_their_cgroups(hub):
     hub.restart()
     assert hub.wait_ready("alice")
     assert cgroup_of(lab, "memory") == before
+    # The restarted hub is back in its own cgroup (served before the sessions).
+    assert cgroup_of(hub.proc.pid, "cpu") == "/" + hub_cgroup("shangzhuang", hub.state)
     assert f"--uid-owner {uid}" in iptables_rules(chain)
     hub.stop_server("alice")  # the restarted hub still finds and empties the cgroup
     assert not alive(pid) and not alive(lab)

@@ -24,6 +24,7 @@ from shangzhuang.hub.containment import (
     detect,
     gpu_denials,
     gpu_device_rule,
+    hub_cgroup,
     hub_parent,
     parse_cpus,
     pick_cpus,
@@ -124,6 +125,109 @@ def test_sessions_weigh_against_the_nodes_other_processes_as_their_cores_would()
                     f.rmdir()
                 except OSError:
                     pass
+
+
+BURN = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass\ntime.sleep(5)\n"
+
+
+def cpu_seconds_of(procs: list[subprocess.Popen]) -> float:
+    """User and system CPU seconds of live processes (from /proc/PID/stat)."""
+    ticks = 0
+    for p in procs:
+        fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def burn_on_cpu0(cgroup, count: int) -> list[subprocess.Popen]:
+    """`count` processes busy for 1.5 s in `cgroup` (None: this test's), all on CPU 0."""
+
+    def inside():
+        if cgroup is not None:
+            cgroup.join()
+        os.sched_setaffinity(0, {0})
+
+    return [subprocess.Popen([sys.executable, "-c", BURN], preexec_fn=inside) for _ in range(count)]
+
+
+@root_only
+@pytest.mark.skipif(detect() != "v1", reason="needs the cgroup v1 controllers mounted")
+def test_the_hub_is_served_before_its_sessions(tmp_path):
+    """The hub's own cgroup (serve_first) at the highest weight, beside its sessions' folder:
+    on one CPU, a busy hub gets nearly all of it against a session's four busy processes.
+    Left as one process at the root (before), it got less than the session: the folders
+    above a session weigh its cores (2 x 1024). The hub's weight is no share of the
+    sessions': the folders above still weigh the session alone. Real cgroup v1 files; CPU
+    seconds from /proc, on a machine other work shares (so the figures are ratios)."""
+    top = f"sz-unit-{uuid.uuid4().hex[:8]}"
+    cpu = Path("/sys/fs/cgroup/cpu")
+    sessions = hub_parent(top, tmp_path)
+    session, hub = CgroupV1(f"{sessions}/ana.lab"), CgroupV1(hub_cgroup(top, tmp_path))
+    assert hub.path == f"{sessions}.hub"
+    the_hub_to_be = subprocess.Popen(["sleep", "30"])
+    running: list[subprocess.Popen] = []
+    try:
+        session.create(SessionLimits(cores=2, memory=2**30, pids=64))
+        share = {}
+        for where in ("root", "own cgroup"):
+            if where == "own cgroup":
+                assert hub.serve_first(the_hub_to_be.pid)
+                moved = Path(f"/proc/{the_hub_to_be.pid}/cgroup").read_text()
+                assert f":cpu:/{hub.path}\n" in moved
+            burners = burn_on_cpu0(session, 4)
+            busy_hub = burn_on_cpu0(hub if where == "own cgroup" else None, 1)
+            running = burners + busy_hub
+            time.sleep(0.4)  # all started (Python's start-up is not what is measured)
+            hub0, burners0 = cpu_seconds_of(busy_hub), cpu_seconds_of(burners)
+            time.sleep(0.8)
+            hub1, burners1 = cpu_seconds_of(busy_hub), cpu_seconds_of(burners)
+            share[where] = (hub1 - hub0) / max(0.01, burners1 - burners0)
+            for p in running:
+                p.kill()
+                p.wait()
+        assert share["root"] < 1, share  # ~0.5: 1024 against the session's 2048
+        assert share["own cgroup"] > 5, share  # 17-51 seen: 262144 against 2048
+        folder = cpu / hub.path
+        assert (folder / "cpu.shares").read_text().strip() == "262144"
+        st = folder.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o755)  # no session writes or joins
+        session.weigh_parents()
+        for above in (cpu / top, cpu / sessions):
+            assert (above / "cpu.shares").read_text().strip() == "2048"  # the session's alone
+        assert hub.serve_first(the_hub_to_be.pid)  # a restarted hub: the same folder again
+    finally:
+        for p in [the_hub_to_be, *running]:
+            p.kill()
+            p.wait()
+        asyncio.run(session.remove(timeout=5))
+        for f in (cpu / hub.path, cpu / sessions, cpu / top):
+            for _ in range(50):  # killed processes leave the cgroup as they are reaped
+                try:
+                    f.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def test_v2_hub_cgroup_takes_the_highest_weight_and_no_share_of_the_sessions(tmp_path):
+    """A temp folder stands in for /sys/fs/cgroup (no cgroup2 with controllers here)."""
+    root = tmp_path / "cg"
+    cgroup2_tree(root, "sz/abc")
+    session_files(root / "sz/abc/ana.lab")
+    session_files(root / "sz/abc.hub")
+    (root / "sz" / "cpu.weight").write_text("100")
+    (root / "sz/abc" / "cpu.weight").write_text("100")
+    hub = CgroupV2("sz/abc.hub", root=root)
+    assert hub.serve_first(4242)
+    assert (root / "sz/abc.hub/cpu.weight").read_text() == "10000"
+    assert (root / "sz/abc.hub/cgroup.procs").read_text() == "4242"
+    assert (root / "sz" / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory +pids"
+    session = CgroupV2("sz/abc/ana.lab", root=root)
+    session.create(SessionLimits(cores=2, memory=2**30, pids=64))
+    assert (root / "sz/abc/cpu.weight").read_text() == "200"
+    assert (root / "sz/cpu.weight").read_text() == "200"  # the hub's 10000 left out
 
 
 def test_v2_writes_the_profile_into_cgroup2_files(tmp_path):

@@ -134,6 +134,32 @@ def configure(c, settings: Settings) -> None:
     apply(c, hub_config(settings, host))
 
 
+def serve_hub_first(settings: Settings) -> str:
+    """At the hub's start (`shangzhuang up`, before it becomes JupyterHub): a root hub with
+    local sessions in cgroups moves into a cgroup of its own, where the proxy and services
+    it starts join it, at the highest CPU weight (containment.SessionCgroup.serve_first).
+    Returns the cgroup's path, or "" where there is none: another backend, a hub that is
+    not root, sessions not contained, or systemd (its unit's cgroup in system.slice, which
+    weighs as much as all sessions' slice together)."""
+    from shangzhuang.hub import containment
+    from shangzhuang.hub.config import containment_kind
+
+    if settings.backend.kind != "local" or os.geteuid() != 0:
+        return ""
+    kind = containment_kind(settings, containment.detect())
+    if kind not in ("v1", "v2"):
+        return ""
+    wanted = settings.backend.local.containment
+    cgroup = containment.session_cgroup(
+        kind, containment.hub_cgroup(wanted.cgroup_parent, settings.hub.state_dir)
+    )
+    try:
+        return cgroup.path if cgroup.serve_first() else ""
+    except OSError as e:  # the hub runs on, served as one process among the node's others
+        logging.getLogger("JupyterHub").warning("no cgroup of its own for the hub: %s", e)
+        return ""
+
+
 def prepare_state(settings: Settings) -> None:
     """The hub's state folder, never readable by user sessions."""
     state = settings.hub.state_dir

@@ -208,8 +208,7 @@ def local_sessions(settings: Settings, host: Host) -> dict:
     spawner = {"gpus": list(host.gpus), "log_dir": str(settings.hub.state_dir / "sessions")}
     if host.is_root:
         wanted = settings.backend.local.containment
-        spawner["cgroups"] = host.cgroups if wanted.cgroups == "auto" else wanted.cgroups
-        spawner["cgroups"] = "" if spawner["cgroups"] == "off" else spawner["cgroups"]
+        spawner["cgroups"] = containment_kind(settings, host.cgroups)
         spawner["cgroup_parent"] = containment.hub_parent(
             wanted.cgroup_parent, settings.hub.state_dir
         )
@@ -217,6 +216,14 @@ def local_sessions(settings: Settings, host: Host) -> dict:
         if host.iptables:
             spawner["dashboard_chain"] = containment.firewall_chain(settings.hub.state_dir)
     return {"JupyterHub": {"spawner_class": LocalSpawner}, "LocalSpawner": spawner}
+
+
+def containment_kind(settings: Settings, detected: str) -> str:
+    """How a root hub's local sessions are contained: "v1", "v2", "systemd", or "" (not at
+    all); `detected` is containment.detect()'s answer, taken when the setting is "auto"."""
+    wanted = settings.backend.local.containment.cgroups
+    kind = detected if wanted == "auto" else wanted
+    return "" if kind == "off" else kind
 
 
 def slurm_sessions(settings: Settings) -> dict:

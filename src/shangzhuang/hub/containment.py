@@ -22,6 +22,10 @@ What each limit is made of:
 A limit whose file the kernel does not offer (a controller that is not mounted or not
 enabled) is not enforced; `create` returns what was left out, and the hub logs it.
 The hub writes these files as root; sessions join their cgroup before exec.
+
+The hub itself, and the proxy and services it starts, get a cgroup of their own beside
+its sessions' folder (`hub_cgroup`, `serve_first`): the highest CPU weight the mechanism
+allows, and no limit, so the CPU serves the hub before the sessions whenever it asks.
 """
 
 from __future__ import annotations
@@ -72,6 +76,15 @@ def hub_id(state_dir: Path | str) -> str:
 def hub_parent(parent: str, state_dir: Path | str) -> str:
     """The cgroup folder of one hub's sessions: `parent` + a short id of its state folder."""
     return f"{parent.strip('/')}/{hub_id(state_dir)}"
+
+
+HUB_SUFFIX = ".hub"  # the hub's own folder: `hub_parent` + this (a hub id has no dot)
+
+
+def hub_cgroup(parent: str, state_dir: Path | str) -> str:
+    """The cgroup folder of one hub itself (and its proxy and services): beside its
+    sessions' folder, 'shangzhuang/<hub id>.hub'."""
+    return hub_parent(parent, state_dir) + HUB_SUFFIX
 
 
 def session_name(user: str, server: str) -> str:
@@ -256,12 +269,40 @@ class SessionCgroup:
         low, high = self.weight_bounds
         for parent in [p for p in folder.parents if p.is_relative_to(mount) and p != mount]:
             try:
-                children = [c for c in parent.iterdir() if c.is_dir()]
+                # A hub's own folder is left out: its weight puts it first among its
+                # sessions, it is no share the sessions may claim against the node.
+                children = [
+                    c for c in parent.iterdir() if c.is_dir() and not c.name.endswith(HUB_SUFFIX)
+                ]
             except OSError:  # removed meanwhile (its last session went)
                 continue
             total = sum(int(_read(c / self.weight_file).strip() or 0) for c in children)
             if total:
                 _write(parent / self.weight_file, str(min(high, max(low, total))))
+
+    def serve_first(self, pid: int = 0) -> bool:
+        """Make this the hub's own cgroup (`hub_cgroup`) and move process `pid` (0: the
+        caller) into it, with what it starts from then on: the highest CPU weight, no limit.
+
+        Sessions of N cores weigh N processes (`weigh_parents`): 10 sessions of 2 cores
+        outweighed a hub at one process's weight 20 to 1, and its event loop waited for a
+        CPU while Labs started (bench/load.py). A weight only claims CPU the group asks
+        for: the hub (one loop) and its services leave the rest to the sessions. A
+        restarted hub finds the same folder (the path comes from its state folder).
+        False where the mechanism has no CPU weight (no cpu controller; a systemd scope:
+        there the hub's own unit decides)."""
+        found = self._cpu_folder()
+        if found is None or not found[1].is_dir():
+            return False
+        folder = found[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)  # root's alone, whatever the umask: no session joins or writes
+        self._hand_down_controllers(folder)
+        weighed = _write(folder / self.weight_file, str(self.weight_bounds[1]))
+        return _write(folder / "cgroup.procs", str(pid or os.getpid())) and weighed
+
+    def _hand_down_controllers(self, folder: Path) -> None:
+        """What the folders above `folder` must do before it has controllers (v2)."""
 
     def _cpus_taken(self, cpuset_folder: Path) -> list[list[int]]:
         """The cpusets of this hub's other sessions (siblings of this cgroup)."""
@@ -392,6 +433,9 @@ class CgroupV2(SessionCgroup):
         if limits.denied_devices:
             left_out.append("GPU devices (cgroup v2 needs eBPF: device files' modes only)")
         return left_out
+
+    def _hand_down_controllers(self, folder: Path) -> None:
+        self._enable_controllers(folder)
 
     def _enable_controllers(self, folder: Path) -> None:
         # Each folder above ours hands its controllers down (cgroup.subtree_control).
