@@ -1,7 +1,7 @@
 """GPU utilisation sampling's cost per meter tick, with 1,000 GPU sessions.
 
     .venv/bin/python bench/gpu_utilisation.py [--sessions 1000] [--ticks 40] [--history-hours 2]
-        [--no-write]
+        [--no-write] [--profile FILE]
 
 There is no GPU here: NVML is the test suite's stand-in `pynvml` (tests/integration/
 pynvml_standin/pynvml.py), one stand-in GPU per session, so the figures are the
@@ -15,7 +15,8 @@ spawner state, as JupyterHub's API lists them to the quota service.
 2. The real meter (quota/meter.py) with the real `LabSessions` source and `NodeGpus`
    reader ticks TICKS times, 15 s apart: per tick, the whole tick and its utilisation part
    (`TickReport.sample_seconds`: reading NVML, recording, tidying), p50 and p99, and the
-   median of each of those three steps.
+   median of each of those three steps; and the tick's CPU time (the process's, which
+   moves less than wall time on a loaded machine). --profile FILE: cProfile of the ticks.
 3. The hourly downsampling: one clock hour of raw readings of every session, past 24 h,
    merged by one `utilisation.tidy` (what one tick an hour does).
 
@@ -85,24 +86,42 @@ class Hub:
 
 
 def timed_parts() -> dict[str, list[float]]:
-    """Time the GPU readings' three steps inside the meter's ticks (ms per call)."""
+    """Time the GPU readings (`Meter._read_gpus`) and their three steps inside the meter's
+    ticks: wall ms per call under NAME, CPU ms (this process) under NAME_cpu."""
     import functools
 
     from shangzhuang.quota import gpu_readings
 
-    parts: dict[str, list[float]] = {"read": [], "record": [], "tidy": []}
+    parts: dict[str, list[float]] = {}
 
     def timed(name, f):
+        def done(t, c):
+            parts.setdefault(name, []).append(1000 * (time.perf_counter() - t))
+            parts.setdefault(f"{name}_cpu", []).append(1000 * (time.process_time() - c))
+
+        if asyncio.iscoroutinefunction(f):
+
+            @functools.wraps(f)
+            async def waited(*args, **kw):
+                t, c = time.perf_counter(), time.process_time()
+                try:
+                    return await f(*args, **kw)
+                finally:
+                    done(t, c)
+
+            return waited
+
         @functools.wraps(f)
         def wrapper(*args, **kw):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 return f(*args, **kw)
             finally:
-                parts[name].append(1000 * (time.perf_counter() - t))
+                done(t, c)
 
         return wrapper
 
+    Meter._read_gpus = timed("readings", Meter._read_gpus)
     gpu_readings.NodeGpus.read = timed("read", gpu_readings.NodeGpus.read)
     utilisation.record_many = timed("record", utilisation.record_many)
     utilisation.tidy = timed("tidy", utilisation.tidy)
@@ -115,6 +134,7 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=40)
     ap.add_argument("--history-hours", type=float, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--profile", metavar="FILE", help="write cProfile stats of the ticks here")
     args = ap.parse_args()
     n = args.sessions
 
@@ -165,15 +185,28 @@ def main() -> None:
     tidy_ms = 1000 * (time.perf_counter() - t)
     log(f"merged {whole:,} rows at once in {tidy_ms:.0f} ms (rolled back)")
 
-    ticks, samples = [], []
+    ticks, samples, cpu = [], [], []
     parts = timed_parts()
+    profile = None
+    if args.profile:
+        import cProfile
+
+        profile = cProfile.Profile()
     with ledger._read() as conn:
         before = conn.execute(select(func.count()).select_from(GpuSample)).scalar()
     for k in range(1, args.ticks + 1):
+        c = time.process_time()
+        if profile:
+            profile.enable()
         report = asyncio.run(meter.tick(now + INTERVAL * k))
+        if profile:
+            profile.disable()
+        cpu.append(1000 * (time.process_time() - c))
         assert report.sampled == n, report
         ticks.append(1000 * report.seconds)
         samples.append(1000 * report.sample_seconds)
+    if profile:
+        profile.dump_stats(args.profile)
     with ledger._read() as conn:
         after = conn.execute(select(func.count()).select_from(GpuSample)).scalar()
     merged = before + n * args.ticks - after  # raw readings merged into hourly rows
@@ -190,6 +223,9 @@ def main() -> None:
         **{f"{name}_p50": statistics.median(ms) for name, ms in parts.items()},
         "tick_p50": statistics.median(ticks), "tick_p99": pct(ticks, 99),
         "sample_p50": statistics.median(samples), "sample_p99": pct(samples, 99),
+        "tick_cpu_p50": statistics.median(cpu), "tick_cpu_p99": pct(cpu, 99),
+        "sample_cpu_p50": statistics.median(parts["readings_cpu"]),
+        "sample_cpu_p99": pct(parts["readings_cpu"], 99),
         "whole_hour_ms": tidy_ms, "merged_in_ticks": merged, "rows": rows,
         "estate_ms": estate["account_hours"], "estate_from_readings_ms": estate["readings"],
     }  # fmt: skip
@@ -206,16 +242,17 @@ the workbench's cost, not the driver's. The real meter, `LabSessions` and `NodeG
 SQLite quota database holding {rows:,} readings ({hours:g} h of every session, and one hour
 past 24 h), {args.ticks} ticks 15 s apart:
 
-| per tick | p50 ms | p99 ms |
-|---|---|---|
+| per tick | wall p50 ms | wall p99 ms | CPU p50 ms | CPU p99 ms |
+|---|---|---|---|---|
 | the whole tick (listing, charging, GPU readings, posting) | {res["tick_p50"]:.0f} \
-| {res["tick_p99"]:.0f} |
+| {res["tick_p99"]:.0f} | {res["tick_cpu_p50"]:.0f} | {res["tick_cpu_p99"]:.0f} |
 | of which GPU readings (read, record, tidy) | {res["sample_p50"]:.0f} \
-| {res["sample_p99"]:.0f} |
+| {res["sample_p99"]:.0f} | {res["sample_cpu_p50"]:.0f} | {res["sample_cpu_p99"]:.0f} |
 
-Of the GPU readings, median per tick: NVML reads of the {n:,} GPUs (`NodeGpus.read`)
-{res["read_p50"]:.0f} ms, recording them and their accounts' hours (`record_many`)
-{res["record_p50"]:.0f} ms, `tidy` {res["tidy_p50"]:.0f} ms; the rest is the transaction's commit.
+Of the GPU readings, median per tick (wall / CPU): NVML reads of the {n:,} GPUs
+(`NodeGpus.read`) {res["read_p50"]:.0f} / {res["read_cpu_p50"]:.0f} ms, recording them and their
+accounts' hours (`record_many`) {res["record_p50"]:.0f} / {res["record_cpu_p50"]:.0f} ms, `tidy`
+{res["tidy_p50"]:.0f} / {res["tidy_cpu_p50"]:.0f} ms; the rest is the transaction's commit.
 
 Each tick also merges a few sessions' hour past 24 h into hourly rows
 (`utilisation.SESSIONS_PER_TIDY`; these {args.ticks} ticks merged {merged:,} readings). The
