@@ -25,6 +25,7 @@ from shangzhuang.hub import (
     SESSION_LAUNCHER,
     SLURM_DASHBOARDS_OPEN,
     dask_environment,
+    database,
     home_quota,
     language,
     quota_as_service_account,
@@ -114,6 +115,7 @@ def proxy_and_hub(settings: Settings, host: Host) -> dict:
             "cookie_host_prefix_enabled": https,
             "hub_bind_url": f"http://127.0.0.1:{hub.api_port}",
             "db_url": hub.db_url,
+            "db_kwargs": database.engine_options(hub.db_url),  # SQLite: WAL (database.py)
             "cookie_secret_file": str(state / "cookie_secret"),
             "pid_file": str(state / "hub.pid"),
             # Hub restarts (upgrades, crashes) leave running sessions alone, as z2jh does.
