@@ -146,7 +146,8 @@ class Reclaim:
     def idle_period(self, r: Running, exempt: set[str]) -> float:
         """Seconds of idle GPUs after which this session is warned; 0: never reclaimed.
         `exempt`: the exempt users (`exempted`, read once a tick)."""
-        if lab_server(r) is None or r.rates.get("gpu_hours", 0) <= 0:
+        lab = r.source == "lab" or r.lab_server is not None  # as lab_server(), unparsed
+        if not lab or r.rates.get("gpu_hours", 0) <= 0:
             return 0.0
         if r.user in exempt:
             return 0.0
