@@ -28,7 +28,11 @@ managers = ["mara"]
 account = "physics"
 [quota.users.mara]
 account = "physics"
+[quota.users.rex]
+gpu_hours = 0
 """
+# The site runs one session at a time: a second start is refused (JupyterHub's 429).
+LIMITS = "active_server_limit = 1\n"
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +42,19 @@ def hub():
     readings = base / "nvml.json"
     readings.write_text(json.dumps({"gpus": [{"utilisation": 3, "memory_mib": 512}] * 2}))
     readings.chmod(0o644)  # the quota service reads it as the platform's account
-    with RunningHub(base, quota=QUOTA, nvml_readings=readings) as h:
+    hub = RunningHub(base, quota=QUOTA, nvml_readings=readings)
+    # RunningHub writes the [hub] table: the limit goes into it.
+    hub.config.write_text(hub.config.read_text().replace("[hub]\n", "[hub]\n" + LIMITS, 1))
+    with hub as h:
         h.new_user("uma")
         h.new_user("mara")
+        h.new_user("rex")
         # uma runs a Lab (2 cores) for a few meter ticks: the ledger has her charges
         h.spawn("uma", "cpu")
         h.wait_ready("uma")
+        # meanwhile rex's start is over the site's limit (test_a_refused_start_...)
+        r = h.spawn("rex", "cpu", ok=None)
+        assert r.status_code == 429, r.text
         h.wait(lambda: ledger_hours(h, "uma") > 0, 60, "uma's first charges")
         h.stop_server("uma")
         h.wait(lambda: not balance(h, "uma")["running"], 60, "uma's session closed")
@@ -210,6 +221,45 @@ def test_a_request_for_more_is_approved_or_declined_and_the_user_sees_it(hub):
     assert [(q["id"], q["state"], q["answer"]) for q in mine] == [
         (second, "declined", "too big"), (first["id"], "approved", "ok"),
     ]  # fmt: skip
+
+
+def test_a_refused_start_shows_in_the_admins_estate_and_its_csv(hub):
+    """rex's starts refused by the hub: over the site's limit of running sessions (the
+    fixture's 429, while uma's Lab ran) and with no GPU-hours left for gpu-1 (his cap is
+    0). Each reaches the ledger through the quota service (fire-and-forget, so the test
+    waits for it), and the admin's estate, its CSV and Prometheus count them; rex can't
+    read the estate."""
+    r = hub.spawn("rex", "gpu-1", ok=None)
+    assert r.status_code == 403 and "Not enough quota to start gpu-1" in r.text, r.text
+    admin, html = open_page(hub, ADMIN, hub.password_of_admin())
+    assert 'id="estate-refusals"' in html and "Starts refused" in html
+
+    def both_recorded():
+        refused = page_json(hub, admin, "estate")["refusals"]
+        by = refused["by_reason"]
+        return refused if by["quota"] >= 1 and by["server-limit"] >= 1 else None
+
+    refused = hub.wait(both_recorded, 30, "rex's refusals in the estate")
+    assert refused["by_reason"] == {"quota": 1, "gpus-busy": 0, "server-limit": 1,
+                                    "slurm": 0, "held-at-zero": 0}  # fmt: skip
+    assert refused["top_users"] == [
+        {"user": "rex", "refusals": 2, "by_reason": {"quota": 1, "server-limit": 1}}
+    ]
+    assert sum(refused["per_day"]["quota"]) == 1
+    assert page_json(hub, admin, "estate")["queue"] is None  # the local backend has none
+    rows = list(csv.DictReader(io.StringIO(page_json(hub, admin, "estate?format=csv"))))
+    counts = {(r["kind"], r["name"], r["day"]): r["count"] for r in rows if r["count"]}
+    assert counts[("refusals", "quota", "")] == "1"
+    assert counts[("refusals", "server-limit", "")] == "1"
+    assert counts[("refused_user", "rex", "")] == "2"
+    metrics = requests.get(
+        f"{hub.url}/services/quota/metrics",
+        headers={"Authorization": f"token {hub.admin_token()}"}, timeout=30,
+    ).text  # fmt: skip
+    assert 'shangzhuang_quota_refusals_total{reason="server-limit"} 1.0' in metrics
+    rex, html = open_page(hub, "rex", "correct-horse-9")
+    assert 'id="sz-estate"' not in html
+    assert rex.get(f"{hub.url}/services/quota/api/v1/estate", timeout=30).status_code == 403
 
 
 def test_a_gpu_session_shows_its_utilisation_and_efficiency(hub):

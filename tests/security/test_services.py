@@ -150,6 +150,29 @@ def test_a_users_token_cannot_speak_for_the_hub_to_the_quota_service(hub):
     assert r.ok and r.json()["user"] == "victor", r.text
 
 
+def test_only_the_hub_records_refused_starts(hub):
+    """The estate counts refused starts (issue 15, quota/refusals.py), which the hub posts
+    to the quota service. A user who could post them would flood the counts, or frame
+    another user as refused over and over (the admins' "top refused users"); an admin's
+    token is no hub either. Each post is refused with 403 and nothing is recorded. Seen
+    red with RefusalsHandler.post taking any caller: mallory's post answered 201."""
+    if hub.api("GET", "/users/mallory", ok=None).status_code == 404:  # run on its own
+        hub.new_user("mallory")
+    api = f"{hub.url}/services/quota/api/v1"
+    body = {"user": "victor", "reason": "quota", "profile": "cpu", "resources": ["cpu_hours"]}
+    for token in (hub.token_for("mallory"), hub.admin_token()):
+        r = requests.post(f"{api}/refusals", json=body,
+                          headers={"Authorization": f"token {token}"}, timeout=30)  # fmt: skip
+        assert r.status_code == 403, r.text
+    r = requests.post(f"{api}/refusals", json={**body, "reason": "server-limit"},
+                      headers={"Authorization": f"token {hub.token_for('mallory')}"},
+                      timeout=30)  # fmt: skip
+    assert r.status_code == 403, r.text
+    estate = requests.get(f"{api}/estate", headers={"Authorization": f"token {hub.admin_token()}"},
+                          timeout=30).json()  # fmt: skip
+    assert estate["refusals"]["total"] == 0, estate["refusals"]
+
+
 def test_another_user_cannot_move_a_gpu_session_to_cpu(hub):
     """"Continue on CPU" (issue 15) stops a GPU session and starts it again on the CPU
     profile: in another user's hands that is a way to kill her training and take her GPU.

@@ -290,10 +290,12 @@ def test_the_apps_page_in_chinese():
 
 def test_the_usage_page_in_chinese():
     from shangzhuang.quota.pages import RESOURCE_NAMES, SOURCE_NAMES
+    from shangzhuang.quota.refusals import REASONS
 
     i18n.use("zh_CN")
     words = {"source_names": {k: str(v) for k, v in SOURCE_NAMES.items()},
-             "resource_names": {k: str(v) for k, v in RESOURCE_NAMES.items()}}  # fmt: skip
+             "resource_names": {k: str(v) for k, v in RESOURCE_NAMES.items()},
+             "reason_names": {k: str(v) for k, v in REASONS.items()}}  # fmt: skip
     i18n.use("en")
     html = render_service(
         QUOTA_TEMPLATES, "usage.html", "zh_CN", prefix="/services/quota/", static="/s/",
@@ -308,6 +310,7 @@ def test_the_usage_page_in_chinese():
     assert not [w for w in english_left(text) if w not in {"default", "physics", "CSV", "Dask",
                                                               "Lab", "Slurm"}]  # fmt: skip
     assert json.dumps("按当前用量")[1:-1] in html  # the words the page's script shows
+    assert json.dumps("GPU 已全部占用")[1:-1] in html and "被拒绝的启动" in text  # the estate's
 
 
 SIGNED_OUT = {"user": None, "services": [], "parsed_scopes": set()}

@@ -383,6 +383,7 @@ def apps(settings: Settings) -> dict:
 
 def pages(settings: Settings, host: Host) -> dict:
     """The hub's templates, what they are given, and tornado's settings."""
+    from shangzhuang.hub.limits import log_requests
     from shangzhuang.hub.spawners import memory_notices
 
     site, https = settings.site, settings.hub.url.startswith("https://")
@@ -413,6 +414,11 @@ def pages(settings: Settings, host: Host) -> dict:
         template_vars["quota"] = home_quota(f"{quota_url(settings)}/services/quota/",
                                             host.quota_token)  # fmt: skip
         template_vars["quota_warn"] = settings.quota.warn_fraction
+        # JupyterHub's request log, which also counts spawns its server limits refused
+        tornado["log_function"] = log_requests(
+            f"{quota_url(settings)}/services/quota/", host.quota_token,
+            [p.name for p in settings.profiles],
+        )  # fmt: skip
     if settings.apps.enabled:
         paths.append(str(APPS_TEMPLATES))
         template_vars["apps_prefix"] = settings.apps.server_prefix

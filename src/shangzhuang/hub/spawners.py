@@ -192,10 +192,16 @@ class WorkbenchSpawner(Spawner):
                 status_code=503,
             ) from None
         if not terms["affordable"]:
+            self.note_refusal("quota", profile, terms["short"])
             # In the reader's language where it is shown (the spawn page, its progress).
             refusal = form.quota_refusal(profile, reply)
             raise SpawnException(refusal, reason="quota", status_code=403)
         return account
+
+    def note_refusal(self, reason: str, profile: Profile, resources=()) -> None:
+        """Count a refused start in the ledger (quota/refusals.py), without waiting."""
+        if self.quota is not None:
+            self.quota.refused(self.user.name, reason, profile.name, resources)
 
     @property
     def group_names(self) -> list[str]:
@@ -572,6 +578,7 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         try:
             gpus = self.gpu_pool.allocate(self.owner, profile.gpus) if profile.gpus else []
         except GpusBusy as e:
+            self.note_refusal("gpus-busy", profile)
             # e.message is a shangzhuang.i18n.Message: shown in each reader's language.
             raise SpawnException(e.message, reason="gpus-busy", status_code=503) from None
         try:
@@ -743,6 +750,7 @@ class SlurmSpawner(WorkbenchSpawner, batchspawner.SlurmSpawner):
         try:
             ip, port = await super().start()
         except RuntimeError as e:
+            self.note_refusal("slurm", profile)
             # sbatch's own words ("Invalid partition", "Unable to contact slurm controller")
             raise SpawnException(
                 f"Slurm refused the session: {e}", reason="slurm", status_code=503

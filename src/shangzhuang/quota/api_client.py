@@ -10,7 +10,9 @@ What happens when the quota service does not answer (README, "Quota"):
   closes what vanished at its last mark (at most one sampling interval unbilled);
 - a login goes ahead (the spawn sets the user's account again);
 - deleting a user is refused, changing nothing, so a new user of the same name never
-  inherits the old one's usage.
+  inherits the old one's usage;
+- a refused start's record (quota/refusals.py) is dropped after REFUSAL_TIMEOUT seconds,
+  never retried: it is a count for the estate, and no spawn waits for it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ log = logging.getLogger("shangzhuang.quota.api_client")
 # The hub's own token-only JupyterHub service: the quota service answers its hub-only
 # endpoints (account, consumers, set-apart) to this caller alone.
 HUB_CLIENT = "workbench-hub"
+# How long a refusal's record may take before it is dropped (it runs beside the spawn).
+REFUSAL_TIMEOUT = 2.0
 
 
 class QuotaUnavailable(Exception):
@@ -55,13 +59,17 @@ class QuotaAPI:
         self.retry_every = retry_every
         self.undelivered: list[_Call] = []  # opens and closes, oldest first
         self._delivering: asyncio.Task | None = None
+        self._recording: set[asyncio.Task] = set()  # refusals being posted (kept referenced)
 
-    async def call(self, method: str, path: str, body: dict | None = None) -> dict:
+    async def call(
+        self, method: str, path: str, body: dict | None = None, timeout: float | None = None
+    ) -> dict:
+        timeout = self.timeout if timeout is None else timeout
         request = HTTPRequest(
             self.url + path, method=method,
             body=json.dumps(body) if body is not None else None,
             headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-            connect_timeout=self.timeout, request_timeout=self.timeout, follow_redirects=False,
+            connect_timeout=timeout, request_timeout=timeout, follow_redirects=False,
         )  # fmt: skip
         try:
             response = await AsyncHTTPClient().fetch(request)
@@ -89,6 +97,21 @@ class QuotaAPI:
     async def set_apart(self, user: str) -> str:
         answer = await self.call("POST", f"/users/{_name(user)}/set-apart", {})
         return answer["tombstone"]
+
+    # --- refusals: fire-and-forget -----------------------------------------------------
+    def refused(self, user: str, reason: str, profile: str = "", resources=()) -> None:
+        """Record that `user`'s start of `profile` was refused for `reason` (one of
+        refusals.HUB_REASONS), in the background: the caller never waits for it."""
+        body = {"user": user, "reason": reason, "profile": profile, "resources": list(resources)}
+        task = asyncio.ensure_future(self._record_refusal(body))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record_refusal(self, body: dict) -> None:
+        try:
+            await self.call("POST", "/refusals", body, timeout=REFUSAL_TIMEOUT)
+        except (QuotaUnavailable, QuotaRefused) as e:
+            log.warning("refusal of %s (%s) not recorded: %s", body["user"], body["reason"], e)
 
     # --- metering: delivered in order, retried until answered ---------------------------
     async def open(self, consumer: Consumer, user: str, profile: str, started: float) -> None:

@@ -278,6 +278,21 @@ class ReclaimExemption(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
+class Refusal(Base):
+    """A start refused, recorded where it was decided (quota/refusals.py): by the hub (no
+    quota for the profile, every GPU taken, the site's server limits, Slurm refusing the
+    job) or by the meter (a pending Slurm job held at zero quota)."""
+
+    __tablename__ = "refusals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    user: Mapped[str] = mapped_column(String(100))
+    account: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(String(20))  # refusals.REASONS
+    asked: Mapped[str] = mapped_column(String(200))  # the profile, or a held job (job:ID)
+    resources: Mapped[str] = mapped_column(String(50))  # short or at zero, space-separated
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the quota database; SQLite gets WAL and a busy timeout (the hub and the
     service both write)."""

@@ -15,10 +15,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from shangzhuang.quota.db import Charge, JournalEntry, Member, Stop, Total
+from shangzhuang.quota.db import Charge, JournalEntry, Member, Refusal, Stop, Total
 from shangzhuang.quota.ledger import Ledger
 from shangzhuang.quota.managers import managed_by  # the page lists what its reader manages
 from shangzhuang.quota.periods import FOREVER, Period, iso
+from shangzhuang.quota.refusals import REASONS
 from shangzhuang.settings import RESOURCES
 
 DAY = 86400.0
@@ -225,7 +226,8 @@ def burn(ledger: Ledger, account: str, now: float | None = None) -> dict:
 
 
 def estate(ledger: Ledger, since: float, until: float, top: int = 10) -> dict:
-    """Every account's and the top users' hours in [since, until), and the stops at zero."""
+    """Every account's and the top users' hours in [since, until), the stops at zero, and
+    the starts refused (`refusals`)."""
     accounts: dict[str, dict[str, float]] = {a: dict.fromkeys(RESOURCES, 0.0)
                                              for a in ledger.policy.accounts}  # fmt: skip
     users: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(RESOURCES, 0.0))
@@ -256,6 +258,40 @@ def estate(ledger: Ledger, since: float, until: float, top: int = 10) -> dict:
         "accounts": {a: rounded(v) for a, v in sorted(accounts.items())},
         "top_users": [{"user": u, **rounded(v)} for u, v in ranked[:top]],
         "stops_at_zero": stops or 0,
+        "refusals": refusals(ledger, since, until, top),
+    }
+
+
+def refusals(ledger: Ledger, since: float, until: float, top: int = 10) -> dict:
+    """Starts refused in [since, until) (quota/refusals.py): how many for each reason, each
+    reason per local day, and the users refused most.
+
+    {"total": n, "by_reason": {reason: n}, "days": [ISO date...], "x": [epoch of each
+     day's midnight...], "per_day": {reason: [n per day]},
+     "top_users": [{"user", "refusals", "by_reason"}]}"""
+    days = _days(since, until, ledger.tz)
+    per_day = {r: [0] * len(days) for r in REASONS}
+    by_user: dict[str, dict[str, int]] = defaultdict(dict)
+    window = (Refusal.at >= since, Refusal.at < until)
+    with ledger._read() as conn:
+        for at, reason in conn.execute(select(Refusal.at, Refusal.reason).where(*window)):
+            series = per_day.setdefault(reason, [0] * len(days))
+            series[bisect_right(days, at) - 1] += 1
+        users = select(Refusal.user, Refusal.reason, func.count()).where(*window)
+        for user, reason, n in conn.execute(users.group_by(Refusal.user, Refusal.reason)):
+            by_user[user][reason] = n
+    totals = {user: sum(n.values()) for user, n in by_user.items()}
+    ranked = sorted(totals, key=lambda u: (-totals[u], u))[:top]
+    return {
+        "total": sum(totals.values()),
+        "by_reason": {r: sum(v) for r, v in per_day.items()},
+        "days": [datetime.fromtimestamp(d, ZoneInfo(ledger.tz)).date().isoformat() for d in days],
+        "x": days,
+        "per_day": per_day,
+        "top_users": [
+            {"user": u, "refusals": totals[u], "by_reason": dict(sorted(by_user[u].items()))}
+            for u in ranked
+        ],
     }
 
 
@@ -304,4 +340,30 @@ class UsedHoursCollector:
         yield period
 
 
-__all__ = ["UsedHoursCollector", "burn", "daily", "estate", "managed_by", "members", "window"]
+class RefusalsCollector:
+    """Prometheus: starts refused per reason since the ledger began (a counter read from the
+    ledger at each scrape: it survives restarts, and counts what the hub and the meter
+    recorded alike)."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "shangzhuang_quota_refusals", "Starts refused, per reason", labels=["reason"]
+        )
+        with self.ledger._read() as conn:
+            counts = dict(
+                conn.execute(select(Refusal.reason, func.count()).group_by(Refusal.reason)).all()
+            )
+        for reason in sorted(set(REASONS) | set(counts)):
+            family.add_metric([reason], counts.get(reason, 0))
+        yield family
+
+
+__all__ = [
+    "RefusalsCollector", "UsedHoursCollector", "burn", "daily", "estate", "managed_by",
+    "members", "refusals", "window",
+]  # fmt: skip

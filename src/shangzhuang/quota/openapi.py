@@ -78,6 +78,16 @@ class CloseRequest(Input):
     end: float | None = None
 
 
+class RefusalRequest(Input):
+    """A start the hub refused (quota/refusals.py): whose, why, the profile asked for and
+    the resources it lacked."""
+
+    user: str = Field(min_length=1, max_length=100)
+    reason: Literal["quota", "gpus-busy", "server-limit", "slurm"]  # refusals.HUB_REASONS
+    profile: str = Field("", max_length=100)
+    resources: list[Literal["gpu_hours", "cpu_hours"]] = []
+
+
 # --- answers (JSON schemas) -----------------------------------------------------------
 
 _limit = {

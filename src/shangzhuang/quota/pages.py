@@ -19,10 +19,11 @@ from pydantic import Field
 from tornado import web
 
 from shangzhuang.i18n import Message, jinja_environment
-from shangzhuang.quota import figures, managers, reclaim, utilisation
+from shangzhuang.quota import figures, managers, reclaim, refusals, utilisation
 from shangzhuang.quota import requests as quota_requests
 from shangzhuang.quota.ledger import QuotaError
 from shangzhuang.quota.openapi import operation, route
+from shangzhuang.quota.periods import iso
 from shangzhuang.quota.service import APIHandler
 from shangzhuang.services import Input
 from shangzhuang.settings import RESOURCES
@@ -129,6 +130,7 @@ class UsagePage(UsageAccess):
             # Words for the page's script (JSON): in the reader's language now.
             source_names={k: str(v) for k, v in SOURCE_NAMES.items()},
             resource_names={k: str(v) for k, v in RESOURCE_NAMES.items()},
+            reason_names={k: str(v) for k, v in refusals.REASONS.items()},
             site=self.settings["site"].site.name,
             apps=self.settings["site"].apps.enabled,
         )  # fmt: skip
@@ -296,12 +298,20 @@ class GpusHandler(UsageAccess):
 class EstateHandler(UsageAccess):
     """GET api/v1/estate?back=N (or since/until)&format=json|csv: admins only."""
 
-    @operation("Every account, the top users and the stops at zero (admins), JSON or CSV",
-               query=EstateQuery, csv=True)  # fmt: skip
+    # The CSV: one row per account and top user (hours), then the refusals (per reason over
+    # the window, day "", and per reason per day), the users refused most, and what waits
+    # now in the backend's queue (per reason).
+    COLUMNS = ["kind", "name", *RESOURCES, "day", "count"]
+
+    @operation("Every account, the top users, the stops at zero, the starts refused and "
+               "the queue now (admins), JSON or CSV", query=EstateQuery, csv=True)  # fmt: skip
     def get(self, query: EstateQuery):
         self.admin()
         since, until = self.window(query)
         data = figures.estate(self.ledger, since, until)
+        data["queue"] = refusals.waiting_now(
+            self.settings["sources"], lambda t: iso(t, self.ledger.tz)
+        )
         with self.ledger._read() as conn:  # GPU-hours read, and those under 10% (idle)
             gpus = utilisation.efficiency_by(conn, "account", since, until)
         data["gpu_utilisation"] = {
@@ -312,16 +322,30 @@ class EstateHandler(UsageAccess):
         }
         if query.format == "json":
             return self.write_json(data)
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["kind", "name", *RESOURCES])
-        for name, hours in data["accounts"].items():
-            w.writerow(["account", name, *(hours[r] for r in RESOURCES)])
-        for row in data["top_users"]:
-            w.writerow(["user", row["user"], *(row[r] for r in RESOURCES)])
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", 'attachment; filename="estate.csv"')
-        self.finish(buf.getvalue())
+        self.finish(self.csv(data))
+
+    def csv(self, data: dict) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.COLUMNS)
+        w.writeheader()
+        for name, hours in data["accounts"].items():
+            w.writerow({"kind": "account", "name": name, **hours})
+        for row in data["top_users"]:
+            w.writerow({"kind": "user", "name": row["user"], **{r: row[r] for r in RESOURCES}})
+        refused = data["refusals"]
+        for reason, n in refused["by_reason"].items():
+            w.writerow({"kind": "refusals", "name": reason, "count": n})
+        for reason, counts in refused["per_day"].items():
+            for day, n in zip(refused["days"], counts, strict=True):
+                if n:
+                    w.writerow({"kind": "refusals", "name": reason, "day": day, "count": n})
+        for row in refused["top_users"]:
+            w.writerow({"kind": "refused_user", "name": row["user"], "count": row["refusals"]})
+        for reason, n in (data["queue"] or {}).get("by_reason", {}).items():
+            w.writerow({"kind": "waiting", "name": reason, "count": n})
+        return buf.getvalue()
 
 
 # The page's API v1 paths (documented with the service's, openapi.json) and handlers.

@@ -26,7 +26,7 @@ from tornado import web
 
 from shangzhuang.apps.hub_api import HubAPI
 from shangzhuang.i18n import request_language
-from shangzhuang.quota import open_ledger
+from shangzhuang.quota import open_ledger, refusals
 from shangzhuang.quota.alerts import Alerts, run_alerts
 from shangzhuang.quota.api_client import HUB_CLIENT
 from shangzhuang.quota.consumers import Consumer
@@ -40,6 +40,7 @@ from shangzhuang.quota.openapi import (
     GrantRequest,
     OpenRequest,
     RatesRequest,
+    RefusalRequest,
     UsageQuery,
     UsersQuery,
     document,
@@ -305,6 +306,15 @@ class CloseHandler(ConsumersHandler):
         self.write_json({"consumer": consumer, "closed": True})
 
 
+class RefusalsHandler(APIHandler):
+    @operation("Record a start the hub refused, for the estate's counts (the hub)",
+               body=RefusalRequest, status=201)  # fmt: skip
+    def post(self, body: RefusalRequest):
+        self.hub_only()  # a user posting these would flood the counts or frame another
+        refusals.record(self.ledger, body.user, body.reason, body.profile, body.resources)
+        self.write_json({"user": body.user, "reason": body.reason}, status=201)
+
+
 class UsersHandler(APIHandler):
     @operation("Every user's balance (admin), a page at a time", query=UsersQuery,
                answer=BALANCE_PAGE)  # fmt: skip
@@ -434,6 +444,7 @@ API = [
     ("/users/{name}/set-apart", SetApartHandler),
     ("/consumers", ConsumersHandler),
     ("/consumers/close", CloseHandler),
+    ("/refusals", RefusalsHandler),
     ("/accounts/{name}", AccountHandler),
     ("/grants", GrantsHandler),
     ("/usage", UsageHandler),
@@ -442,13 +453,21 @@ API = [
 
 
 def make_app(
-    settings: Settings, ledger: Ledger, prefix: str, metrics: Metrics, hub: HubAPI | None = None
+    settings: Settings,
+    ledger: Ledger,
+    prefix: str,
+    metrics: Metrics,
+    hub: HubAPI | None = None,
+    sources: list | None = None,
 ) -> web.Application:
-    """HUB: the hub's API with this service's token ("continue on CPU" restarts sessions)."""
+    """HUB: the hub's API with this service's token ("continue on CPU" restarts sessions).
+    SOURCES: the meter's, whose queue the estate shows (refusals.waiting_now)."""
     from shangzhuang.quota import continue_on_cpu, pages  # they build on APIHandler
-    from shangzhuang.quota.figures import UsedHoursCollector
+    from shangzhuang.quota.figures import RefusalsCollector, UsedHoursCollector
 
-    metrics.registry.register(UsedHoursCollector(ledger))  # used hours, read at each scrape
+    # used hours and refusals, read from the ledger at each scrape
+    metrics.registry.register(UsedHoursCollector(ledger))
+    metrics.registry.register(RefusalsCollector(ledger))
     api = url_path_join(prefix, "api/v1")
     return web.Application(
         [
@@ -464,6 +483,7 @@ def make_app(
         metrics=metrics,
         reclaim=Reclaim(ledger, settings),
         hub_api=hub,
+        sources=sources or [],
         cookie_secret=os.urandom(32),
         xsrf_cookies=False,
         # Each request's language (cookie on the hub's host, Accept-Language): i18n.
@@ -495,14 +515,14 @@ async def main() -> None:
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/quota/")
     metrics = Metrics()
     hub = HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], timeout=30)
-    app = make_app(settings, ledger, prefix, metrics, hub)
+    sources = sources_for(
+        settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], ledger
+    )
+    app = make_app(settings, ledger, prefix, metrics, hub, sources)
     url = os.environ.get("JUPYTERHUB_SERVICE_URL", f"http://127.0.0.1:{settings.quota.port}")
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     app.listen(port, address="127.0.0.1")
     log.info("quota service on %s%s (meter every %ss)", url, prefix, settings.quota.sample_seconds)
-    sources = sources_for(
-        settings, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], ledger
-    )
     meter = Meter(
         ledger, sources, settings.quota.grace_seconds,
         sample_seconds=settings.quota.sample_seconds,

@@ -31,6 +31,7 @@ from shangzhuang.quota.consumers import Consumer
 from shangzhuang.quota.gpu_readings import NodeGpus, Reading, parse_sstat
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.meter import Running, UsageSource
+from shangzhuang.quota.refusals import Waiting, record
 from shangzhuang.settings import Settings, node_gpus
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ class SlurmJobs:
         self.settings = settings
         self.hub = hub
         self.labs: dict[str, str] = {}  # the Lab sessions' consumers -> server, last listed
+        self.waiting = Waiting()  # the pending jobs as hold_pending last read them (estate)
         self.prefix = settings.backend.slurm.user_prefix
         self.at_zero_file = settings.backend.slurm.at_zero_file
         conf = settings.backend.slurm.conf
@@ -277,7 +279,8 @@ class SlurmJobs:
         zero are held (an admin hold the user can't release, with a Comment squeue shows),
         and the ones this held are released once the balance pays again (a grant, a new
         period). Jobs job_submit.lua held at submit (JobHeldUser, marked) become admin
-        holds here, or are released. Also writes the at-zero file that script reads.
+        holds here, or are released. Also writes the at-zero file that script reads, records
+        each hold as a refusal and keeps what waits (`waiting`) for the estate.
         Returns (held, released)."""
         if self.accounting is None:
             return 0, 0
@@ -300,6 +303,7 @@ class SlurmJobs:
                     (job_id, reason, job_rates(*tres))
                 )
         held = released = 0
+        waiting = Waiting(now)
         unknown = [u for u in pending if u not in balances]
         if unknown:
             balances.update(ledger.balances(unknown, now))
@@ -312,6 +316,8 @@ class SlurmJobs:
                     await self._run("scontrol", "update", f"JobId={job_id}",
                                     f"AdminComment={HOLD_MARK}", f"Comment={HELD}")  # fmt: skip
                     log.info("held Slurm job %s of %s: quota at zero", job_id, user)
+                    record(ledger, user, "held-at-zero", str(Consumer.job(job_id)),
+                           [r for r in empty if rates.get(r, 0) > 0], now)  # fmt: skip
                     held += 1
                 elif not at_zero and reason in HELD_REASONS and await self._ours(job_id):
                     await self._run("scontrol", "update", f"JobId={job_id}",
@@ -319,6 +325,9 @@ class SlurmJobs:
                     await self._run("scontrol", "release", job_id)
                     log.info("released Slurm job %s of %s: quota paid again", job_id, user)
                     released += 1
+                    reason = "None"  # what squeue says of it until the scheduler looks
+                waiting.jobs.append((user, "held-at-zero" if at_zero else reason))
+        self.waiting = waiting
         return held, released
 
     def write_at_zero(self, balances: dict) -> None:

@@ -185,6 +185,40 @@ def test_at_zero_pending_jobs_needing_the_empty_resource_are_held_then_released(
     assert ("scontrol", "release", "23") not in slurm.ran
 
 
+def test_a_job_held_at_zero_is_a_refusal_and_the_queue_is_kept_for_the_estate(ledger):
+    """Each hold is recorded once, as a refusal (quota/refusals.py) of the job with the
+    resource at zero; what waits, and why, is kept as this tick read it (the estate's
+    queue), from the same squeue listing."""
+    from shangzhuang.quota import figures, refusals
+
+    ledger.settle([job(1, "carol", T0, T0 + 7200, gpus=1)])  # bio's 2 gpu_hours used up
+    now = T0 + 7300
+    queue = (
+        "21|sz-carol|Resources|cpu=1,mem=1G,node=1,billing=1,gres/gpu=1|1|1|N/A|N/A|N/A|\n"
+        "22|sz-carol|Priority|cpu=1,mem=1G,node=1,billing=1|1|1|N/A|N/A|N/A|\n"  # CPU only
+        "24|sz-bob|Resources|cpu=2,node=1|1|1|N/A|N/A|N/A|\n"
+    )
+    slurm = RecordedSlurm(ledger, queue)
+    assert slurm.waiting.at is None  # not read yet
+    assert refusals.waiting_now([slurm], str) == {
+        "at": None, "jobs": 0, "held_at_zero": 0, "by_reason": {}}  # fmt: skip
+    assert asyncio.run(slurm.hold_pending(now)) == (1, 0)
+    assert refusals.waiting_now([slurm], str) == {
+        "at": str(now), "jobs": 3, "held_at_zero": 1,
+        "by_reason": {"Priority": 1, "Resources": 1, "held-at-zero": 1},
+    }  # fmt: skip
+    # held already: the next tick records nothing more
+    slurm.pending = queue.replace("21|sz-carol|Resources", "21|sz-carol|JobHeldAdmin")
+    assert asyncio.run(slurm.hold_pending(now + 60)) == (0, 0)
+    assert slurm.waiting.jobs[0] == ("carol", "held-at-zero")
+    refused = figures.refusals(ledger, T0, now + 120)
+    assert refused["by_reason"]["held-at-zero"] == 1
+    assert refused["top_users"] == [
+        {"user": "carol", "refusals": 1, "by_reason": {"held-at-zero": 1}}]  # fmt: skip
+    # the local backend's sources keep no queue: none shown
+    assert refusals.waiting_now([object()], str) is None
+
+
 def test_the_at_zero_file_lists_users_at_zero_and_a_submit_hold_is_released_after_a_grant(
     ledger, tmp_path
 ):

@@ -120,6 +120,51 @@ def test_estate_accounts_top_users_and_stops(ledger):
     ] == {"gpu_hours": 0.5, "cpu_hours": 0.0}  # half an hour of bob's run
 
 
+def test_the_estate_counts_refused_starts_per_reason_per_day_and_user(ledger):
+    """Refusals (quota/refusals.py) in the estate's window: per reason, per reason per local
+    day (Shanghai: 23:30 UTC+8 is still the 10th), the users refused most; and Prometheus'
+    counter of them, read from the ledger."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shangzhuang.quota import refusals
+    from shangzhuang.quota.db import Refusal
+
+    refusals.record(ledger, "alice", "quota", "gpu-1", ["gpu_hours"], now=T0 + 0.5 * H)
+    refusals.record(ledger, "alice", "gpus-busy", "gpu-1", now=T0 + 2 * H)  # the 11th
+    refusals.record(ledger, "bob", "server-limit", "cpu", now=T0 + 3 * H)
+    refusals.record(ledger, "carol", "held-at-zero", "job:7", ["gpu_hours"], now=T0 + 3 * H)
+    refusals.record(ledger, "alice", "quota", "gpu-1", ["gpu_hours"], now=at(2026, 11, 2))
+    with pytest.raises(ValueError, match="unknown refusal reason"):
+        refusals.record(ledger, "alice", "bored")
+    r = figures.estate(ledger, at(2026, 10, 10), at(2026, 10, 12))["refusals"]
+    assert r["total"] == 4
+    assert r["by_reason"] == {"quota": 1, "gpus-busy": 1, "server-limit": 1, "slurm": 0,
+                              "held-at-zero": 1}  # fmt: skip
+    assert r["days"] == ["2026-10-10", "2026-10-11"] and r["x"] == [at(2026, 10, 10),
+                                                                     at(2026, 10, 11)]  # fmt: skip
+    assert r["per_day"]["quota"] == [1, 0] and r["per_day"]["gpus-busy"] == [0, 1]
+    assert r["per_day"]["held-at-zero"] == [0, 1]
+    assert r["top_users"] == [
+        {"user": "alice", "refusals": 2, "by_reason": {"gpus-busy": 1, "quota": 1}},
+        {"user": "bob", "refusals": 1, "by_reason": {"server-limit": 1}},
+        {"user": "carol", "refusals": 1, "by_reason": {"held-at-zero": 1}},
+    ]
+    with ledger._read() as conn:  # charged to the account each was in when refused
+        rows = conn.execute(Refusal.__table__.select()).all()
+    assert {(x.user, x.account, x.asked, x.resources) for x in rows} >= {
+        ("alice", "physics", "gpu-1", "gpu_hours"), ("carol", "bio", "job:7", "gpu_hours"),
+        ("bob", "physics", "cpu", ""),
+    }  # fmt: skip
+    # another month: its own
+    november = figures.estate(ledger, at(2026, 11, 1), at(2026, 12, 1))["refusals"]
+    assert november["total"] == 1 and november["by_reason"]["quota"] == 1
+    registry = CollectorRegistry()
+    registry.register(figures.RefusalsCollector(ledger))
+    text = generate_latest(registry).decode()
+    assert 'shangzhuang_quota_refusals_total{reason="quota"} 2.0' in text
+    assert 'shangzhuang_quota_refusals_total{reason="slurm"} 0.0' in text
+
+
 def test_managers_are_set_per_account_and_validated(engine):
     accounts = {**POLICY["accounts"], "physics": {"gpu_hours": 10, "managers": ["pat"]}}
     ledger = Ledger(engine, policy(accounts=accounts), TZ)
