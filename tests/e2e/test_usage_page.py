@@ -25,6 +25,8 @@ managers = ["mara"]
 account = "physics"
 [quota.users.mara]
 account = "physics"
+[quota.users.rex]
+gpu_hours = 0
 """
 
 
@@ -145,6 +147,10 @@ def test_a_manager_sees_the_account_and_sets_a_cap(hub, browser, artifacts):
 
 
 def test_an_admin_sees_the_estate_for_any_dates(hub, browser, artifacts):
+    # rex has no GPU-hours: his start is refused, and the estate counts it (in a moment)
+    hub.new_user("rex")
+    assert hub.spawn("rex", "gpu-1", ok=None).status_code == 403
+    hub.wait(lambda: admin_get(hub, "estate")["refusals"]["total"], 30, "rex's refusal")
     context, page = open_usage(browser, hub, ADMIN, hub.password_of_admin())
     try:
         estate = page.locator("#sz-estate")
@@ -152,6 +158,13 @@ def test_an_admin_sees_the_estate_for_any_dates(hub, browser, artifacts):
         used = ledger_cpu_hours(hub, "uma")
         assert shown["accounts"]["physics"]["cpu_hours"] == pytest.approx(used, abs=1e-5)
         assert page.locator("#estate-users tbody tr").first.inner_text().startswith("uma")
+        # the starts refused: per reason, in words, the chart's days, the user refused most
+        assert page.locator("#estate-refusals tbody tr").all_inner_texts() == [
+            "no quota left for the profile\t1"
+        ]
+        drawn = json.loads(page.locator("#chart-estate-refusals").get_attribute("data-series"))
+        assert sum(drawn["by_source"]["quota"]) == 1 and list(drawn["by_source"]) == ["quota"]
+        assert page.locator("#estate-refused-users tbody tr").first.inner_text() == "rex\t1"
         # any dates: yesterday to tomorrow holds all of it, whatever the site's time zone
         today = date.today()
         form = page.locator("#sz-estate-dates")
