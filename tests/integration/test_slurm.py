@@ -522,6 +522,12 @@ def test_at_zero_a_job_submitted_onto_idle_nodes_never_starts_and_runs_after_a_g
     assert mine.returncode != 0, mine.stdout
     # The meter's next tick makes it an admin hold; it stays held while she is at zero.
     hub.wait(lambda: shown()[:2] == ["PENDING", "JobHeldAdmin"], 30, "the meter's admin hold")
+    # The admins' estate: a start refused (held at zero, hers), and the job in the queue
+    estate = requests.get(f"{hub.url}/services/quota/api/v1/estate", headers=admin,
+                          timeout=30).json()  # fmt: skip
+    assert estate["queue"]["held_at_zero"] >= 1, estate["queue"]
+    held = [u for u in estate["refusals"]["top_users"] if u["user"] == "zoe"]
+    assert held and held[0]["by_reason"].get("held-at-zero", 0) >= 1, estate["refusals"]
     r = requests.post(
         f"{hub.url}/services/quota/api/v1/grants", headers=admin, timeout=30,
         json={"user": "zoe", "resource": "cpu_hours", "amount": 1, "reason": "course"},
