@@ -316,14 +316,16 @@ class Ledger:
             ).all()
             charges, totals = [], defaultdict(float)
             moved, closed = [], []
+            pieces: dict[tuple[float, float], list] = {}  # a tick's consumers share one span
             for c in rows:
                 until = marks[c.id]
                 if until is None:  # end unknown: close at the last mark, charge nothing more
                     until = c.charged_until
                 if until > c.charged_until:
-                    for start, end, period in split(
-                        c.charged_until, until, self.policy.period, self.tz
-                    ):
+                    span = (c.charged_until, until)
+                    if span not in pieces:
+                        pieces[span] = split(*span, self.policy.period, self.tz)
+                    for start, end, period in pieces[span]:
                         for resource, col in RATE_COLUMN.items():
                             rate = getattr(c, col)
                             if rate <= 0:

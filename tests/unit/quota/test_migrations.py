@@ -172,3 +172,46 @@ def test_an_accounts_days_and_burn_read_its_charges_by_index(fresh, db_kind):
             plan = " ".join(r[-1] for r in conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN " + statement, parameters))  # fmt: skip
             assert "USING INDEX ix_charges_account_end (account=? AND end>?)" in plan, plan
+
+
+def test_gpu_readings_keep_through_the_move_to_without_rowid(fresh, db_kind):
+    """Revision 0017: on SQLite gpu_samples is rebuilt WITHOUT ROWID (rows in (consumer, at)
+    order, for utilisation.tidy) and back on a downgrade; its readings and its index on `at`
+    survive both ways. PostgreSQL's table is left as it is."""
+    from alembic import command
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    rows = [("lab:ann/@1", 15.0, 40.0), ("lab:ann/@1", 30.0, 5.0), ("lab:bob/@1", 15.0, 99.0)]
+
+    def table_sql() -> str:
+        with fresh.connect() as conn:
+            return conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'gpu_samples'")
+            ).scalar_one()
+
+    def readings() -> list[tuple]:
+        with fresh.connect() as conn:
+            q = "SELECT consumer, at, percent FROM gpu_samples ORDER BY consumer, at"
+            return [tuple(r) for r in conn.execute(text(q))]
+
+    with fresh.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0016")
+        for consumer, at, percent in rows:
+            conn.execute(
+                text("INSERT INTO gpu_samples (consumer, at, \"user\", seconds, percent, peak,"
+                     " idle_seconds, memory_mib) VALUES (:c, :at, 'ann', 15, :p, :p, 0, NULL)"),
+                {"c": consumer, "at": at, "p": percent},
+            )  # fmt: skip
+    migrate(fresh)
+    assert readings() == rows
+    assert [i["column_names"] for i in inspect(fresh).get_indexes("gpu_samples")] == [["at"]]
+    if db_kind == "sqlite":
+        assert table_sql().rstrip().endswith("WITHOUT ROWID")
+    with fresh.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0016")
+    assert readings() == rows
+    if db_kind == "sqlite":
+        assert "WITHOUT ROWID" not in table_sql()
