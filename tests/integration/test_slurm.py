@@ -57,9 +57,9 @@ cpu_hours = 0.01
 [quota.users.zoe]
 cpu_hours = 0.0005
 [quota.reclaim]
-grace_seconds = 15
+grace_seconds = 8
 """
-RECLAIM_GRACE = 15
+RECLAIM_GRACE = 8
 
 CLUSTER = """
 [cluster]
@@ -98,7 +98,7 @@ class SstatReadings:
 
     def write(self) -> None:
         tmp = self.path.with_suffix(".tmp")  # renamed over: never read half written
-        tmp.write_text(json.dumps(self.percent))
+        tmp.write_text("".join(f"{job} {p}\n" for job, p in self.percent.items()))
         tmp.chmod(0o644)
         os.replace(tmp, self.path)
 
@@ -106,7 +106,7 @@ class SstatReadings:
 @pytest.fixture(scope="module")
 def hub(slurm):
     base = workdir()
-    readings = SstatReadings(base / "sstat.json")
+    readings = SstatReadings(base / "sstat.txt")
     with RunningHub(
         base, slurm_conf=slurm.conf, profiles=PROFILES, quota=QUOTA, extra_toml=CLUSTER,
         sstat_readings=readings.path,
@@ -559,9 +559,10 @@ def warning_of(hub, token: str, consumer: str) -> dict | None:
 
 def test_an_idle_gpu_lab_session_is_warned_continues_on_cpu_or_is_stopped_by_the_hub(hub, slurm):
     """Idle GPU reclaim of Lab sessions on the Slurm backend, as on the local one: warned
-    (the quota API, the Lab's own view, the home page), "continue on CPU" (a new job on the
-    CPU profile), and stopped through the hub after the grace (the spawner cancels the job);
-    a user's own sbatch job with an idle GPU is never reclaimed.
+    (the quota API, the Lab's own view, the home page), the warning gone once its GPU is
+    busy, "continue on CPU" (a new job on the CPU profile), and stopped through the hub
+    after the grace (the spawner cancels the job); a user's own sbatch job with an idle GPU
+    is never reclaimed.
 
     What is faked: the GPU readings. Slurm fills gres/gpuutil only on a node with a GPU and
     NVML, so the quota service's `sstat` is a stand-in first on its PATH
@@ -584,14 +585,20 @@ def test_an_idle_gpu_lab_session_is_warned_continues_on_cpu_or_is_stopped_by_the
     assert warning["threshold_percent"] == 10 and 0 < warning["stops_in_seconds"] <= RECLAIM_GRACE
     assert warning["continue_url"] == "/services/quota/continue-on-cpu?server="
     # ... her Lab finds its own warning (its job's entry) ...
-    lab = requests.get(f"{hub.user_url('ida')}shangzhuang/quota",
-                       headers={"Authorization": f"token {tokens['ida']}"}, timeout=30).json()
+    lab = requests.get(
+        f"{hub.user_url('ida')}shangzhuang/quota",
+        headers={"Authorization": f"token {tokens['ida']}"},
+        timeout=30,
+    ).json()
     assert lab["session"]["consumer"] == consumer, lab
     assert lab["reclaim"]["stops_at"] == warning["stops_at"]
     # ... and her home page
     home = html.unescape(browsers["ida"].get(f"{hub.url}/hub/home", timeout=30).text)
     assert 'class="alert alert-warning sz-reclaim" data-server=""' in home
     assert "have been under 10% use since" in home
+    # Her GPU gets busy: the warning goes.
+    hub.sstat.set(jobs["ida"], BUSY)
+    hub.wait(lambda: warning_of(hub, tokens["ida"], consumer) is None, 30, "ida's warning gone")
     # She continues on CPU: the GPU job ends, a CPU job runs her session.
     r = requests.post(
         f"{hub.url}/services/quota/api/v1/users/ida/continue-on-cpu",

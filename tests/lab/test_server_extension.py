@@ -191,9 +191,9 @@ async def test_a_session_on_slurm_finds_its_own_job_and_its_warning(jp_fetch, qu
                "threshold_percent": 10, "idle_seconds": 3600,
                "continue_url": "/services/quota/continue-on-cpu?server="}  # fmt: skip
     lab = {"consumer": "job:42", "source": "job", "profile": "gpu-1", "server": "",
-           "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0}, "reclaim": warning}
+           "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 1.0}, "reclaim": warning}  # fmt: skip
     worker = {"consumer": "job:43", "source": "job", "profile": "",
-              "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 2.0}, "reclaim": None}
+              "cost_per_hour": {"cpu_hours": 1.0, "gpu_hours": 2.0}, "reclaim": None}  # fmt: skip
     quota.me = balance(running=[worker, lab])
     body = await get_json(jp_fetch, "quota")
     assert body["session"] == {"consumer": "job:42", "profile": "gpu-1",
