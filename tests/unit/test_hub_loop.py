@@ -7,6 +7,7 @@ import asyncio
 import os
 import pwd
 import subprocess
+import sys
 import time
 
 import pytest
@@ -247,3 +248,60 @@ def test_the_hubs_commits_do_not_wait_for_the_disk(tmp_path):
     assert connection.execute("PRAGMA foreign_keys").fetchone() == (1,)  # JupyterHub's, kept
     assert (tmp_path / "state" / "jupyterhub.sqlite-wal").exists()
     db.close()
+
+
+def test_making_a_sessions_cgroup_never_holds_up_the_hubs_loop(tmp_path, monkeypatch):
+    """A session's cgroup is made at every start: its parents' weights and its CPUs come
+    from every sibling session's files (1% of the hub's busy loop with 30 users arriving,
+    bench/load.py). A slow cgroup file system can't be made here: each file read taking
+    2 ms, with 100 sessions running, stands in for it (the only stand-in; the cgroup2
+    layout is a temp folder, the spawner's code is real). Seen red before the change:
+    the cgroup was made on the loop (a 0.52 s stall)."""
+    from shangzhuang.hub import containment, spawners
+    from shangzhuang.hub.containment import CgroupV2
+
+    from .spawner_kit import profile
+    from .test_containment import cgroup2_tree, session_files
+
+    root = tmp_path / "cg"
+    cgroup2_tree(root, "sz/abc")
+    for i in range(100):
+        session_files(root / f"sz/abc/u{i}.lab")
+    session_files(root / "sz/abc/ana.lab")  # what the kernel makes with the folder
+    read = containment._read
+
+    def slow_read(path, default=""):
+        time.sleep(0.002)
+        return read(path, default)
+
+    monkeypatch.setattr(containment, "_read", slow_read)
+    monkeypatch.setattr(spawners, "session_cgroup", lambda kind, path: CgroupV2(path, root))
+    spawner = make_spawner(GpuPool(gpus(0)), cgroups="v2", cgroup_parent="sz/abc")
+    stall = asyncio.run(longest_stall(lambda: spawner._contain(profile("cpu", cores=2))))
+    assert (root / "sz/abc/ana.lab/cpu.weight").read_text() == "200"
+    assert stall < 0.3, f"the loop stood still {stall:.2f} s"
+
+
+def test_starting_a_sessions_process_never_holds_up_the_hubs_loop(tmp_path):
+    """Popen returns once the child has exec'd; before that, our child joins its session's
+    cgroup (each write to cgroup.procs waits for the kernel) and waits for a CPU among the
+    Labs starting beside it: up to 2.7 s per start while 30 users arrived (bench/load.py).
+    A child whose preexec step takes a second stands in for it (the only stand-in; the
+    spawner's start and Popen are real). Seen red with JupyterHub's LocalProcessSpawner.start
+    (Popen on the loop: a 1.0 s stall)."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    spawner = make_spawner(GpuPool(gpus(0)), cmd=sleeper)
+    spawner.get_args = lambda: []  # the Lab's own arguments
+    spawner.make_preexec_fn = lambda name: lambda: time.sleep(1)
+
+    async def start():
+        ip, port = await spawner._start_process()
+        assert (ip, spawner.pid) == ("127.0.0.1", spawner.proc.pid) and port
+
+    try:
+        stall = asyncio.run(longest_stall(start))
+        assert spawner.proc.poll() is None  # the session's process runs
+    finally:
+        spawner.proc.kill()
+        spawner.proc.wait()
+    assert stall < 0.3, f"the loop stood still {stall:.2f} s"

@@ -42,6 +42,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,11 @@ def pick_cpus(count: int, available: list[int], taken: list[list[int]]) -> list[
             if c in load:
                 load[c] += 1
     return sorted(sorted(available, key=lambda c: (load[c], c))[: max(1, count)])
+
+
+# Sessions' cgroups are made and removed on threads (off the hub's loop): what reads the
+# siblings and writes from them (the parents' weights, the least used CPUs) goes one at a time.
+SIBLINGS = threading.Lock()
 
 
 def _read(path: Path, default: str = "") -> str:
@@ -266,6 +272,10 @@ class SessionCgroup:
         if found is None:
             return
         folder, mount = found
+        with SIBLINGS:
+            self._weigh(folder, mount)
+
+    def _weigh(self, folder: Path, mount: Path) -> None:
         low, high = self.weight_bounds
         for parent in [p for p in folder.parents if p.is_relative_to(mount) and p != mount]:
             try:
@@ -374,9 +384,10 @@ class CgroupV1(SessionCgroup):
         available = parse_cpus(_read(folder.parent / "cpuset.cpus"))
         if not available:
             return False
-        cpus = pick_cpus(math.ceil(cores), available, self._cpus_taken(folder))
         _write(folder / "cpuset.mems", _read(folder.parent / "cpuset.mems").strip())
-        return _write(folder / "cpuset.cpus", format_cpus(cpus))
+        with SIBLINGS:
+            cpus = pick_cpus(math.ceil(cores), available, self._cpus_taken(folder))
+            return _write(folder / "cpuset.cpus", format_cpus(cpus))
 
     def kill(self) -> None:
         # Freeze first, so nothing forks between reading the list and the kill.
@@ -453,8 +464,9 @@ class CgroupV2(SessionCgroup):
         available = parse_cpus(_read(folder.parent / "cpuset.cpus.effective"))
         if not available or not (folder / "cpuset.cpus").exists():
             return False
-        cpus = pick_cpus(math.ceil(cores), available, self._cpus_taken(folder))
-        return _write(folder / "cpuset.cpus", format_cpus(cpus))
+        with SIBLINGS:
+            cpus = pick_cpus(math.ceil(cores), available, self._cpus_taken(folder))
+            return _write(folder / "cpuset.cpus", format_cpus(cpus))
 
     def kill(self) -> None:
         if not _write(self.root / self.path / "cgroup.kill", "1"):  # Linux >= 5.14
