@@ -16,7 +16,9 @@ spawner state, as JupyterHub's API lists them to the quota service.
    reader ticks TICKS times, 15 s apart: per tick, the whole tick and its utilisation part
    (`TickReport.sample_seconds`: reading NVML, recording, tidying), p50 and p99, and the
    median of each of those three steps; and the tick's CPU time (the process's, which
-   moves less than wall time on a loaded machine). --profile FILE: cProfile of the ticks.
+   moves less than wall time on a loaded machine). Between ticks, untimed in those, the
+   WAL is copied back (`Ledger.checkpoint`), as the quota service does off its event loop.
+   --profile FILE: cProfile of the ticks.
 3. The hourly downsampling: one clock hour of raw readings of every session, past 24 h,
    merged by one `utilisation.tidy` (what one tick an hour does).
 
@@ -185,7 +187,7 @@ def main() -> None:
     tidy_ms = 1000 * (time.perf_counter() - t)
     log(f"merged {whole:,} rows at once in {tidy_ms:.0f} ms (rolled back)")
 
-    ticks, samples, cpu = [], [], []
+    ticks, samples, cpu, copies = [], [], [], []
     parts = timed_parts()
     profile = None
     if args.profile:
@@ -205,6 +207,10 @@ def main() -> None:
         assert report.sampled == n, report
         ticks.append(1000 * report.seconds)
         samples.append(1000 * report.sample_seconds)
+        # As the quota service does between ticks, in a thread off its event loop.
+        t, c = time.perf_counter(), time.process_time()
+        ledger.checkpoint()
+        copies.append((1000 * (time.perf_counter() - t), 1000 * (time.process_time() - c)))
     if profile:
         profile.dump_stats(args.profile)
     with ledger._read() as conn:
@@ -226,6 +232,8 @@ def main() -> None:
         "tick_cpu_p50": statistics.median(cpu), "tick_cpu_p99": pct(cpu, 99),
         "sample_cpu_p50": statistics.median(parts["readings_cpu"]),
         "sample_cpu_p99": pct(parts["readings_cpu"], 99),
+        "checkpoint_p50": statistics.median(w for w, _ in copies),
+        "checkpoint_cpu_p50": statistics.median(c for _, c in copies),
         "whole_hour_ms": tidy_ms, "merged_in_ticks": merged, "rows": rows,
         "estate_ms": estate["account_hours"], "estate_from_readings_ms": estate["readings"],
     }  # fmt: skip
@@ -253,6 +261,9 @@ Of the GPU readings, median per tick (wall / CPU): NVML reads of the {n:,} GPUs
 (`NodeGpus.read`) {res["read_p50"]:.0f} / {res["read_cpu_p50"]:.0f} ms, recording them and their
 accounts' hours (`record_many`) {res["record_p50"]:.0f} / {res["record_cpu_p50"]:.0f} ms, `tidy`
 {res["tidy_p50"]:.0f} / {res["tidy_cpu_p50"]:.0f} ms; the rest is the transaction's commit.
+Between ticks the service copies the WAL back into the database file in a thread, off its
+event loop (`Ledger.checkpoint`, not timed above): {res["checkpoint_p50"]:.0f} / \
+{res["checkpoint_cpu_p50"]:.0f} ms.
 
 Each tick also merges a few sessions' hour past 24 h into hourly rows
 (`utilisation.SESSIONS_PER_TIDY`; these {args.ticks} ticks merged {merged:,} readings). The

@@ -174,6 +174,18 @@ class Ledger:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def checkpoint(self) -> None:
+        """SQLite: copy the WAL's pages into the database file, waiting for nobody (PASSIVE).
+        The quota service does it between meter ticks, off its event loop, so that no tick's
+        commit does (db.WAL_PAGES). Nothing to do on PostgreSQL."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        conn = self.engine.raw_connection()  # outside any transaction: SQLite wants none
+        try:
+            conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
+
     def period(self, now: float | None = None) -> Period:
         return period_at(time.time() if now is None else now, self.policy.period, self.tz)
 

@@ -5,6 +5,7 @@ stops a user's consumers only after the grace period at zero (a grant lifts that
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from sqlalchemy import select
@@ -300,3 +301,45 @@ def test_a_consumer_the_hub_opens_while_the_sources_answer_is_not_closed(ledger,
     source.items["lab:erin/@1"] = Running("lab:erin/@1", "erin", "lab", T0, {"cpu_hours": 1})
     assert tick(meter, T0 + 30).charged == 1
     assert used(ledger, "erin", T0 + 30) == pytest.approx(30 / H)
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+def test_the_service_copies_the_wal_back_between_ticks_not_in_them(ledger, source, tmp_path):
+    """SQLite: a tick's commits leave its pages in the WAL (a commit checkpoints only past
+    db.WAL_PAGES, not at SQLite's 1,000: a tick of 1,000 GPU sessions writes ~2,000), and the
+    service's loop (service.run_meter) copies them into the database file once the tick is
+    done, off the event loop. Seen in the file alone, copied without its -wal."""
+    import shutil
+    import sqlite3
+
+    from shangzhuang.quota.db import WAL_PAGES
+    from shangzhuang.quota.service import Metrics, run_meter
+
+    path = ledger.engine.url.database
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_PAGES
+
+    def opened_in_the_file() -> list[str]:
+        copy = tmp_path / "file-alone.sqlite"
+        shutil.copyfile(path, copy)  # the database file without its WAL
+        with sqlite3.connect(copy) as db:
+            return [r[0] for r in db.execute("SELECT id FROM consumers")]
+
+    ledger.checkpoint()  # the schema: in the file before the tick
+    assert opened_in_the_file() == []
+    cid = source.start("ann", time.time() - 60, cores=1)
+    meter = Meter(ledger, [source], grace_seconds=GRACE)
+    tick(meter, time.time())
+    assert open_ids(ledger) == [cid]
+    assert opened_in_the_file() == []  # the tick's commits left it in the WAL
+
+    async def one_round() -> None:
+        service = asyncio.ensure_future(run_meter(meter, 3600, Metrics()))
+        for _ in range(100):  # the tick, then the copy in a thread, then a sleep of an hour
+            await asyncio.sleep(0.05)
+            if opened_in_the_file():
+                break
+        service.cancel()
+
+    asyncio.run(one_round())
+    assert opened_in_the_file() == [cid]
