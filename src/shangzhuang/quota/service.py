@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import io
 import logging
 import math
@@ -535,6 +536,9 @@ async def main() -> None:
     if alerts.enabled:  # beside the meter: a slow SMTP server never delays a tick
         # (the task is held by this frame, which lives as long as the service)
         _alerting = asyncio.ensure_future(run_alerts(alerts, settings.quota.sample_seconds))
+    # What start-up made lives as long as the service: out of the collector's full passes,
+    # which walked it every few ticks at 1,000 GPU sessions (40-60 ms CPU each time).
+    gc.freeze()
     await run_meter(meter, settings.quota.sample_seconds, metrics)
 
 
