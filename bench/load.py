@@ -19,7 +19,9 @@ event-loop lag p99 from JupyterHub's own histogram (/hub/metrics,
 jupyterhub_event_loop_interval_seconds: the delay past its 50 ms tick, so 0.05 is "no
 lag") over the arrival burst and over the whole run; peak RSS of the hub, the proxy, the
 quota service and the sessions summed (every process each hub ever started, also after
-it was re-parented); with --profile-hub, py-spy samples the hub during the arrival burst.
+it was re-parented); with --profile-hub, py-spy samples the hub during the arrival burst
+(--nonblocking: py-spy's default pauses the hub at each sample, and on a busy machine a
+paused hub waits for py-spy to be scheduled again, which the loop lag then counts).
 
 Faults (one fresh workbench and --fault-users users each), injected once every user has
 run their cell and idles: kill -9 of the quota service (JupyterHub restarts a managed
@@ -382,7 +384,7 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
         spy_seconds = int(len(names) / rate) + 10
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(side.pid()),
-             "-f", "raw", "-o", str(spy_out), "--threads",
+             "-f", "raw", "-o", str(spy_out), "--threads", "--nonblocking",
              "-d", str(spy_seconds), "-r", "50"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
