@@ -57,9 +57,9 @@ cpu_hours = 0.01
 [quota.users.zoe]
 cpu_hours = 0.0005
 [quota.reclaim]
-grace_seconds = 8
+grace_seconds = 15
 """
-RECLAIM_GRACE = 8
+RECLAIM_GRACE = 15  # ida's checks and her busy GPU come well before it, on a busy machine too
 
 CLUSTER = """
 [cluster]
