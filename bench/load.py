@@ -506,6 +506,8 @@ def summarise_pyspy(path: Path, seconds: float, top: int = 8) -> str:
         if not stack:
             continue
         thread, *frames = stack.split(";")
+        if not frames:  # --nonblocking: a sample taken while the stack was changing
+            continue
         if "MainThread" not in thread:
             others += int(n)
             continue
