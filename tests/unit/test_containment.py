@@ -30,7 +30,7 @@ from shangzhuang.hub.containment import (
     pick_cpus,
     session_name,
 )
-from shangzhuang.settings import SettingsError, parse_settings
+from shangzhuang.settings import SettingsError, load_settings, parse_settings
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="cgroup files are root's to write")
 
@@ -670,3 +670,23 @@ def test_systemd_as_pid_1_is_preferred_to_writing_the_cgroup_files(tmp_path, mon
     assert detect(root) == "v2"
     (tmp_path / "run-systemd-system").mkdir()  # what systemd makes when it is PID 1
     assert detect(root) == "systemd"
+
+
+@root_only  # as any other account the hub never gets one
+@pytest.mark.parametrize("cgroups", ["off", "systemd"])
+def test_the_hub_gets_no_cgroup_of_its_own_where_its_sessions_get_none(tmp_path, cgroups):
+    """`shangzhuang up` moves the hub into its own cgroup only beside sessions it contains
+    itself (v1, v2); with systemd the installed unit's cgroup stays (system.slice), and a
+    hub that contains nothing, or runs its sessions on Slurm, stays where it started."""
+    from shangzhuang.hub import serve_hub_first
+
+    state = f'[hub]\nstate_dir = "{tmp_path / "state"}"\n'
+    profiles = '[[profiles]]\nname = "cpu"\ncores = 1\nmemory = "1G"\n'
+    local = tmp_path / "local.toml"
+    local.write_text(f'{state}[backend.local.containment]\ncgroups = "{cgroups}"\n{profiles}')
+    slurm = tmp_path / "slurm.toml"
+    slurm.write_text(f'{state}[backend]\nkind = "slurm"\n{profiles}')
+    before = Path("/proc/self/cgroup").read_text()
+    for config in (local, slurm):
+        assert serve_hub_first(load_settings(config)) == ""
+    assert Path("/proc/self/cgroup").read_text() == before
