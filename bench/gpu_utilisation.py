@@ -59,6 +59,36 @@ from shangzhuang.settings import Quota, parse_settings  # noqa: E402
 
 HEADING = "## GPU utilisation sampling (bench/gpu_utilisation.py)"
 GOAL_MS = 200.0
+# What the tick cost before schema 0017, the WAL copied between ticks and gc.freeze: kept
+# as measured (each run of this script rewrites only the figures above it).
+BEFORE = """Before (measured once, not rewritten by this script). The code of 14aafa1
+(gpu_samples a rowid table; the tick's readings commit copying the WAL back; no
+`gc.freeze`) run back to back with the code above, three runs each, 40 ticks, 03:07-03:10
+UTC, load average 2.4-5.2 (other suites running):
+
+| ms per tick, range of the 3 runs' figures | before | after |
+|---|---|---|
+| the whole tick, wall p50 / p99 | 162-277 / 453-960 | 92-384 / 252-978 |
+| the whole tick, CPU p50 / p99 | 120-125 / 186-195 | 88-99 / 100-118 |
+| GPU readings, wall p50 / p99 | 80-128 / 168-306 | 33-134 / 146-423 |
+| GPU readings, CPU p50 / p99 | 54-58 / 61-66 | 30-34 / 38-40 |
+
+`tidy` 15.6-16.2 -> 4.6-5.4 ms CPU per tick; the whole hour at once 1.3-1.8 -> 0.2-1.1 s.
+Wall time here is mostly waiting for one of the 2 cores (the third "after" run: 384 ms
+p50 wall for 99 ms of CPU); CPU time is the steadier figure. The first measurement of this
+section (23:49 UTC, schema 0013, load ~5, wall only): the whole tick p50 419 / p99 794 ms,
+of which GPU readings 198 / 380 ms (NVML 11 ms, `record_many` 49 ms, `tidy` 49 ms), the
+whole hour at once 2550 ms. Where the time went then (cProfile of 40 ticks): the readings'
+commit copying ~1,300-1,800 WAL pages into the database file (SQLite's 1,000-page
+autocheckpoint: a page of gpu_samples' key per session per tick), `tidy` deleting an hour
+of 8 sessions' readings spread over the hour's 240 ticks, and a full garbage collection
+every 3-4 ticks (55-60 ms each). Every statement of a tick searches an index (EXPLAIN
+QUERY PLAN), none scans a table. What the ~90 ms of CPU per tick is now (medians, load ~2):
+charging 25 ms (2,000 journal rows, 2,002 totals, 1,000 marks in one transaction), the GPU
+readings 30, the 1,000 users' balances for enforcement 13, posting 7, the hub's listing 4.
+On 2 cores at a load over ~4 a tick waits for a core longer than it runs: p99 wall over
+200 ms there.
+"""
 STANDIN = ROOT / "tests" / "integration" / "pynvml_standin" / "pynvml.py"
 INTERVAL = 15.0
 
@@ -273,10 +303,13 @@ whole hour of all {n:,} sessions at once ({whole:,} readings, as the first versi
 {tidy_ms:.0f} ms holding the database's write lock.
 The usage page's estate (admins) reads this month's idle GPU-hours per account-hour
 (gpu_account_hours) in {estate["account_hours"]:.0f} ms; summing every reading instead took
-{estate["readings"]:.0f} ms here ({after:,} readings; a day of 1,000 sessions is 5.8 million).
+{estate["readings"]:.0f} ms here ({after:,} readings; a day of 1,000 sessions is 5.8 million;
+0.4-0.7 s before 0017: read by time, the rows kept in session order are each looked up by
+their key. No page sums every reading; a user's sessions, read by key, went 0.9 -> 0.2 ms).
 Goal: a tick under {GOAL_MS:.0f} ms: {"met" if res["tick_p50"] < GOAL_MS else "not met"} at p50, \
 {"met" if res["tick_p99"] < GOAL_MS else "not met"} at p99.
-"""
+
+{BEFORE}"""
     write_section(HEADING, section)
     log("docs/benchmarks.md updated")
 
