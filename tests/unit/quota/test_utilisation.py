@@ -160,3 +160,24 @@ def test_the_accounts_hours_count_each_reading_once_and_outlive_downsampling(led
         assert merged.as_dict() == sums.as_dict()
         u.tidy(conn, T0 + u.KEEP_SECONDS + 4 * 3600)
         assert u.efficiency_by(conn, "account", T0, T0 + 3 * 3600) == {}
+
+
+def test_a_ticks_readings_given_again_count_once_and_hide_no_other_sessions(ledger, write):
+    """record_many finds a tick's repeats by their time: a reading of one session at an
+    instant another session already has a reading for is kept and counted, and the whole
+    tick given again (a tick run twice) adds nothing."""
+    bob = "lab:bob/@1790000000000"
+    for user, consumer in (("alice", LAB), ("bob", bob)):
+        ledger.set_account(user, "physics")
+        ledger.open(consumer, user=user, account="physics", source="lab", started=T0,
+                    rates={"gpu_hours": 1})  # fmt: skip
+    t = T0 + 15
+    with write() as conn:
+        u.record_many(conn, [u.Sample(LAB, "alice", t, 50.0, 15.0)])
+        tick = [u.Sample(LAB, "alice", t, 99.0, 15.0), u.Sample(bob, "bob", t, 5.0, 15.0)]
+        u.record_many(conn, tick)
+        u.record_many(conn, tick)
+        assert u.recent(conn, LAB, T0) == [(t, 50.0)]  # the first reading stays
+        assert u.recent(conn, bob, T0) == [(t, 5.0)]
+        hours = u.efficiency_by(conn, "account", T0, T0 + 3600)["physics"]
+    assert (hours.gpu_hours, hours.idle_gpu_hours) == pytest.approx((30 / 3600, 15 / 3600))
