@@ -41,3 +41,21 @@ def free_port() -> int:
             continue
         _given.add(port)
         return port
+
+
+def free_block(n: int) -> int:
+    """The first of `n` consecutive free ports (a session's block of dashboard ports)."""
+    ports = worker_range()
+    while True:
+        first = random.choice(ports[: len(ports) - n])
+        block = range(first, first + n)
+        if _given.intersection(block):
+            continue
+        try:
+            for port in block:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _given.update(block)
+        return first

@@ -392,12 +392,15 @@ def test_a_cluster_serves_its_dashboard_in_the_sessions_block(monkeypatch):
     import socket
 
     from shangzhuang.cluster import DASHBOARD_ADDRESS, dashboard_address
+    from tests.ports import free_block
 
     monkeypatch.delenv("SHANGZHUANG_DASHBOARD_PORTS", raising=False)
     assert dashboard_address() == DASHBOARD_ADDRESS
+    # A block in this worker's own range, below the kernel's ephemeral ports: a port-0 bind
+    # elsewhere on a busy machine took first + 1 once (a CI rehearsal).
+    first = free_block(2)
     with socket.socket() as taken:  # the block's first port is another dashboard's
-        taken.bind(("127.0.0.1", 0))
-        first = taken.getsockname()[1]
+        taken.bind(("127.0.0.1", first))
         monkeypatch.setenv("SHANGZHUANG_DASHBOARD_PORTS", f"{first}-{first + 1}")
         assert dashboard_address() == f"127.0.0.1:{first + 1}"
         monkeypatch.setenv("SHANGZHUANG_DASHBOARD_PORTS", f"{first}-{first}")
