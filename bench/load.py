@@ -111,6 +111,7 @@ class Memory:
         self.hub_pid = hub_pid  # a callable: the hub's pid now (it changes on a restart)
         self.seen: dict[int, psutil.Process] = {}
         self.peak: dict[str, int] = defaultdict(int)
+        self.cpu_seen: dict[int, tuple[str, float]] = {}  # pid: (role, CPU s at last look)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -129,6 +130,8 @@ class Memory:
                 try:
                     if p.is_running() and (what := role(p, pid or 0)) != "gone":
                         now[what] += p.memory_info().rss
+                        t = p.cpu_times()
+                        self.cpu_seen[p.pid] = (what, t.user + t.system)
                 except psutil.Error:
                     pass
             for k, v in now.items():
@@ -137,6 +140,13 @@ class Memory:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds per role, each process's at its last look (every 0.5 s)."""
+        total: dict[str, float] = defaultdict(float)
+        for what, seconds in self.cpu_seen.values():
+            total[what] += seconds
+        return dict(total)
 
     def kill_leftovers(self) -> None:
         for p in self.seen.values():
@@ -448,6 +458,7 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
         "late burst": late_ticks(hist0, hist_burst) if hist_burst else None,
         "late run": late_ticks(hist0, hist1),
         "memory": dict(side.memory.peak),
+        "cpu": side.memory.cpu(),
         "down": {k: prober.longest(k) for k in checks},
         "slowest": dict(prober.slowest),
         "restarted by": fault_note,
