@@ -105,10 +105,6 @@ def cmd_up(args) -> int:
     print(Message("Shangzhuang Workbench on {url}  (Ctrl-C stops it)", url=settings.hub.url),
           flush=True)  # fmt: skip
 
-    from shangzhuang.hub import serve_hub_first
-
-    serve_hub_first(settings)  # the CPU serves the hub and its services before sessions
-
     source = Path(settings.source).resolve()
     hub_config = source.parent / "jupyterhub_config.py"
     if not hub_config.exists():

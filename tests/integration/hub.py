@@ -269,15 +269,23 @@ signups_per_address_per_hour = {signups_per_hour}
     def _remove_cgroups(self, timeout: float = 10) -> None:
         """The cgroups of sessions a hub left running when it died (their processes were
         just killed above): remove them, and the hub's folder, once they are empty; and the
-        hub's own cgroup (containment.hub_cgroup), which a stopped hub leaves empty."""
+        hub's own cgroup (containment.hub_cgroup), with what its stopped hub left in it
+        (a service or a proxy still exiting, or orphaned by a hub killed with -9)."""
         from shangzhuang.hub.containment import hub_cgroup, hub_parent
 
-        ours = (hub_parent("shangzhuang", self.state), hub_cgroup("shangzhuang", self.state))
+        own = hub_cgroup("shangzhuang", self.state)
+        ours = (hub_parent("shangzhuang", self.state), own)
         folders = [f for o in ours for f in Path("/sys/fs/cgroup").glob(f"*/{o}") if f.is_dir()]
         deadline = time.monotonic() + timeout
         while folders and time.monotonic() < deadline:
             for folder in list(folders):
                 try:
+                    if str(folder).endswith(own):  # this hub's helpers, and only theirs
+                        for pid in (folder / "cgroup.procs").read_text().split():
+                            try:
+                                os.kill(int(pid), signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
                     for session in [d for d in folder.iterdir() if d.is_dir()]:
                         session.rmdir()
                     folder.rmdir()

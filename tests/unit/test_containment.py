@@ -678,10 +678,13 @@ def test_systemd_as_pid_1_is_preferred_to_writing_the_cgroup_files(tmp_path, mon
 @root_only  # as any other account the hub never gets one
 @pytest.mark.parametrize("cgroups", ["off", "systemd"])
 def test_the_hub_gets_no_cgroup_of_its_own_where_its_sessions_get_none(tmp_path, cgroups):
-    """`shangzhuang up` moves the hub into its own cgroup only beside sessions it contains
-    itself (v1, v2); with systemd the installed unit's cgroup stays (system.slice), and a
-    hub that contains nothing, or runs its sessions on Slurm, stays where it started."""
-    from shangzhuang.hub import serve_hub_first
+    """The hub moves into its own cgroup only beside sessions it contains itself (v1, v2);
+    with systemd the installed unit's cgroup stays (system.slice), and a hub that contains
+    nothing, or runs its sessions on Slurm, stays where it started. And configure(), which
+    scripts and tests call too, moves only a running JupyterHub's process (none here)."""
+    from traitlets.config import Config
+
+    from shangzhuang.hub import configure, serve_hub_first
 
     state = f'[hub]\nstate_dir = "{tmp_path / "state"}"\n'
     profiles = '[[profiles]]\nname = "cpu"\ncores = 1\nmemory = "1G"\n'
@@ -691,5 +694,8 @@ def test_the_hub_gets_no_cgroup_of_its_own_where_its_sessions_get_none(tmp_path,
     slurm.write_text(f'{state}[backend]\nkind = "slurm"\n{profiles}')
     before = Path("/proc/self/cgroup").read_text()
     for config in (local, slurm):
-        assert serve_hub_first(load_settings(config)) == ""
+        assert serve_hub_first(load_settings(config), detect()) == ""
+    v1 = tmp_path / "v1.toml"
+    v1.write_text(f'{state}[backend.local.containment]\ncgroups = "v1"\n{profiles}')
+    configure(Config(), load_settings(v1))
     assert Path("/proc/self/cgroup").read_text() == before

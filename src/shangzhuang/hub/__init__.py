@@ -106,10 +106,14 @@ SLURM_DASHBOARDS_OPEN = N_(
 def configure(c, settings: Settings) -> None:
     """Fill a JupyterHub config object from the site settings: the steps that change the
     machine, in order, then the config as data (hub/config.py), each trait assigned once."""
+    from jupyterhub.app import JupyterHub
+
     from shangzhuang.hub.config import apply, hub_config
 
     prepare_state(settings)
     host = look_at_host(settings)
+    if JupyterHub.initialized():  # the hub's own process, not a script or test building a config
+        serve_hub_first(settings, host.cgroups)  # before it starts its proxy and services
     if settings.backend.kind == "local" and host.is_root:
         from shangzhuang.hub.gpus import lock_devices
 
@@ -134,19 +138,19 @@ def configure(c, settings: Settings) -> None:
     apply(c, hub_config(settings, host))
 
 
-def serve_hub_first(settings: Settings) -> str:
-    """At the hub's start (`shangzhuang up`, before it becomes JupyterHub): a root hub with
-    local sessions in cgroups moves into a cgroup of its own, where the proxy and services
-    it starts join it, at the highest CPU weight (containment.SessionCgroup.serve_first).
-    Returns the cgroup's path, or "" where there is none: another backend, a hub that is
-    not root, sessions not contained, or systemd (its unit's cgroup in system.slice, which
-    weighs as much as all sessions' slice together)."""
+def serve_hub_first(settings: Settings, detected: str) -> str:
+    """A root hub with local sessions in cgroups (v1, v2) moves this process into a cgroup
+    of its own, where the proxy and services it starts join it, at the highest CPU weight
+    (containment.SessionCgroup.serve_first). Returns the cgroup's path, or "" where there
+    is none: another backend, a hub that is not root, sessions not contained, or systemd
+    (its unit's cgroup in system.slice, which weighs as much as all sessions' slice).
+    `detected`: containment.detect()'s answer."""
     from shangzhuang.hub import containment
     from shangzhuang.hub.config import containment_kind
 
     if settings.backend.kind != "local" or os.geteuid() != 0:
         return ""
-    kind = containment_kind(settings, containment.detect())
+    kind = containment_kind(settings, detected)
     if kind not in ("v1", "v2"):
         return ""
     wanted = settings.backend.local.containment
