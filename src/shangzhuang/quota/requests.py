@@ -227,7 +227,8 @@ class DecideHandler(RequestsAccess):
     def post(self, rid, body: Decision):
         decision = self.decision
         me = self.caller()
-        req = self.requests.get(int(rid)) if rid.isdigit() else None
+        # isascii: str.isdigit() holds for '²', which int() refuses (the fuzzer found a 500)
+        req = self.requests.get(int(rid)) if rid.isascii() and rid.isdigit() else None
         accounts, everyone = self.deciding_for(me)
         if req is None or not (everyone or req["account"] in accounts):
             # the same answer for "no such request" and "not yours to see": ids don't leak
