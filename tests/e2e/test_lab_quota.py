@@ -189,14 +189,16 @@ def test_status_bar_panel_grant_and_outage(hub, browser, artifacts, mira):
         granted = time.monotonic()
         want = status_text(quota_me(hub, token)["resources"])
         assert want == "GPU 17.4 h · CPU 310 h left"
+        # One refresh period, plus the poll's own round trip (the Lab's server extension asks
+        # the quota service): 2 s of slack failed once in a CI rehearsal, 6 s is the allowance.
         page.wait_for_function(
             "t => document.querySelector('.sz-quota-status').textContent === t",
-            arg=want, timeout=(REFRESH + 2) * 1000,
+            arg=want, timeout=(REFRESH + 6) * 1000,
         )  # fmt: skip
-        assert time.monotonic() - granted <= REFRESH + 2
+        assert time.monotonic() - granted <= REFRESH + 6
         page.wait_for_function(
             "() => document.querySelector('#shangzhuang-quota-panel').innerText"
-            ".includes('GPU hours: 17.4 h left')", timeout=(REFRESH + 2) * 1000,
+            ".includes('GPU hours: 17.4 h left')", timeout=(REFRESH + 6) * 1000,
         )  # fmt: skip
         page.screenshot(path=str(artifacts / "lab-quota-after-grant.png"))
 
