@@ -3,9 +3,10 @@
 managers (a pool) or the user (a cap) by e-mail, and to the site's webhook (JSON POST).
 
 Each crossing is a row of the `alerts` table before anything is sent (its unique key makes
-it once per period); it is marked sent when every channel took it, and retried on the next
-pass until then, also after a restart. A crash between sending and marking can send one
-twice: at least once, never lost.
+it once per period); each channel (webhook, mail) is marked as it takes it, the alert sent
+when every channel did; until then it is retried on the next pass, also after a restart,
+on the channels that haven't taken it. A kill between a send and its mark can send that
+channel twice: at least once, never lost.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import json
 import logging
 import smtplib
 import time
+import urllib.request
 from email.message import EmailMessage
 
 from sqlalchemy import select, update
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from shangzhuang.quota.db import Alert
 from shangzhuang.quota.ledger import Ledger, _insert
@@ -157,37 +158,49 @@ class Alerts:
         return [a.name]
 
     async def deliver(self) -> int:
-        """Send what is pending; mark each sent once every channel took it. How many sent."""
+        """Send what is pending; mark each sent once every channel took it. How many sent.
+
+        Each alert goes out in a thread that marks each channel as it takes it: a stop of
+        the service (its tasks cancelled) never comes between a send and its mark, since
+        the process waits for its threads before it exits. Only a kill between the two can
+        send one channel twice."""
         sent = 0
         for a in self.pending():
-            msg = self.message(a)
-            if msg is None:  # e.g. a request decided while alerts were off: done, unsent
-                with self.ledger._write() as conn:
-                    conn.execute(update(Alert).where(Alert.id == a.id).values(sent=time.time()))
-                continue
-            try:
-                if self.config.webhook_url:
-                    await self._post(msg)
-                to = self.recipients(a)
-                if self.config.smtp_host and to:
-                    await asyncio.to_thread(self._mail, msg, to)
-            except Exception as e:  # kept, retried on the next pass
-                log.warning("quota alert %s not delivered yet: %s", a.id, e)
-                done = {"attempts": a.attempts + 1}
-            else:
-                done = {"attempts": a.attempts + 1, "sent": time.time()}
+            if await asyncio.to_thread(self._deliver, a):
                 sent += 1
-            with self.ledger._write() as conn:
-                conn.execute(update(Alert).where(Alert.id == a.id).values(**done))
         return sent
 
-    async def _post(self, msg: dict) -> None:
-        await AsyncHTTPClient().fetch(
-            HTTPRequest(
-                self.config.webhook_url, method="POST", body=json.dumps(msg),
-                headers={"Content-Type": "application/json"}, request_timeout=self.timeout,
-            )
+    def _deliver(self, a) -> bool:
+        """Send alert `a` on each channel that hasn't taken it yet; whether all have now."""
+        msg = self.message(a)
+        done: dict = {"attempts": a.attempts + 1}
+        try:
+            if msg is not None:  # None: e.g. a request decided while alerts were off
+                if self.config.webhook_url and a.posted is None:
+                    self._post(msg)
+                    self._mark(a.id, posted=time.time())
+                to = self.recipients(a)
+                if self.config.smtp_host and to and a.mailed is None:
+                    self._mail(msg, to)
+                    self._mark(a.id, mailed=time.time())
+        except Exception as e:  # kept, retried on the next pass
+            log.warning("quota alert %s not delivered yet: %s", a.id, e)
+            self._mark(a.id, **done)
+            return False
+        self._mark(a.id, **done, sent=time.time())
+        return msg is not None
+
+    def _mark(self, alert_id: int, **values) -> None:
+        with self.ledger._write() as conn:
+            conn.execute(update(Alert).where(Alert.id == alert_id).values(**values))
+
+    def _post(self, msg: dict) -> None:
+        request = urllib.request.Request(
+            self.config.webhook_url, data=json.dumps(msg).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
         )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=self.timeout):
+            pass  # any 2xx: taken (urlopen raises on the others)
 
     def _mail(self, msg: dict, users: list[str]) -> None:
         mail = EmailMessage()

@@ -168,7 +168,8 @@ class Cap(Base):
 
 class Alert(Base):
     """A pool (kind "account") or a personal cap (kind "user") that crossed a threshold in
-    a period; `sent` once every channel took it (until then it is retried)."""
+    a period; `posted` and `mailed` when the webhook and the mail took it (each channel
+    once), `sent` once every channel did (until then it is retried)."""
 
     __tablename__ = "alerts"
     __table_args__ = (
@@ -186,6 +187,8 @@ class Alert(Base):
     total: Mapped[float] = mapped_column(Float)
     created: Mapped[float] = mapped_column(Float)
     sent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    posted: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mailed: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -157,3 +158,54 @@ def test_alert_settings_are_validated():
     with pytest.raises(ValueError, match="smtp_host needs mail_from and mail_domain"):
         QuotaAlerts(smtp_host="mail.example.org")
     assert QuotaAlerts(thresholds=[1.0, 0.5]).thresholds == [0.5, 1.0]
+
+
+def test_a_channel_that_took_an_alert_is_not_sent_it_again(managed, smtp, webhook):
+    """SMTP down, webhook up: the mail is retried, the webhook gets the alert once."""
+    _, box = smtp
+    controller, _ = smtp
+    down = config(smtp, webhook.url).model_copy(update={"smtp_port": free_port()})
+    run(managed, "bob", T0, 5)  # physics: 5 of 10 GPU-hours, managers pat and quin
+    assert tick(Alerts(managed, down), T0 + 6 * H) == 0
+    assert tick(Alerts(managed, down), T0 + 7 * H) == 0  # the mail still can't go
+    assert [p["threshold"] for p in webhook.posts] == [0.5]
+    up = Alerts(managed, config(smtp, webhook.url))
+    assert tick(up, T0 + 8 * H) == 1  # the mail goes now; the webhook isn't posted again
+    assert tick(up, T0 + 9 * H) == 0
+    assert [p["threshold"] for p in webhook.posts] == [0.5]
+    assert [m["Subject"] for _, m in box.mails] == [
+        "Quota: the account physics has used 50% of its gpu_hours"
+    ]
+
+
+class SlowMailbox(Mailbox):
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(1)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_service_stopped_mid_delivery_sends_nothing_twice(managed, webhook):
+    """The quota service is stopped (its tasks cancelled, as run_service does on SIGTERM)
+    after the webhook took an alert and while the mail is on its way: after the restart
+    neither channel is sent it again (CI rehearsal of session 6 saw the 50% alert twice)."""
+    box = SlowMailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        cfg = config((controller, box), webhook.url)
+        run(managed, "bob", T0, 5)
+
+        async def stopped_mid_mail():
+            task = asyncio.ensure_future(Alerts(managed, cfg).tick(T0 + 6 * H))
+            while not webhook.posts:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # the mail is with the (slow) SMTP server now
+            task.cancel()
+
+        asyncio.run(stopped_mid_mail())  # like asyncio.run in run_service, it then exits
+        time.sleep(1.5)  # whatever was still on its way has arrived
+        assert tick(Alerts(managed, cfg), T0 + 7 * H) == 0
+        assert [p["threshold"] for p in webhook.posts] == [0.5]
+        assert len(box.mails) == 1
+    finally:
+        controller.stop()
