@@ -60,3 +60,12 @@ class Consumer:
         if self.source == "job":
             return f"job:{self.job_id}" + (f"@{self.rerun_start}" if self.rerun_start else "")
         return f"{self.source}:{self.user}/{self.server}@{self.started_ms}"
+
+
+def shown_as(source: str, profile: str) -> str:
+    """The source a consumer's charges are shown under (the usage page's "by source", the
+    CSV): a Slurm job that runs a Lab session, known by its spawner's profile (the hub's
+    record, never the job's name), is "lab" like a Lab on the local backend. The consumer
+    itself stays the job source's, which stops and settles it."""
+    return "lab" if source == "job" and profile else source
+

@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, event, func, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
 from shangzhuang.i18n import Message
+from shangzhuang.quota.consumers import shown_as
 from shangzhuang.quota.db import (
     Cap,
     Charge,
@@ -346,7 +347,8 @@ class Ledger:
                             charges.append(
                                 dict(
                                     consumer=c.id, user=c.user, account=c.account,
-                                    resource=resource, source=c.source, start=start, end=end,
+                                    resource=resource, source=shown_as(c.source, c.profile),
+                                    start=start, end=end,
                                     amount=amount, period_start=period.start,
                                 )
                             )  # fmt: skip
@@ -459,6 +461,7 @@ class Ledger:
                 exact = self._pieces(j.start, j.end, rates)
                 if c is None:  # never sampled: its whole run, as the meter would charge it
                     user, account = j.user, members.get(j.user) or self.account_for(j.user)
+                    shown = "job"
                     rows = [(s, e, p, r, a) for (p, r), (s, e, a) in exact.items()]
                     opened.append(
                         dict(id=j.consumer, user=user, account=account, source="job",
@@ -468,6 +471,7 @@ class Ledger:
                     )  # fmt: skip
                 else:
                     user, account = c.user, c.account
+                    shown = shown_as(c.source, c.profile)  # corrections go where it was shown
                     rates = {"cpu_hours": c.cpu_rate, "gpu_hours": c.gpu_rate}
                     sampled = self._pieces(c.started, c.charged_until, rates)
                     # Corrections sit at the end of everything charged so far (no sampled row
@@ -485,7 +489,7 @@ class Ledger:
                 for start, end, period_start, resource, amount in rows:
                     charges.append(
                         dict(consumer=j.consumer, user=user, account=account, resource=resource,
-                             source="job", start=start, end=end, amount=amount,
+                             source=shown, start=start, end=end, amount=amount,
                              period_start=period_start)
                     )  # fmt: skip
                     totals[(period_start, "user", user, resource)] += amount

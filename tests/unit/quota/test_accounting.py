@@ -268,3 +268,22 @@ def test_each_run_of_a_requeued_job_is_charged_once(ledger):
     assert totals(ledger, "bob")["cpu_hours"] == pytest.approx(40 / 3600)
     assert ledger.settle(runs(parse_sacct(text, "sz-"), ledger.starts(["job:5"]))) == 0
     assert totals(ledger, "bob")["cpu_hours"] == pytest.approx(40 / 3600)
+
+
+def test_a_lab_sessions_job_is_shown_as_lab_and_a_plain_job_as_job(ledger):
+    """A Slurm job the meter knew as a Lab session (its spawner's profile, from the hub) is
+    charged under the source "lab", its sacct corrections too; a plain job stays "job"."""
+    ledger.open("job:7", user="bob", account="physics", source="job", started=T0 + 5,
+                rates={"cpu_hours": 2, "gpu_hours": 1}, profile="gpu")  # fmt: skip
+    ledger.open("job:8", user="bob", account="physics", source="job", started=T0 + 5,
+                rates={"cpu_hours": 1, "gpu_hours": 0})  # fmt: skip
+    ledger.charge({"job:7": T0 + 63, "job:8": T0 + 63})
+    ledger.settle([job(7, "bob", T0, T0 + 60, cpus=2, gpus=2), job(8, "bob", T0, T0 + 60)])
+    ledger.settle([job(9, "bob", T0, T0 + 60)])  # never sampled: a plain job
+    by = {}
+    for row in ledger.usage(user="bob"):
+        key = (row.consumer, row.source)
+        by[key] = by.get(key, 0.0) + row.amount
+    assert set(by) == {("job:7", "lab"), ("job:8", "job"), ("job:9", "job")}
+    assert by[("job:7", "lab")] == pytest.approx(240 / 3600)  # exact: 2 cores + 2 GPUs, 60 s
+    assert [c.id for c in ledger.open_consumers("job")] == []  # still the job source's
