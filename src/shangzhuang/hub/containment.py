@@ -154,6 +154,38 @@ def _read(path: Path, default: str = "") -> str:
         return default
 
 
+# A session's cgroup folders and the hub's above them: root's alone, whatever the umask. A
+# session that could write there would make a child cgroup and move out of the list its stop
+# kills, or rename or remove a session's folder (which then starts uncontained).
+FOLDER_MODE = 0o755
+
+
+def _make_folders(mount: Path, path: str, ours: int = 2) -> Path:
+    """`mount`/`path`, made like `mkdir -p`, each folder it makes FOLDER_MODE (made 0700
+    first: the umask only takes bits away, so no moment is it more open than root's). The
+    last `ours` folders (a session's and its hub's) get FOLDER_MODE even when they were
+    there; folders further up (the site's `cgroup_parent`) keep theirs."""
+    folder, parts = mount, path.strip("/").split("/")
+    for i, part in enumerate(parts):
+        folder = folder / part
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if i < len(parts) - ours:
+                continue
+        folder.chmod(FOLDER_MODE)
+    return folder
+
+
+class CgroupMissing(OSError):
+    """A session's cgroup folder is not there when its process joins it: the session would
+    run without its limits, so it does not start."""
+
+    def __init__(self, folder: Path):
+        super().__init__(f"cgroup folder {folder} is missing")
+        self.folder = folder
+
+
 def _write(path: Path, value: str) -> bool:
     """Write a cgroup file; False when the kernel does not offer it (never creates one)."""
     try:
@@ -208,10 +240,16 @@ class SessionCgroup:
         return any(f.is_dir() for f in self.folders())
 
     def join(self, pid: int = 0) -> None:
-        """Move a process (0: the caller) into the cgroup; safe in a preexec function."""
+        """Move a process (0: the caller) into the cgroup; safe in a preexec function.
+        CgroupMissing when a folder is not there (removed or renamed since `create`): the
+        process must not run on uncontained."""
         text = str(pid or os.getpid())
-        for folder in self.folders():
-            _write(folder / "cgroup.procs", text)
+        folders = self.folders()
+        if not folders:
+            raise CgroupMissing(self.root / self.path)
+        for folder in folders:
+            if not _write(folder / "cgroup.procs", text):
+                raise CgroupMissing(folder)
 
     def pids(self) -> set[int]:
         """Every process in the session, detached ones included."""
@@ -304,9 +342,7 @@ class SessionCgroup:
         found = self._cpu_folder()
         if found is None or not found[1].is_dir():
             return False
-        folder = found[0]
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o755)  # root's alone, whatever the umask: no session joins or writes
+        folder = _make_folders(found[1], str(found[0].relative_to(found[1])), ours=1)
         self._hand_down_controllers(folder)
         weighed = _write(folder / self.weight_file, str(self.weight_bounds[1]))
         return _write(folder / "cgroup.procs", str(pid or os.getpid())) and weighed
@@ -340,8 +376,9 @@ class CgroupV1(SessionCgroup):
 
     def create(self, limits: SessionLimits) -> list[str]:
         left_out = []
-        for folder in self.folders():
-            folder.mkdir(parents=True, exist_ok=True)
+        for controller in V1_CONTROLLERS:
+            if (self.root / controller).is_dir():
+                _make_folders(self.root / controller, self.path)
         cpuset = self._at("cpuset")
         if cpuset is None or not self._fill_cpuset(cpuset, limits.cores):
             left_out.append("cpuset (nproc shows the machine's CPUs)")
@@ -423,8 +460,7 @@ class CgroupV2(SessionCgroup):
         return self.root / self.path, self.root
 
     def create(self, limits: SessionLimits) -> list[str]:
-        folder = self.root / self.path
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = _make_folders(self.root, self.path)
         self._enable_controllers(folder)
         left_out = []
         if not self._fill_cpuset(folder, limits.cores):

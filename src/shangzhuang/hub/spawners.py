@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
-from subprocess import Popen
+from subprocess import Popen, SubprocessError
 
 import batchspawner
 from jupyterhub.spawner import LocalProcessSpawner, Spawner, SpawnException, set_user_setuid
@@ -26,7 +26,7 @@ from jupyterhub.utils import random_port
 from tornado import web
 from traitlets import Bool, Instance, Integer, List, Unicode, default
 
-from shangzhuang.hub import form, unix
+from shangzhuang.hub import N_, form, unix
 from shangzhuang.hub.containment import (
     DashboardFirewall,
     SessionCgroup,
@@ -42,6 +42,13 @@ from shangzhuang.i18n import Message
 from shangzhuang.quota.api_client import QuotaAPI, QuotaRefused, QuotaUnavailable, hub_quota
 from shangzhuang.quota.consumers import Consumer
 from shangzhuang.settings import Profile, find_profile
+
+# What the user reads when the session's cgroup was missing at its start.
+UNCONTAINED = N_(
+    "Your session could not be contained (its cgroup, which holds it to its profile's "
+    "cores, memory and GPUs, was missing), so it was not started. Try again; if it "
+    "happens again, tell the site's admins."
+)
 
 # What the home page says when a session hit its memory limit (plain sentences to translate).
 MEMORY_HIT = (
@@ -451,7 +458,9 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
             cgroup, self.cgroup = self.cgroup, None
             try:  # the hub calls this on its loop: kill and remove off it (remove kills first)
                 loop = asyncio.get_running_loop()
-                self._removals.add(loop.create_task(self._remove_cgroup(cgroup)))
+                removal = loop.create_task(self._remove_cgroup(cgroup))
+                self._removals.add(removal)
+                self._removing[cgroup.path] = removal
             except RuntimeError:
                 cgroup.kill()  # no loop (a script): killed; stop() or the next start removes it
         if self.dashboard_ports is not None and self.dashboard_chain:
@@ -488,6 +497,10 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         cgroup = session_cgroup(
             self.cgroups, f"{self.cgroup_parent}/{session_name(self.user.name, self.name)}"
         )
+        # The last session's cgroup (the same path) may still be going, off the loop: its
+        # rmdir, later, would take this session's folders, which then starts uncontained.
+        if (removal := self._removing.get(cgroup.path)) is not None:
+            await asyncio.wait([removal])
         if cgroup.exists():
             await cgroup.remove()
         # Off the loop: the parents' weights and the least used CPUs read every sibling's
@@ -498,12 +511,15 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         self.cgroup, self.oom_kills_seen, self.memory_notice = cgroup, 0, ""
 
     _removals: set = set()  # cgroup and port releases under way (kept referenced until done)
+    _removing: dict = {}  # cgroup path -> its removal under way (a new start waits for it)
 
     async def _remove_cgroup(self, cgroup: SessionCgroup) -> None:
         try:
             await cgroup.remove()
         finally:
             self._removals.discard(asyncio.current_task())
+            if self._removing.get(cgroup.path) is asyncio.current_task():
+                del self._removing[cgroup.path]
 
     async def _off_the_loop(self, fn, *args) -> None:
         try:
@@ -642,9 +658,26 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
         except asyncio.CancelledError:  # start_timeout: the child is known, start() kills it
             self.proc = await launch
             raise
+        except SubprocessError:  # the preexec step failed: the join refused, most likely
+            self._refuse_uncontained()
+            raise
         finally:
             self.pid = self.proc.pid if self.proc is not None else 0
         return (self.ip or "127.0.0.1", self.port)
+
+    def _refuse_uncontained(self) -> None:
+        """The child refused to run: if its cgroup's folders are missing (the join's
+        CgroupMissing, which a preexec step can't hand to the parent), say so."""
+        cgroup = self.cgroup
+        missing = [f for f in cgroup.folders() if not f.is_dir()] if cgroup else []
+        if cgroup is None or (cgroup.folders() and not missing):
+            return
+        self.log.error(
+            "%s not started: its cgroup folder %s is missing (removed or renamed since it "
+            "was made); it would have run without its limits",
+            self.owner, ", ".join(map(str, missing)) or cgroup.path,
+        )  # fmt: skip
+        raise SpawnException(Message(UNCONTAINED), reason="uncontained", status_code=500)
 
     @contextmanager
     def _in_scope(self, account: pwd.struct_passwd | None):
