@@ -66,8 +66,7 @@ class LabSessions:
                     continue
                 started = datetime.fromisoformat(s["started"].replace("Z", "+00:00"))
                 profile = self.profile_of(user["name"], server, s)
-                consumer = str(Consumer.session(self.name, user["name"], server,
-                                                started.timestamp()))  # fmt: skip
+                consumer = self.consumer_of(user["name"], server, s)
                 # The spawner's record (admin:server_state), never the user's user_options.
                 held = (s.get("state") or {}).get("gpus") or []
                 if held and all(isinstance(i, int) for i in held):
@@ -96,8 +95,23 @@ class LabSessions:
         except KeyError:  # gone from the config since it started: charged as the first
             return self.settings.profiles[0]
 
+    def consumer_of(self, user: str, server: str, model: dict) -> str | None:
+        """The consumer id of the run the hub's server model shows (None: not started)."""
+        if not model.get("started"):
+            return None
+        started = datetime.fromisoformat(model["started"].replace("Z", "+00:00"))
+        return str(Consumer.session(self.name, user, server, started.timestamp()))
+
     async def stop(self, consumer: str, user: str, reason: str) -> None:
+        """Stop the run `consumer` names, never a later one of the same server: between
+        the meter's decision and this call the user may have stopped it and started the
+        server again (a new start time, so a new consumer), and the hub stops by name."""
         server = Consumer.parse(consumer).server
+        model = await self.hub.server(user, server)
+        if model is None or self.consumer_of(user, server, model) != consumer:
+            log.info("not stopping %s's server %r (%s): %s has ended already",
+                     user, server, reason, consumer)  # fmt: skip
+            return
         path = (
             f"/users/{quote(user)}/server"
             if not server
@@ -255,14 +269,19 @@ class SlurmJobs:
         cancels the job and closes the session's charge at once. Any other job (and a Lab's
         when the hub can't) is cancelled here."""
         server = self.labs.get(consumer)
+        job = Consumer.parse(consumer).job_id
         if server is not None and self.hub is not None:
             try:
-                await self.hub.stop(user, server)
-                return
+                # Still this job's server? The user may have started it again since (a new
+                # job): the hub stops by name, so then only this job is cancelled.
+                model = await self.hub.server(user, server)
+                if str(((model or {}).get("state") or {}).get("job_id") or "") == job:
+                    await self.hub.stop(user, server)
+                    return
             except Exception as e:
                 log.warning("the hub could not stop %s's server %r (%s): cancelling %s",
                             user, server, e, consumer)  # fmt: skip
-        await self._run("scancel", Consumer.parse(consumer).job_id)  # a rerun's job too
+        await self._run("scancel", job)  # a rerun's job too
 
     async def utilisation(self, runs: list[Running]) -> dict[str, Reading]:
         """The GPU jobs' readings from Slurm's GPU accounting (sstat's gres/gpuutil): none

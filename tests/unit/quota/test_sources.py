@@ -40,6 +40,15 @@ class Users(web.RequestHandler):
                                 "_pagination": {"next": nxt}}))  # fmt: skip
 
 
+class User(web.RequestHandler):
+    def get(self, name):
+        assert self.get_argument("include_stopped_servers") == "1"
+        user = next((u for u in USERS if u["name"] == name), None)
+        if user is None:
+            raise web.HTTPError(404)
+        self.finish(json.dumps(user))
+
+
 class Server(web.RequestHandler):
     def delete(self, user, server=""):
         self.application.settings["deleted"].append((user, server))
@@ -53,7 +62,8 @@ def hub():
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app = web.Application(
-        [(r"/hub/api/users", Users), (r"/hub/api/users/([^/]+)/server", Server),
+        [(r"/hub/api/users", Users), (r"/hub/api/users/([^/]+)", User),
+         (r"/hub/api/users/([^/]+)/server", Server),
          (r"/hub/api/users/([^/]+)/servers/([^/]*)", Server)],
         calls=calls, deleted=deleted,
     )  # fmt: skip
@@ -156,3 +166,42 @@ def test_slurm_jobs_that_run_lab_sessions_are_known_by_the_spawners_state(
     assert len(jobs) == 3 and all(r.lab_server is None for r in jobs)
     loop.run_until_complete(down.stop("job:101", "ida", "quota exhausted"))
     assert down.ran[-1] == ("scancel", "101")
+
+
+def test_a_stop_decided_for_one_run_never_stops_the_next_run_of_the_same_server(
+    hub, tmp_path, monkeypatch
+):
+    """The meter decides to stop a run (quota at zero, or reclaim's grace over) from the
+    tick's listing, and stops it a moment later; the hub stops servers by name. If the user
+    stopped that run and started the same server again meanwhile, the new run is not
+    stopped: the stop targets the consumer (the run's start time; on Slurm its job). Seen
+    red before the change: u0's new run was deleted, and ida's new job's server stopped."""
+    loop, url, calls, deleted = hub
+    settings = site(tmp_path)
+    lab = LabSessions(settings, HubAPI(url, TOKEN))
+    decided = loop.run_until_complete(lab.running())
+    old = next(r.consumer for r in decided if r.user == "u0")
+    again = "2026-11-30T01:00:07.250000Z"  # stopped and started again since the listing
+    monkeypatch.setitem(USERS[0]["servers"], "", {**USERS[0]["servers"][""], "started": again})
+    loop.run_until_complete(lab.stop(old, "u0", "quota exhausted"))
+    assert deleted == []
+    new = next(r.consumer for r in loop.run_until_complete(lab.running()) if r.user == "u0")
+    assert new != old
+    loop.run_until_complete(lab.stop(new, "u0", "quota exhausted"))  # the run decided on
+    assert deleted == [("u0", "")]
+    monkeypatch.setitem(USERS[0]["servers"], "", {"started": None})  # stopped meanwhile
+    loop.run_until_complete(lab.stop(new, "u0", "quota exhausted"))
+    assert deleted == [("u0", "")]
+
+    # On Slurm: ida's Lab was job 101 when the tick listed it, and is job 105 now.
+    ida = {"name": "ida", "servers": {"": {"started": STARTED, "user_options": {"profile": "gpu-1"},
+                                           "state": {"job_id": "101"}}}}  # fmt: skip
+    monkeypatch.setattr(sys.modules[__name__], "USERS", [ida])
+    prefix = settings.backend.slurm.user_prefix
+    tres = "cpu=1,mem=1G,node=1,billing=1,gres/gpu=1|1|1|N/A|N/A|N/A|0|"
+    source = SlurmAnswers(settings, HubAPI(url, TOKEN), f"101|{prefix}ida|1764464400|{tres}\n")
+    loop.run_until_complete(source.running())
+    ida["servers"][""]["state"] = {"job_id": "105"}
+    loop.run_until_complete(source.stop("job:101", "ida", "GPUs idle"))
+    assert deleted == [("u0", "")]  # the hub stopped nothing
+    assert [a for a in source.ran if a[0] == "scancel"] == [("scancel", "101")]  # job 101 only
