@@ -4,11 +4,16 @@ workbench and on plain JupyterHub, then on the workbench with one fault at a tim
     .venv/bin/python bench/load.py [--users 50] [--rate 0.5] [--idle 60]
                                    [--faults quota,hub,proxy,sqlite-lock,postgres]
                                    [--fault-users 10] [--no-plain] [--no-write]
+                                   [--no-resend]
 
 Each user walks tests/journey.py's journey once (log in, spawn, Lab, a kernel cell
 over the websocket, idle while polling the quota API and the Lab extension every 30 s,
 check the session answers, stop); locust (bench/load_locust.py, its own process) starts
-them at --rate users per second. The workbench: `shangzhuang up` (tests/integration/hub.py's
+them at --rate users per second. Each user's client keeps connections alive and, as a
+browser does, sends an idempotent request once more when the server closed its kept
+connection just as it went out (tests/journey.py BrowserAdapter; --no-resend: never). The
+run counts those resends and the kept connections found closed before reuse.
+The workbench: `shangzhuang up` (tests/integration/hub.py's
 RunningHub) as root, users signed up with their own passwords and approved beforehand,
 profile "cpu" (the site's smallest, 2 cores), the quota service metering every 15 s (the
 site default). Plain JupyterHub: bench/spawn.py's PlainHub (SimpleLocalProcessSpawner,
@@ -236,8 +241,13 @@ class Prober:
 class Workbench:
     label = "workbench"
 
-    def __init__(self, quota: str = QUOTA):
+    def __init__(self, quota: str = QUOTA, keep_alive: int | None = None):
         self.hub = RunningHub(workdir(), prefix=f"load{uuid.uuid4().hex[:4]}-", quota=quota)
+        if keep_alive:  # the proxy's keep-alive timeout, for a comparison (Node's: 5)
+            text = self.hub.config.read_text()
+            self.hub.config.write_text(
+                text.replace("[hub]\n", f"[hub]\nproxy_keep_alive_seconds = {keep_alive}\n", 1)
+            )
         self.url = self.hub.url
         self.memory: Memory | None = None
 
@@ -367,7 +377,8 @@ def inject(fault: str, wb: Workbench, pg) -> str:
 
 # --- one run ------------------------------------------------------------------------------
 def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
-        fault: str | None = None, pg=None, profile_hub: bool = False) -> dict:  # fmt: skip
+        fault: str | None = None, pg=None, profile_hub: bool = False,
+        resend: bool = True) -> dict:  # fmt: skip
     """Locust walks every user's journey once on a started hub; the figures of the run."""
     base = Path(workdir())
     out = Path(tempfile.gettempdir()) / f"load-requests-{uuid.uuid4().hex[:6]}.jsonl"  # kept
@@ -376,7 +387,7 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
     config.write_text(json.dumps({
         "url": side.url, "names": names, "rate": rate, "idle": idle, "extras": extras,
         "password": PASSWORD if extras else SHARED_PASSWORD,
-        "profile": "cpu" if extras else None, "out": str(out),
+        "profile": "cpu" if extras else None, "out": str(out), "resend": resend,
     }))  # fmt: skip
     token = side.token()
     checks = {"hub": side.hub_ok}
@@ -450,6 +461,12 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
         if failed else 0.0,
         "journeys ok": sum(not j["error"] for j in journeys),
         "errors": [j["error"] for j in journeys if j["error"]][:5],
+        # Kept connections the server closed under the client: found closed before reuse
+        # (idle s), and requests sent again after one closed as they went out.
+        "dropped": sorted(x for j in journeys for x in j.get("dropped", [])),
+        "resent": [r for j in journeys for r in j.get("resent", [])],
+        "failed detail": [f"{r['kind']}: {r['error']}" for r in failed][:10],
+        "resend": resend,
         "spawn": by_kind["spawn to Lab"],
         "api": by_kind["quota API"] + by_kind["Lab extension"],
         "by kind": {k: pct(v) for k, v in by_kind.items()},
@@ -557,6 +574,21 @@ def late(ticks) -> str:
     return f"{n} of {total} ({100 * n / max(1, total):.1f}%)"
 
 
+def connections(r: dict) -> str:
+    """What the server's keep-alive did to the load client's kept connections."""
+    dropped, resent = r.get("dropped", []), r.get("resent", [])
+    text = (f"{r['side']}, kept connections: {len(dropped)} found closed by the server "
+            "before reuse")  # fmt: skip
+    if dropped:
+        text += f" (idle {min(dropped):.1f}-{max(dropped):.1f} s)"
+    text += f"; {len(resent)} requests sent again, as a browser would"
+    if resent:
+        text += " (" + ", ".join(f"{what} after {idle:.2f} s idle" for what, idle in resent) + ")"
+    if not r.get("resend", True):
+        text += " (--no-resend: none sent again)"
+    return text
+
+
 def side_table(results: list[dict]) -> str:
     lines = [
         "| hub | users | journeys complete | failed requests | spawn p50 / p99 s "
@@ -616,6 +648,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain-only", action="store_true", help="only plain JupyterHub's run")
     ap.add_argument("--profile-hub", action="store_true", help="py-spy the workbench's hub")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-resend", action="store_true", help="the load client never sends "
+                    "a request again (requests' own way), not even as a browser would")  # fmt: skip
+    ap.add_argument("--proxy-keep-alive", type=int, metavar="SECONDS",
+                    help="the workbench's proxy keeps idle connections this long (default: "
+                    "hub.proxy_keep_alive_seconds; 5 is Node's own)")  # fmt: skip
     ap.add_argument("--save", type=Path, help="also keep this run's results in a JSON file")
     ap.add_argument("--report-from", type=Path, nargs="+", metavar="JSON",
                     help="run nothing: write the section from runs kept with --save")  # fmt: skip
@@ -646,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     args.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                  capture_output=True, text=True).stdout.strip()  # fmt: skip
     names = [f"u{i:02d}" for i in range(1, args.users + 1)]
-    kw = {"rate": args.rate, "idle": args.idle}
+    kw = {"rate": args.rate, "idle": args.idle, "resend": not args.no_resend}
     sides: list[dict] = []
     faulted: list[dict] = []
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -656,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     for make in makers:
         if make is None:
             continue
-        side = make()
+        side = make(keep_alive=args.proxy_keep_alive) if make is Workbench else make()
         try:
             log(f"starting {side.label} at {side.url}, {len(names)} users")
             side.start(names)
@@ -672,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
 
             pg = start_postgres()
             quota = f'database_url = "{pg.create_database()}"\n' + QUOTA
-        wb = Workbench(quota)
+        wb = Workbench(quota, keep_alive=args.proxy_keep_alive)
         try:
             fnames = names[: args.fault_users]
             log(f"fault {fault}: workbench at {wb.url}, {len(fnames)} users")
@@ -734,6 +771,7 @@ def report(args, sides, faulted, uptime, uptime_end, elapsed) -> str:
                           + "; ".join(f"`{e[:200]}`" for e in r["errors"]), ""]  # fmt: skip
             parts += [f"{r['side']}, p50 / p99 s per step: " + ", ".join(
                 f"{k} {fmt(v[0])} / {fmt(v[1])}" for k, v in r["by kind"].items()), ""]  # fmt: skip
+            parts += [connections(r), ""]
         for r in sides:
             if r["pyspy"]:
                 parts += [f"py-spy of the {r['side']}'s hub while the users arrive:", "",

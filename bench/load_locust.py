@@ -50,7 +50,8 @@ class JourneyUser(User):
                                   "seconds": seconds, "error": error}) + "\n")  # fmt: skip
 
         j = Journey(CONFIG["url"], name, CONFIG["password"], profile=CONFIG["profile"],
-                    extras=CONFIG["extras"], idle=CONFIG["idle"], record=record)  # fmt: skip
+                    extras=CONFIG["extras"], idle=CONFIG["idle"], record=record,
+                    resend=CONFIG.get("resend", True))  # fmt: skip
         summary = j.run()
         OUT.write(json.dumps({"journey": summary}) + "\n")
         DONE.append(summary)

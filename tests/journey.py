@@ -34,6 +34,8 @@ from urllib.parse import urlparse
 
 import requests
 import websocket
+from requests.adapters import HTTPAdapter
+from urllib3 import HTTPConnectionPool
 
 POLL_SECONDS = 30  # the Lab extension's refreshSeconds default (schema/plugin.json)
 TIMEOUT = 300  # one request, or one spawn, on a busy 2-core machine
@@ -43,6 +45,99 @@ Record = Callable[[str, float, "str | None"], None]
 
 class Failed(Exception):
     """A step of the journey that answered wrong (the message says which and how)."""
+
+
+# --- connections, kept as a browser keeps them -------------------------------------------
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 9.2.2
+
+
+class WatchedPool(HTTPConnectionPool):
+    """urllib3's pool of one host's connections, noting when each went idle, so a request
+    knows whether it goes out on a reused connection and how long that one had been idle.
+    `seen` (set per adapter) gets ("dropped", idle s) for each kept connection found closed
+    by the server before reuse (urllib3 then opens a new one)."""
+
+    seen: list
+
+    def _put_conn(self, conn) -> None:
+        if conn is not None:
+            conn.idle_since = time.monotonic() if conn.sock is not None else None
+        super()._put_conn(conn)
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)  # a kept one closed meanwhile comes back closed
+        since = getattr(conn, "idle_since", None)
+        if conn.sock is None and since is not None:
+            self.seen.append(("dropped", time.monotonic() - since))
+            conn.idle_since = None
+        return conn
+
+    def _make_request(self, conn, method, url, *args, **kw):
+        since = getattr(conn, "idle_since", None)
+        idle = time.monotonic() - since if conn.sock is not None and since else None
+        try:
+            return super()._make_request(conn, method, url, *args, **kw)
+        except (ConnectionResetError, BrokenPipeError) as e:  # RemoteDisconnected is one
+            e.reused_idle = idle  # None: a new connection
+            raise
+
+
+def closed_unanswered(error: BaseException) -> tuple[bool, float | None] | None:
+    """For requests' ConnectionError of a connection the server closed before any answer:
+    (reused, seconds it had been idle); None for any other error."""
+    seen: set[int] = set()
+    stack = [error]
+    while stack:  # the cause sits in exceptions' args (urllib3's ProtocolError) or chains
+        e = stack.pop()
+        if id(e) in seen or not isinstance(e, BaseException):
+            continue
+        seen.add(id(e))
+        if isinstance(e, (ConnectionResetError, BrokenPipeError)) and hasattr(e, "reused_idle"):
+            return e.reused_idle is not None, e.reused_idle
+        stack += [*e.args, e.__cause__, e.__context__, getattr(e, "reason", None)]
+    return None
+
+
+class BrowserAdapter(HTTPAdapter):
+    """requests' adapter doing what a browser does on a kept-alive connection the server
+    closed just as a request went out on it (no answer at all): an idempotent request is
+    sent once more, on a new connection (Chromium's HttpNetworkTransaction and Firefox
+    resend on a reused connection closed before any answer). Anything else fails as
+    before. `resent` and `seen` let a run count how often that happened."""
+
+    def __init__(self, resend: bool = True):
+        self.resend = resend
+        self.resent: list[tuple[str, float | None]] = []  # (method path, idle s)
+        self.seen: list[tuple[str, float]] = []
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kw) -> None:
+        super().init_poolmanager(*args, **kw)
+        pool = type("Pool", (WatchedPool,), {"seen": self.seen})  # this adapter's journal
+        self.poolmanager.pool_classes_by_scheme = {
+            **self.poolmanager.pool_classes_by_scheme, "http": pool,
+        }  # fmt: skip
+
+    def send(self, request, *args, **kw):
+        try:
+            return super().send(request, *args, **kw)
+        except requests.ConnectionError as e:
+            closed = closed_unanswered(e)
+            if not (self.resend and closed and closed[0] and request.method in IDEMPOTENT):
+                raise
+            self.resent.append((f"{request.method} {urlparse(request.url).path}", closed[1]))
+            return super().send(request, *args, **kw)
+
+
+def describe(error: BaseException) -> str:
+    """The error as the journey records it; a connection closed unanswered says whether it
+    was reused and after how long idle (the proxy closes idle ones: docs/benchmarks.md)."""
+    text = f"{type(error).__name__}: {error}"
+    closed = closed_unanswered(error)
+    if closed:
+        reused, idle = closed
+        text += f" [reused connection, idle {idle:.2f} s]" if reused else " [new connection]"
+    return text
 
 
 class Journey:
@@ -57,6 +152,7 @@ class Journey:
         idle: float | Callable[[], bool],  # seconds, or until this says so
         record: Record,
         poll: float = POLL_SECONDS,
+        resend: bool = True,  # as a browser (BrowserAdapter); False: as requests alone
     ):
         self.url = url
         self.name = name
@@ -67,6 +163,8 @@ class Journey:
         self.record = record
         self.poll = poll
         self.s = requests.Session()
+        self.adapter = BrowserAdapter(resend)
+        self.s.mount("http://", self.adapter)
         self.lab_base = ""  # http://HOST/user/NAME/ once Lab has opened
         self.token = ""
 
@@ -79,7 +177,7 @@ class Journey:
             if isinstance(r, requests.Response) and r.status_code not in ok:
                 raise Failed(f"{kind}: {r.status_code} at {r.url}: {r.text[-200:]!r}")
         except Exception as e:
-            self.record(kind, time.perf_counter() - t0, f"{type(e).__name__}: {e}")
+            self.record(kind, time.perf_counter() - t0, describe(e))
             raise
         self.record(kind, time.perf_counter() - t0, None)
         return r
@@ -271,7 +369,11 @@ class Journey:
             self.still_reachable()
             out["stopped"] = self.stop()
         except Exception as e:
-            out["error"] = f"{type(e).__name__}: {e}"
+            out["error"] = describe(e)
+        # Connections the server closed under this user: found closed before reuse, and
+        # requests sent again (BrowserAdapter).
+        out["dropped"] = [round(idle, 2) for _, idle in self.adapter.seen]
+        out["resent"] = self.adapter.resent
         return out
 
 

@@ -336,8 +336,10 @@ def install(
     """
     import pwd
     import secrets
+    import shlex
     import subprocess
 
+    from shangzhuang.hub.config import proxy_options
     from shangzhuang.settings import SettingsError, load_settings
 
     config = Path(config).resolve()
@@ -408,6 +410,7 @@ def install(
         "account": account, "proxy_env": str(proxy_env), "proxy": proxy_command(proxy),
         "ip": hub.ip, "port": str(hub.port), "proxy_api_port": str(hub.proxy_api_port),
         "hub_api_port": str(hub.api_port), "tls_args": tls_args, "config": str(config),
+        "proxy_options": shlex.join(proxy_options(settings)),
         "state_dir": str(hub.state_dir), "shangzhuang": str(shangzhuang),
     }  # fmt: skip
     units = root / "etc" / "systemd" / "system"

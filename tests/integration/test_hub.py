@@ -1,6 +1,9 @@
 """The workbench end to end: sign-up, approval, login, spawn, a kernel, GPUs, restart."""
 
+import http.client
 import pwd
+import select
+import time
 
 import pytest
 import requests
@@ -178,3 +181,27 @@ def test_failed_logins_do_not_lock_the_account(hub):
         assert r.status_code == 403 and "Invalid username or password" in r.text
     _, r = hub.try_login("mallory", "right-password-7")
     assert r.status_code == 302
+
+
+def test_the_proxy_keeps_a_clients_idle_connection_open(hub):
+    """A browser's or a script's kept-alive connection outlives Node's default keep-alive
+    (the proxy closed it 5 s + Node's 1 s margin after its last answer): a request sent on
+    it just as the proxy closed it got no answer at all, RemoteDisconnected in bench/load.py
+    (reproduced by bench/proxy_keep_alive.py). One real connection through the real proxy,
+    idle 7 s, then used again."""
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=10)
+    headers = {"Host": f"hub.localhost:{hub.port}"}
+    try:
+        conn.request("GET", "/hub/health", headers=headers)
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200
+        time.sleep(7)
+        closed, _, _ = select.select([conn.sock], [], [], 0)  # readable here: the proxy's EOF
+        assert not closed, "the proxy closed a connection idle for 7 s"
+        conn.request("GET", "/hub/health", headers=headers)
+        again = conn.getresponse()
+        again.read()
+        assert again.status == 200
+    finally:
+        conn.close()

@@ -69,7 +69,10 @@ def test_native_local_as_root(tmp_path, monkeypatch):
     assert native["bootstrap_admin_password"] == "kept"
     assert native["reset_admin_password"] == ""
     assert not (tmp_path / "state").exists()
-    assert config["ConfigurableHTTPProxy"]["command"] == ["/bin/chp"]
+    # The proxy keeps idle client connections 330 s (hub.proxy_keep_alive_seconds), not 5.
+    assert config["ConfigurableHTTPProxy"]["command"] == [
+        "/bin/chp", "--keep-alive-timeout", "330000",
+    ]  # fmt: skip
     assert config["Spawner"]["cmd"][0] == "/venv/bin/python"
     assert config["LocalSpawner"]["gpus"] == [Gpu(index=0, uuid="GPU-a")]
     assert config["LocalSpawner"]["cgroups"] == "v1"

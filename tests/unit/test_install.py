@@ -109,6 +109,7 @@ def test_install_lays_down_units_the_parser_and_systemd_accept(tmp_path, certifi
     assert opts["--ssl-cert"] == str(cert) and opts["--ssl-key"] == str(key)
     assert opts["--redirect-port"] == "80" and opts["--redirect-to"] == "443"
     assert opts["--host-routing"] == ""  # per-user subdomains
+    assert opts["--keep-alive-timeout"] == "330000"  # as when the hub starts it (config.py)
     assert proxy["Install"]["WantedBy"] == ["multi-user.target"]
 
     hub = parse_unit((units / "shangzhuang-hub.service").read_text())

@@ -124,7 +124,7 @@ def proxy_and_hub(settings: Settings, host: Host) -> dict:
         },
         "ConfigurableHTTPProxy": {
             "api_url": f"http://127.0.0.1:{hub.proxy_api_port}",
-            "command": [host.proxy],
+            "command": [host.proxy, *proxy_options(settings)],
             "pid_file": str(state / "proxy.pid"),
             # A proxy of its own (docs/operating.md) keeps connections across hub restarts.
             "should_start": not hub.separate_proxy,
@@ -136,6 +136,12 @@ def proxy_and_hub(settings: Settings, host: Host) -> dict:
             )
         },
     }
+
+
+def proxy_options(settings: Settings) -> list[str]:
+    """configurable-http-proxy's options of ours, wherever it runs (the hub's child, or
+    shangzhuang-proxy.service): the keep-alive timeout (settings.Hub says why)."""
+    return ["--keep-alive-timeout", str(settings.hub.proxy_keep_alive_seconds * 1000)]
 
 
 def sessions(settings: Settings, host: Host) -> dict:
