@@ -327,7 +327,8 @@ def test_the_hub_never_waits_on_the_ledger(hub):
 def test_the_quota_service_down_refuses_spawns_and_loses_no_charge(hub):
     """The stated rule (quota/api_client.py, README "Quota"): with the quota service not
     answering (frozen with SIGSTOP), a spawn is refused saying so (fail closed), and a stop
-    goes ahead, its exact end delivered once the service answers again (no charge lost)."""
+    goes ahead, its exact end delivered once the service answers again (no charge lost);
+    the refused start is counted on the estate then, as refused while the service was down."""
     import signal
 
     import psutil
@@ -349,16 +350,24 @@ def test_the_quota_service_down_refuses_spawns_and_loses_no_charge(hub):
     finally:
         service.send_signal(signal.SIGCONT)
 
-    def closed() -> list:
+    def closed_at_the_stop() -> float | None:
         rows = quota_api(hub, "GET", "/usage?user=otto", token).json()["records"]
         me = quota_api(hub, "GET", "/me", token).json()
-        return rows if not me["running"] else []
+        end = max((datetime_of(r["end"]) for r in rows), default=0.0)
+        # Charged on to the hub's stop, after the refused spawn's 5 s wait: the meter
+        # alone closes it at its last mark before the freeze (an earlier end), and the
+        # hub's exact close, retried every 5 s, then charges it on (ledger.close).
+        return end if not me["running"] and end >= frozen_at + 4 else None
 
-    rows = hub.wait(closed, timeout=60, what="otto's session closed in the ledger")
-    end = max(datetime_of(r["end"]) for r in rows)
-    # Charged to the hub's stop, after the refused spawn's 5 s wait: not to the meter's
-    # last mark before the freeze, where the meter alone would have closed it.
-    assert frozen_at + 4 <= end <= stopped_by, (frozen_at, end, stopped_by)
+    end = hub.wait(closed_at_the_stop, timeout=60, what="otto's session closed at its stop")
+    assert end <= stopped_by, (frozen_at, end, stopped_by)
+    # The refused start is counted on the estate once the service answers, at its time.
+    def refused() -> list:
+        estate = quota_api(hub, "GET", "/estate", hub.admin_token()).json()["refusals"]
+        return [u for u in estate["top_users"] if u["user"] == "otto"]
+
+    otto = hub.wait(refused, timeout=30, what="otto's refused start on the estate")
+    assert otto == [{"user": "otto", "refusals": 1, "by_reason": {"quota-unavailable": 1}}]
 
 
 def datetime_of(iso: str) -> float:

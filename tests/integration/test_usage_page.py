@@ -240,8 +240,8 @@ def test_a_refused_start_shows_in_the_admins_estate_and_its_csv(hub):
         return refused if by["quota"] >= 1 and by["server-limit"] >= 1 else None
 
     refused = hub.wait(both_recorded, 30, "rex's refusals in the estate")
-    assert refused["by_reason"] == {"quota": 1, "gpus-busy": 0, "server-limit": 1,
-                                    "slurm": 0, "held-at-zero": 0}  # fmt: skip
+    assert refused["by_reason"] == {"quota": 1, "quota-unavailable": 0, "gpus-busy": 0,
+                                    "server-limit": 1, "slurm": 0, "held-at-zero": 0}  # fmt: skip
     assert refused["top_users"] == [
         {"user": "rex", "refusals": 2, "by_reason": {"quota": 1, "server-limit": 1}}
     ]

@@ -193,6 +193,7 @@ class WorkbenchSpawner(Spawner):
             terms = reply["profiles"][profile.name]
         except (QuotaUnavailable, QuotaRefused, KeyError) as e:
             self.log.warning("spawn of %s refused, quota unknown: %s", self.user.name, e)
+            self.note_refusal("quota-unavailable", profile)
             raise SpawnException(
                 Message(
                     "The quota service is not answering, so no session can start now: "

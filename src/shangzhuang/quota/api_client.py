@@ -12,7 +12,9 @@ What happens when the quota service does not answer (README, "Quota"):
 - deleting a user is refused, changing nothing, so a new user of the same name never
   inherits the old one's usage;
 - a refused start's record (quota/refusals.py) is dropped after REFUSAL_TIMEOUT seconds,
-  never retried: it is a count for the estate, and no spawn waits for it.
+  never retried: it is a count for the estate, and no spawn waits for it; a start refused
+  *because* the service does not answer waits, with its time, with the metering calls
+  (at most MAX_WAITING_REFUSALS of them).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -34,6 +37,9 @@ log = logging.getLogger("shangzhuang.quota.api_client")
 HUB_CLIENT = "workbench-hub"
 # How long a refusal's record may take before it is dropped (it runs beside the spawn).
 REFUSAL_TIMEOUT = 2.0
+# Starts refused while the quota service is down, kept to be counted once it answers: a
+# bound, so a user clicking "start" over and over can't grow the hub's memory.
+MAX_WAITING_REFUSALS = 200
 
 
 class QuotaUnavailable(Exception):
@@ -103,6 +109,11 @@ class QuotaAPI:
         """Record that `user`'s start of `profile` was refused for `reason` (one of
         refusals.HUB_REASONS), in the background: the caller never waits for it."""
         body = {"user": user, "reason": reason, "profile": profile, "resources": list(resources)}
+        if reason == "quota-unavailable":  # no use posting now: it waits for the service
+            waiting = sum(c.path == "/refusals" for c in self.undelivered)
+            if waiting < MAX_WAITING_REFUSALS:
+                self.submit("/refusals", {**body, "at": time.time()})
+            return
         task = asyncio.ensure_future(self._record_refusal(body))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
@@ -141,18 +152,19 @@ class QuotaAPI:
     async def _deliver_waiting(self) -> bool:
         """Deliver what waits, in order; False when the quota service stopped answering."""
         while self.undelivered:
-            call = self.undelivered[0]
+            # Metering first (charges), then the refusals that wait (counts), each in order.
+            call = min(self.undelivered, key=lambda c: c.path == "/refusals")
             try:
                 await self.call("POST", call.path, call.body)
             except QuotaRefused as e:  # a bad call stays bad: log it, don't block the rest
                 log.error("quota service refused %s %s: %s", call.path, call.body, e.message)
             except QuotaUnavailable as e:
-                log.warning("%d metering call(s) wait for the quota service: %s",
+                log.warning("%d call(s) wait for the quota service: %s",
                             len(self.undelivered), e)  # fmt: skip
                 for waiting in self.undelivered:
                     waiting.tried.set()
                 return False
-            self.undelivered.pop(0)
+            self.undelivered.remove(call)
             call.tried.set()
         return True
 

@@ -83,9 +83,11 @@ class RefusalRequest(Input):
     the resources it lacked."""
 
     user: str = Field(min_length=1, max_length=100)
-    reason: Literal["quota", "gpus-busy", "server-limit", "slurm"]  # refusals.HUB_REASONS
+    reason: Literal["quota", "quota-unavailable", "gpus-busy", "server-limit", "slurm"]
     profile: str = Field("", max_length=100)
     resources: list[Literal["gpu_hours", "cpu_hours"]] = []
+    # When it was refused (the hub's clock), for a record delivered late; None: now.
+    at: float | None = None
 
 
 # --- answers (JSON schemas) -----------------------------------------------------------

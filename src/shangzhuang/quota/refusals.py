@@ -7,7 +7,14 @@ Slurm refusing the session's job (`SlurmSpawner`), the site's limit of running s
 to the quota service (api/v1/refusals, the hub's token alone), which is the only process
 that opens the ledger. The post is fire-and-forget with a short timeout
 (api_client.QuotaAPI.refused): recording a refusal never slows or fails a spawn, and one
-the quota service misses is lost, not retried (it is a count, not a charge).
+the quota service misses is lost, not retried (it is a count, not a charge). A start
+refused because the quota service was not answering (fail closed) waits in the hub with
+its time and is posted once the service answers again (at most
+api_client.MAX_WAITING_REFUSALS of them: a user clicking "start" over and over can't
+grow the hub's memory).
+
+JupyterHub's own per-user named-server limit (a 400) is not counted: it is a user's own
+bookkeeping, not the estate turning work away.
 
 The meter records the Slurm jobs it holds at zero quota itself (sources.SlurmJobs
 `hold_pending`), and keeps what waits in Slurm's queue as it last read it (`Waiting`).
@@ -19,6 +26,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+
 from shangzhuang.i18n import Message
 from shangzhuang.quota.db import Refusal
 from shangzhuang.quota.ledger import Ledger
@@ -26,13 +35,17 @@ from shangzhuang.quota.ledger import Ledger
 # Every reason a start is refused for, as the estate names it.
 REASONS = {
     "quota": Message("no quota left for the profile"),
+    "quota-unavailable": Message("the quota service was not answering"),
     "gpus-busy": Message("every GPU taken"),
     "server-limit": Message("the site's limit of running sessions"),
     "slurm": Message("Slurm refused the job"),
     "held-at-zero": Message("Slurm job held at zero quota"),
 }
+# A record the hub delivers late (it waited for the quota service) keeps its time, if
+# within this many seconds.
+LATE_SECONDS = 24 * 3600
 # What the hub posts; "held-at-zero" is the meter's own.
-HUB_REASONS = ("quota", "gpus-busy", "server-limit", "slurm")
+HUB_REASONS = ("quota", "quota-unavailable", "gpus-busy", "server-limit", "slurm")
 
 
 def record(
@@ -42,13 +55,20 @@ def record(
     asked: str = "",
     resources: Iterable[str] = (),
     now: float | None = None,
+    once: bool = False,
 ) -> None:
     """Record that `user`'s start of `asked` (a profile, or a held job's consumer id) was
-    refused for `reason`, charged to the account the user is charged to now."""
+    refused for `reason`, charged to the account the user is charged to now.
+
+    `once`: a record the hub posted late with its own time (`now`) is kept once, as the hub
+    posts it again when an earlier post timed out, which the service may still have taken."""
     if reason not in REASONS:
         raise ValueError(f"unknown refusal reason {reason!r}")
     now = time.time() if now is None else now
     with ledger._write() as conn:
+        same = (Refusal.at == now, Refusal.user == user, Refusal.reason == reason)
+        if once and conn.execute(select(Refusal.id).where(*same)).first():
+            return
         account = ledger.account_of(user, conn)
         conn.execute(
             Refusal.__table__.insert().values(

@@ -312,7 +312,11 @@ class RefusalsHandler(APIHandler):
                body=RefusalRequest, status=201)  # fmt: skip
     def post(self, body: RefusalRequest):
         self.hub_only()  # a user posting these would flood the counts or frame another
-        refusals.record(self.ledger, body.user, body.reason, body.profile, body.resources)
+        now = time.time()
+        if body.at is not None and not now - refusals.LATE_SECONDS <= body.at <= now + 60:
+            raise web.HTTPError(400, "at: not within the last day")
+        refusals.record(self.ledger, body.user, body.reason, body.profile, body.resources,
+                        now=body.at, once=body.at is not None)  # fmt: skip
         self.write_json({"user": body.user, "reason": body.reason}, status=201)
 
 

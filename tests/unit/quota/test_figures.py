@@ -138,8 +138,8 @@ def test_the_estate_counts_refused_starts_per_reason_per_day_and_user(ledger):
         refusals.record(ledger, "alice", "bored")
     r = figures.estate(ledger, at(2026, 10, 10), at(2026, 10, 12))["refusals"]
     assert r["total"] == 4
-    assert r["by_reason"] == {"quota": 1, "gpus-busy": 1, "server-limit": 1, "slurm": 0,
-                              "held-at-zero": 1}  # fmt: skip
+    assert r["by_reason"] == {"quota": 1, "quota-unavailable": 0, "gpus-busy": 1,
+                              "server-limit": 1, "slurm": 0, "held-at-zero": 1}  # fmt: skip
     assert r["days"] == ["2026-10-10", "2026-10-11"] and r["x"] == [at(2026, 10, 10),
                                                                      at(2026, 10, 11)]  # fmt: skip
     assert r["per_day"]["quota"] == [1, 0] and r["per_day"]["gpus-busy"] == [0, 1]

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from shangzhuang.hub.limits import asked_profile
 from shangzhuang.quota import api_client
 from shangzhuang.quota.api_client import QuotaAPI
+from shangzhuang.quota.consumers import Consumer
 
 
 def test_a_refusals_record_never_holds_up_the_spawn(caplog, monkeypatch):
@@ -59,3 +60,48 @@ def test_the_profile_asked_for_is_one_of_the_sites_or_none():
     # what a user typed is never recorded
     assert asked_profile(handler({"profile": "x" * 500}), profiles) == ""
     assert asked_profile(handler(body=b'["not", "an", "object"]'), profiles) == "cpu"
+
+
+def test_starts_refused_while_the_quota_service_is_down_wait_with_their_time(monkeypatch):
+    """A start refused because the quota service does not answer can't be posted then: it
+    waits with its time, after the metering calls (charges first), at most
+    MAX_WAITING_REFUSALS of them, and is posted with that time once the service answers."""
+    monkeypatch.setattr(api_client, "MAX_WAITING_REFUSALS", 3)
+    posted = []
+
+    async def main():
+        quota = QuotaAPI("http://127.0.0.1:1/services/quota/", "hub-token", retry_every=60)
+
+        async def answered(method, path, body=None, timeout=None):
+            posted.append((path, body))
+            return {}
+
+        t0 = time.time()
+        for _ in range(5):  # clicked five times: three kept
+            quota.refused("alice", "quota-unavailable", "gpu-1")
+        quota.close(Consumer.session("lab", "alice", "", t0 - 60), t0)
+        await asyncio.sleep(0.3)  # the first try: nobody listens on port 1
+        assert len(quota.undelivered) == 4 and not posted
+        monkeypatch.setattr(quota, "call", answered)
+        assert await quota._deliver_waiting()
+        return t0
+
+    t0 = asyncio.run(main())
+    assert [p for p, _ in posted] == ["/consumers/close"] + ["/refusals"] * 3
+    for _, body in posted[1:]:
+        assert body["reason"] == "quota-unavailable" and body["user"] == "alice"
+        assert t0 - 1 < body["at"] <= t0 + 1
+
+
+def test_a_late_refusal_posted_twice_is_counted_once(ledger):
+    """The hub posts a waiting refusal again when its earlier post timed out, which the
+    service may still have recorded: with its own time, it is kept once."""
+    from shangzhuang.quota import figures, refusals
+
+    at = time.time() - 600
+    for _ in range(2):
+        refusals.record(ledger, "alice", "quota-unavailable", "cpu", now=at, once=True)
+    refusals.record(ledger, "bob", "held-at-zero", "job:1", now=at)  # the meter's, same tick
+    refusals.record(ledger, "bob", "held-at-zero", "job:2", now=at)
+    counted = figures.refusals(ledger, at - 60, at + 60)["by_reason"]
+    assert counted["quota-unavailable"] == 1 and counted["held-at-zero"] == 2
