@@ -161,6 +161,10 @@ def test_an_idle_session_nobody_moves_is_stopped_after_the_grace_and_a_busy_one_
     assert 'class="alert alert-info sz-reclaimed" data-server=""' in home
     assert "Your session default was stopped at" in home
     assert "its GPUs had been under 10% use since" in home
+    # The continue-on-CPU page warns of nothing: her stopped session is no longer stopping.
+    page = hub.browsers["carol"].get(f"{hub.url}/services/quota/continue-on-cpu?server=",
+                                     headers={"Accept": "text/html"}, timeout=60).text  # fmt: skip
+    assert 'id="sz-continue"' in page and 'id="sz-reclaim-warning"' not in page
     # bob's GPU stayed busy all along: still running, never warned
     assert server(hub, "bob")["ready"]
     assert "of bob: GPUs idle" not in hub.log.read_text()

@@ -23,10 +23,12 @@ from tornado import web
 
 from shangzhuang.apps.hub_api import HubAPI, HubError
 from shangzhuang.i18n import Message, jinja_environment
+from shangzhuang.quota.consumers import Consumer
 from shangzhuang.quota.ledger import rates_of
 from shangzhuang.quota.openapi import operation
 from shangzhuang.quota.pages import HERE
 from shangzhuang.quota.service import APIHandler
+from shangzhuang.quota.sources import session_consumer
 from shangzhuang.services import Input
 from shangzhuang.settings import Settings
 
@@ -86,6 +88,19 @@ async def continue_on_cpu(hub: HubAPI, site: Settings, ledger, user: str, server
     return cpu.name
 
 
+def in_force(warning, model: dict | None) -> bool:
+    """Is this idle warning (reclaim.IdleWarning) about the run the hub's server `model`
+    shows running now? Not once that run was stopped (reclaim keeps a stopped one's for
+    the home page) or has ended, nor for a later run of the same server."""
+    if warning.stopped_at is not None or not model or not model.get("ready"):
+        return False
+    consumer = Consumer.parse(warning.consumer)
+    if consumer.source == "job":  # a Lab session on Slurm: the job its spawner started
+        return str((model.get("state") or {}).get("job_id") or "") == consumer.job_id
+    running = session_consumer(consumer.source, consumer.user, consumer.server, model)
+    return running == warning.consumer
+
+
 class ContinueAccess(APIHandler):
     @property
     def hub(self) -> HubAPI:
@@ -119,9 +134,9 @@ class ContinueApiHandler(ContinueAccess):
 class ContinuePage(ContinueAccess):
     """The page and its form: always the signed-in user's own session."""
 
-    def get(self):
+    async def get(self):
         me = self.caller()
-        self.page(me["name"], self.get_argument("server", ""))
+        await self.page(me["name"], self.get_argument("server", ""))
 
     async def post(self):
         me = self.caller()
@@ -130,15 +145,20 @@ class ContinuePage(ContinueAccess):
             await self.continued(me["name"], server)
         except NotPossible as e:
             self.set_status(e.status)
-            return self.page(me["name"], server, problem=e.message)
+            return await self.page(me["name"], server, problem=e.message)
         self.redirect(pending_url(me["name"], server), status=303)
 
-    def page(self, user: str, server: str, problem: Message | None = None) -> None:
+    async def page(self, user: str, server: str, problem: Message | None = None) -> None:
         from shangzhuang.quota.reclaim import Reclaim
 
         reclaim: Reclaim = self.settings["reclaim"]
+        try:  # the warning is said only while the run it is about is running
+            model = await self.hub.server(user, server)
+        except HubError as e:
+            log.warning("continue on CPU page for %s %r: the hub answered %s", user, server, e)
+            model = None
         warning = next((w for w in reclaim.warnings(user).values()
-                        if w.server == server), None)  # fmt: skip
+                        if w.server == server and in_force(w, model)), None)  # fmt: skip
         prefix = self.settings["prefix"]
         cpu = self.site.reclaim_cpu_profile
         html = _jinja.get_template("continue.html").render(

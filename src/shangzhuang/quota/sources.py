@@ -37,6 +37,15 @@ from shangzhuang.settings import Settings, node_gpus
 log = logging.getLogger(__name__)
 
 
+def session_consumer(source: str, user: str, server: str, model: dict) -> str | None:
+    """The consumer id (source "lab" or "app") of the run a hub server model shows, from
+    its start time as the hub reports it; None when it has not started."""
+    if not model.get("started"):
+        return None
+    started = datetime.fromisoformat(model["started"].replace("Z", "+00:00"))
+    return str(Consumer.session(source, user, server, started.timestamp()))
+
+
 class LabSessions:
     """Lab servers as the hub reports them: a `UsageSource` for the meter."""
 
@@ -97,10 +106,7 @@ class LabSessions:
 
     def consumer_of(self, user: str, server: str, model: dict) -> str | None:
         """The consumer id of the run the hub's server model shows (None: not started)."""
-        if not model.get("started"):
-            return None
-        started = datetime.fromisoformat(model["started"].replace("Z", "+00:00"))
-        return str(Consumer.session(self.name, user, server, started.timestamp()))
+        return session_consumer(self.name, user, server, model)
 
     async def stop(self, consumer: str, user: str, reason: str) -> None:
         """Stop the run `consumer` names, never a later one of the same server: between

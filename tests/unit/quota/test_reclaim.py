@@ -328,3 +328,31 @@ def test_idle_runs_read_tick_by_tick_agree_with_utilisation_idle_for(ledger):
                 assert ours == pytest.approx(utilisation.idle_for(conn, c, 10, now)), (tick, c)
                 longest = max(longest, ours)
     assert longest >= 5 * TICK  # runs long enough to matter were compared
+
+
+def test_the_continue_on_cpu_page_warns_only_of_the_run_that_is_running(ledger, lab):
+    """The continue-on-CPU page says a session stops at such a time only while the run
+    warned is running: not once reclaim stopped it (its warning is kept a day for the home
+    page), not for a later run of the same server, and on Slurm only for the same job.
+    The hub's server models are written as the hub's API gives them."""
+    from datetime import UTC, datetime
+
+    from shangzhuang.quota.continue_on_cpu import in_force
+
+    session = gpu_session("alice")
+    lab.sessions = [session]
+    clock = Clock(ledger, site(), lab)
+    clock.run(660)  # warned, not yet stopped
+    (warning,) = clock.reclaim.warnings("alice").values()
+    started = datetime.fromtimestamp(T0, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    running = {"ready": True, "started": started}
+    assert in_force(warning, running)
+    assert not in_force(warning, {**running, "started": "2026-12-01T05:00:00.000000Z"})
+    assert not in_force(warning, {"ready": False, "started": None})  # stopped
+    assert not in_force(warning, None)  # no such server
+    clock.run(300)  # the grace is over: stopped
+    (stopped,) = clock.reclaim.warnings("alice").values()
+    assert stopped.stopped_at is not None and not in_force(stopped, running)
+    job = type(warning)("job:101", "ida", T0, T0, T0 + 300, server="")
+    assert in_force(job, {"ready": True, "started": started, "state": {"job_id": "101"}})
+    assert not in_force(job, {"ready": True, "started": started, "state": {"job_id": "105"}})
