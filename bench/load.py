@@ -467,6 +467,7 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
         "resent": [r for j in journeys for r in j.get("resent", [])],
         "failed detail": [f"{r['kind']}: {r['error']}" for r in failed][:10],
         "resend": resend,
+        "client lag": next((r["client lag"] for r in rs if "client lag" in r), None),
         "spawn": by_kind["spawn to Lab"],
         "api": by_kind["quota API"] + by_kind["Lab extension"],
         "by kind": {k: pct(v) for k, v in by_kind.items()},
@@ -586,6 +587,9 @@ def connections(r: dict) -> str:
         text += " (" + ", ".join(f"{what} after {idle:.2f} s idle" for what, idle in resent) + ")"
     if not r.get("resend", True):
         text += " (--no-resend: none sent again)"
+    if lag := r.get("client lag"):
+        text += (f". The load client's own 0.1 s sleeps woke over 1 s late {lag['over 1 s']} "
+                 f"times of {lag['ticks']}, at most {lag['max']:.1f} s late")  # fmt: skip
     return text
 
 

@@ -58,14 +58,28 @@ class JourneyUser(User):
         raise StopUser()
 
 
+def client_lag(lags: list[float]) -> None:
+    """How late this process's own 0.1 s sleeps wake: the load client waiting for a CPU (or
+    for its other users' greenlets). A request it was about to send waits as long."""
+    while True:
+        t0 = time.monotonic()
+        gevent.sleep(0.1)
+        lags.append(time.monotonic() - t0 - 0.1)
+
+
 def main() -> None:
     env = Environment(user_classes=[JourneyUser], events=events)
     runner = env.create_local_runner()
     n = len(NAMES)
+    lags: list[float] = []
+    watch = gevent.spawn(client_lag, lags)
     runner.start(n, spawn_rate=CONFIG["rate"])
     while len(DONE) < n:
         gevent.sleep(0.5)
     runner.quit()
+    watch.kill()
+    OUT.write(json.dumps({"client lag": {"ticks": len(lags), "over 1 s": sum(x > 1 for x in lags),
+                                         "max": max(lags, default=0.0)}}) + "\n")  # fmt: skip
     total = env.stats.total
     print(f"locust: {total.num_requests} requests, {total.num_failures} failed; "
           f"{sum(not d['error'] for d in DONE)}/{n} journeys complete", flush=True)  # fmt: skip
