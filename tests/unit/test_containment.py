@@ -205,7 +205,8 @@ def test_the_hub_is_served_before_its_sessions(tmp_path):
             p.kill()
             p.wait()
         asyncio.run(session.remove(timeout=5))
-        for f in (cpu / hub.path, cpu / sessions, cpu / top):
+        mounts = [f.parents[len(Path(session.path).parts) - 1] for f in session.folders()]
+        for f in (cpu / hub.path, *(m / sessions for m in mounts), *(m / top for m in mounts)):
             for _ in range(50):  # killed processes leave the cgroup as they are reaped
                 try:
                     f.rmdir()
