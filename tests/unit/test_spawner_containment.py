@@ -59,11 +59,13 @@ def test_a_session_that_hit_its_memory_limit_says_so(tmp_path):
         "Your Lab session used more than its memory (512 MB): the system stopped a process "
         "in it, which a notebook shows as a kernel that died."
     ]
+    assert spawner.memory_notices()[0].render("zh_CN").startswith("你的 Lab 会话")  # 中文 too
     spawner.clear_state()  # stopped, or found dead
     assert (tmp_path / "sz/hub/ana.lab/cgroup.kill").read_text() == "1"  # everything killed
     assert spawner.memory_notices() == [
         "Your last Lab session was stopped because it used more than its memory (512 MB)."
     ]
+    assert spawner.memory_notices()[0].render("zh_CN").startswith("你上一个 Lab 会话")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="containment is configured only for a root hub")

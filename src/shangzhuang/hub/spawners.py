@@ -51,13 +51,6 @@ UNCONTAINED = N_(
 )
 
 # What the home page says when a session hit its memory limit (plain sentences to translate).
-MEMORY_HIT = (
-    "Your {session} session used more than its memory ({memory}): the system stopped "
-    "a process in it, which a notebook shows as a kernel that died."
-)
-MEMORY_STOPPED = (
-    "Your last {session} session was stopped because it used more than its memory ({memory})."
-)
 
 
 def memory_notices(user) -> list[str]:
@@ -539,18 +532,22 @@ class LocalSpawner(WorkbenchSpawner, LocalProcessSpawner):
             )  # fmt: skip
             self.oom_kills_seen = kills
         if stopped and kills:
-            self.memory_notice = MEMORY_STOPPED.format(
-                session=self.name or "Lab", memory=form.memory(self.mem_limit or 0)
-            )
+            self.memory_notice = Message(
+                "Your last {session} session was stopped because it used more than its "
+                "memory ({memory}).",
+                session=self.name or "Lab", memory=form.memory(self.mem_limit or 0),
+            )  # fmt: skip
 
     def memory_notices(self) -> list[str]:
         """What the home page tells the user about this server's memory limit."""
         self._note_oom_kills()
         if self.cgroup is not None and self.oom_kills_seen:
             return [
-                MEMORY_HIT.format(
-                    session=self.name or "Lab", memory=form.memory(self.mem_limit or 0)
-                )
+                Message(
+                    "Your {session} session used more than its memory ({memory}): the system "
+                    "stopped a process in it, which a notebook shows as a kernel that died.",
+                    session=self.name or "Lab", memory=form.memory(self.mem_limit or 0),
+                )  # fmt: skip
             ]
         return [self.memory_notice] if self.memory_notice else []
 
