@@ -118,6 +118,16 @@ class Hub:
         return self.users
 
 
+def waited_ms() -> float:
+    """Milliseconds this thread has spent runnable but waiting for a CPU (the kernel's
+    schedstat): what a tick's wall time holds beyond its CPU time on a busy machine."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e6
+    except OSError:  # no schedstat (a kernel without CONFIG_SCHEDSTATS): not known
+        return float("nan")
+
+
 def timed_parts() -> dict[str, list[float]]:
     """Time the GPU readings (`Meter._read_gpus`) and their three steps inside the meter's
     ticks: wall ms per call under NAME, CPU ms (this process) under NAME_cpu."""
@@ -218,7 +228,7 @@ def main() -> None:
     tidy_ms = 1000 * (time.perf_counter() - t)
     log(f"merged {whole:,} rows at once in {tidy_ms:.0f} ms (rolled back)")
 
-    ticks, samples, cpu, copies = [], [], [], []
+    ticks, samples, cpu, copies, waits = [], [], [], [], []
     gc.freeze()  # as the quota service does once started (quota/service.py)
     parts = timed_parts()
     profile = None
@@ -229,13 +239,14 @@ def main() -> None:
     with ledger._read() as conn:
         before = conn.execute(select(func.count()).select_from(GpuSample)).scalar()
     for k in range(1, args.ticks + 1):
-        c = time.process_time()
+        c, w = time.process_time(), waited_ms()
         if profile:
             profile.enable()
         report = asyncio.run(meter.tick(now + INTERVAL * k))
         if profile:
             profile.disable()
         cpu.append(1000 * (time.process_time() - c))
+        waits.append(waited_ms() - w)
         assert report.sampled == n, report
         ticks.append(1000 * report.seconds)
         samples.append(1000 * report.sample_seconds)
@@ -262,6 +273,7 @@ def main() -> None:
         "tick_p50": statistics.median(ticks), "tick_p99": pct(ticks, 99),
         "sample_p50": statistics.median(samples), "sample_p99": pct(samples, 99),
         "tick_cpu_p50": statistics.median(cpu), "tick_cpu_p99": pct(cpu, 99),
+        "tick_wait_p50": statistics.median(waits), "tick_wait_p99": pct(waits, 99),
         "sample_cpu_p50": statistics.median(parts["readings_cpu"]),
         "sample_cpu_p99": pct(parts["readings_cpu"], 99),
         "checkpoint_p50": statistics.median(w for w, _ in copies),
@@ -289,8 +301,10 @@ past 24 h), {args.ticks} ticks 15 s apart:
 | of which GPU readings (read, record, tidy) | {res["sample_p50"]:.0f} \
 | {res["sample_p99"]:.0f} | {res["sample_cpu_p50"]:.0f} | {res["sample_cpu_p99"]:.0f} |
 
-Of the GPU readings, median per tick (wall / CPU): NVML reads of the {n:,} GPUs
-(`NodeGpus.read`) {res["read_p50"]:.0f} / {res["read_cpu_p50"]:.0f} ms, recording them and their
+Waiting for a CPU (runnable, not running: /proc/thread-self/schedstat) per tick: p50
+{res["tick_wait_p50"]:.0f} ms, p99 {res["tick_wait_p99"]:.0f} ms. Of the GPU readings, median per
+tick (wall / CPU): NVML reads of the {n:,} GPUs (`NodeGpus.read`) {res["read_p50"]:.0f} /
+{res["read_cpu_p50"]:.0f} ms, recording them and their
 accounts' hours (`record_many`) {res["record_p50"]:.0f} / {res["record_cpu_p50"]:.0f} ms, `tidy`
 {res["tidy_p50"]:.0f} / {res["tidy_cpu_p50"]:.0f} ms; the rest is the transaction's commit.
 Between ticks the service copies the WAL back into the database file in a thread, off its

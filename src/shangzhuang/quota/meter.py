@@ -64,7 +64,10 @@ class UsageSource(Protocol):
 
     async def running(self) -> list[Running]: ...
 
-    async def stop(self, consumer: str, user: str, reason: str) -> None: ...
+    async def stop(self, consumer: str, user: str, reason: str) -> bool:
+        """Stop the run `consumer` names; False when it had ended already (nothing to
+        stop, and no stop to record: the user stopped it herself)."""
+        ...
 
 
 @dataclass
@@ -152,7 +155,9 @@ class Meter:
         t_sample = time.perf_counter()
         charged_to = {c.id: c.account for c in open_.values()}
         charged_to.update({r.consumer: accounts[r.user] for r in new})
-        report.sampled = await self._read_gpus(seen, now, charged_to, report.idle_gpu_hours)
+        # What the ledger says of the consumers open before the tick: read once, above.
+        known = {c.id: (c.account, c.gpu_rate) for c in open_.values()}
+        report.sampled = await self._read_gpus(seen, now, charged_to, report.idle_gpu_hours, known)
         report.sample_seconds = time.perf_counter() - t_sample
 
         report.stopped = await self._enforce(seen, now)
@@ -192,11 +197,12 @@ class Meter:
 
     async def _read_gpus(
         self, seen: dict[str, Running], now: float, charged_to: dict[str, str],
-        idle: dict[str, float],
+        idle: dict[str, float], known: dict[str, tuple[str, float]] | None = None,
     ) -> int:  # fmt: skip
         """Record the GPU sessions' utilisation, read by their sources (NVML on the node,
         Slurm's accounting: never the sessions themselves), and tidy its history. Adds the
-        idle GPU-hours read to `idle` per account (`charged_to`: each consumer's)."""
+        idle GPU-hours read to `idle` per account (`charged_to`: each consumer's). KNOWN:
+        the ledger's (account, gpu_rate) of consumers read this tick."""
         last, self._sampled_at = self._sampled_at, now
         # What a reading stands for: the time since the last tick, but no more than two
         # intervals (a longer gap stays a gap: utilisation.idle_for does not bridge it).
@@ -224,7 +230,7 @@ class Meter:
                 account = charged_to[s.consumer]
                 idle[account] = idle.get(account, 0.0) + gpus * s.seconds / 3600
         with self.ledger._write() as conn:
-            utilisation.record_many(conn, samples)
+            utilisation.record_many(conn, samples, known)
             utilisation.tidy(conn, now)
         return len(samples)
 
@@ -234,7 +240,7 @@ class Meter:
         by_user: dict[str, list[Running]] = {}
         for r in seen.values():
             by_user.setdefault(r.user, []).append(r)
-        balances = self.ledger.balances(list(by_user), now)
+        balances = self.ledger.balances(list(by_user), now, running=False)
         since = self.ledger.mark_exhausted(
             {u: b.state == "exhausted" for u, b in balances.items()}, now
         )
@@ -248,7 +254,8 @@ class Meter:
                     continue
                 reason = f"quota exhausted ({', '.join(empty)}) for {int(now - since[user])} s"
                 try:
-                    await self.sources[r.source].stop(r.consumer, user, reason)
+                    if not await self.sources[r.source].stop(r.consumer, user, reason):
+                        continue  # it ended since the listing: not a stop at zero
                 except Exception as e:
                     log.error("could not stop %s of %s: %s", r.consumer, user, e)
                     continue

@@ -216,7 +216,8 @@ class Reclaim:
             r = watched[warning.consumer]
             reason = stop_reason(threshold, warning.warned_at - warning.idle_since)
             try:
-                await sources[r.source].stop(r.consumer, r.user, reason)
+                if not await sources[r.source].stop(r.consumer, r.user, reason):
+                    continue  # it ended since the listing: the user stopped it, not reclaim
             except Exception as e:  # the next tick tries again
                 log.error("could not stop idle GPU session %s of %s: %s", r.consumer, r.user, e)
                 continue

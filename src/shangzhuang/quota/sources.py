@@ -108,22 +108,24 @@ class LabSessions:
         """The consumer id of the run the hub's server model shows (None: not started)."""
         return session_consumer(self.name, user, server, model)
 
-    async def stop(self, consumer: str, user: str, reason: str) -> None:
+    async def stop(self, consumer: str, user: str, reason: str) -> bool:
         """Stop the run `consumer` names, never a later one of the same server: between
         the meter's decision and this call the user may have stopped it and started the
-        server again (a new start time, so a new consumer), and the hub stops by name."""
+        server again (a new start time, so a new consumer), and the hub stops by name.
+        False when that run had ended already."""
         server = Consumer.parse(consumer).server
         model = await self.hub.server(user, server)
         if model is None or self.consumer_of(user, server, model) != consumer:
             log.info("not stopping %s's server %r (%s): %s has ended already",
                      user, server, reason, consumer)  # fmt: skip
-            return
+            return False
         path = (
             f"/users/{quote(user)}/server"
             if not server
             else (f"/users/{quote(user)}/servers/{quote(server)}")
         )
         await self.hub.call("DELETE", path, ok=(202, 204, 400, 404))  # stopped already: done
+        return True
 
 
 class AppServers(LabSessions):
@@ -270,7 +272,7 @@ class SlurmJobs:
         """Charge the jobs that ended exactly, from Slurm's accounting."""
         return await self.accounting.settle(now) if self.accounting else 0
 
-    async def stop(self, consumer: str, user: str, reason: str) -> None:
+    async def stop(self, consumer: str, user: str, reason: str) -> bool:
         """A Lab session's job is stopped by the hub, as on the local backend: its spawner
         cancels the job and closes the session's charge at once. Any other job (and a Lab's
         when the hub can't) is cancelled here."""
@@ -283,11 +285,12 @@ class SlurmJobs:
                 model = await self.hub.server(user, server)
                 if str(((model or {}).get("state") or {}).get("job_id") or "") == job:
                     await self.hub.stop(user, server)
-                    return
+                    return True
             except Exception as e:
                 log.warning("the hub could not stop %s's server %r (%s): cancelling %s",
                             user, server, e, consumer)  # fmt: skip
         await self._run("scancel", job)  # a rerun's job too
+        return True
 
     async def utilisation(self, runs: list[Running]) -> dict[str, Reading]:
         """The GPU jobs' readings from Slurm's GPU accounting (sstat's gres/gpuutil): none

@@ -70,9 +70,13 @@ def _insert(conn: Connection):
     return insert(GpuSample.__table__)
 
 
-def record_many(conn: Connection, samples: list[Sample]) -> None:
+def record_many(
+    conn: Connection, samples: list[Sample], consumers: dict[str, tuple[str, float]] | None = None
+) -> None:
     """Keep these readings (a consumer's reading at a time it has one already: ignored),
-    and add them to their accounts' hours (gpu_account_hours)."""
+    and add them to their accounts' hours (gpu_account_hours). `consumers`: the ledger's
+    (account, gpu_rate) of consumers the caller has read already (the meter, this tick);
+    the others' are read here."""
     if not samples:
         return
     g = GpuSample
@@ -89,29 +93,32 @@ def record_many(conn: Connection, samples: list[Sample]) -> None:
             rows.append(s.row())
     if rows:
         conn.execute(_insert(conn).on_conflict_do_nothing(index_elements=["consumer", "at"]), rows)
-        _add_to_account_hours(conn, rows)
+        _add_to_account_hours(conn, rows, consumers or {})
 
 
-def _add_to_account_hours(conn: Connection, rows: list[dict]) -> None:
+def _add_to_account_hours(
+    conn: Connection, rows: list[dict], consumers: dict[str, tuple[str, float]]
+) -> None:
     """Each new reading's GPU-seconds (its seconds x its session's GPUs) to its session's
-    account, in the clock hour of its time."""
+    account, in the clock hour of its time. CONSUMERS: (account, gpu_rate) already known."""
     if not rows:
         return
     c = Consumer
-    ids = sorted({r["consumer"] for r in rows})
-    known = {
-        m.id: m for m in conn.execute(select(c.id, c.account, c.gpu_rate).where(c.id.in_(ids)))
-    }
+    known = dict(consumers)
+    ids = sorted({r["consumer"] for r in rows} - set(known))
+    if ids:
+        for m in conn.execute(select(c.id, c.account, c.gpu_rate).where(c.id.in_(ids))):
+            known[m.id] = (m.account, m.gpu_rate)
     sums: dict[tuple[str, float], list[float]] = {}
     for r in rows:
-        m = known.get(r["consumer"])
-        if m is None or m.gpu_rate <= 0:
+        account, gpus = known.get(r["consumer"], ("", 0.0))
+        if gpus <= 0:
             continue
-        key = (m.account, math.floor(r["at"] / BUCKET_SECONDS) * BUCKET_SECONDS)
+        key = (account, math.floor(r["at"] / BUCKET_SECONDS) * BUCKET_SECONDS)
         total = sums.setdefault(key, [0.0, 0.0, 0.0])
-        total[0] += r["seconds"] * m.gpu_rate
-        total[1] += r["idle_seconds"] * m.gpu_rate
-        total[2] += r["percent"] * r["seconds"] * m.gpu_rate
+        total[0] += r["seconds"] * gpus
+        total[1] += r["idle_seconds"] * gpus
+        total[2] += r["percent"] * r["seconds"] * gpus
     if not sums:
         return
     a = GpuAccountHour.__table__

@@ -219,8 +219,33 @@ def test_balance_lists_running_consumers_and_the_period(ledger):
         {"consumer": "lab:bob/@1", "source": "lab", "profile": "gpu-small",
          "cost_per_hour": {"cpu_hours": 4, "gpu_hours": 1}},
     ]  # fmt: skip
+    # The meter's enforcement asks without them: the same balance otherwise.
+    lean = ledger.balances(["bob"], T0 + 60, running=False)["bob"].as_dict()
+    assert lean == {**d, "running": []}
     ledger.close("lab:bob/@1", T0 + 60)
     assert ledger.balance("bob", T0 + 120).running == []
+
+
+def test_balances_of_many_users_read_the_totals_of_their_limits(ledger):
+    """A user without a limit of their own has no personal figures, whatever their totals
+    say; the account's pool and the personal caps count what was charged (only limits'
+    totals are read: 1,000 users under one pool read two rows a tick, issue 15)."""
+    ledger.set_cap("dan", "cpu_hours", 50, by="admin", now=T0)
+    for user in ("alice", "bob", "dan", "erin"):
+        use(ledger, user, 1, cores=2)
+    got = ledger.balances(["alice", "bob", "dan", "erin"], T0 + 2 * H, running=False)
+    assert got["alice"].resources["gpu_hours"].personal.used == pytest.approx(1)
+    assert got["alice"].resources["cpu_hours"].personal is None
+    assert got["bob"].resources["gpu_hours"].personal is None
+    assert got["bob"].resources["gpu_hours"].account.used == pytest.approx(2)  # alice + bob
+    assert got["bob"].resources["cpu_hours"].account.used == pytest.approx(4)
+    assert got["dan"].resources["cpu_hours"].personal.used == pytest.approx(2)
+    assert got["dan"].resources["gpu_hours"].personal is None
+    assert got["dan"].resources["gpu_hours"].account is None  # default: not limited
+    assert got["erin"].remaining("gpu_hours") is None and got["erin"].state == "ok"
+    assert {u: b.as_dict() for u, b in got.items()} == {
+        u: ledger.balance(u, T0 + 2 * H).as_dict() for u in got
+    }
 
 
 def test_set_account_moves_future_charges(ledger):
@@ -367,6 +392,76 @@ def test_charge_and_close_several_in_one_call(ledger):
     assert [c.id for c in ledger.open_consumers(source="lab")] == ["a"]
     assert ledger.open_consumers(source="job") == []
     assert charged_hours(ledger, "c") == 0
+
+
+def test_a_tick_charged_together_makes_the_rows_and_sums_of_one_by_one(new_database):
+    """`charge` charges the consumers that share a mark within one period in set-wise
+    statements (issue 15): the same journal rows (a Slurm job of a Lab session shown as
+    "lab"), totals and marks as its one-by-one path (`_charge_each`) makes of the same
+    tick. Among them: spans across the reset (cut in two, one by one), one charged before,
+    one whose mark is there already, a closed one, one gone (no mark: closed where it is)."""
+    from shangzhuang.quota.db import make_engine, migrate
+
+    until = NOV + 900
+    opened = [
+        ("lab:bob/a", "bob", "physics", "lab", "", T0, {"gpu_hours": 2, "cpu_hours": 8}),
+        ("job:8", "carol", "bio", "job", "", T0, {"gpu_hours": 1}),
+        ("lab:dan/c", "dan", "default", "lab", "", NOV - 100, {"gpu_hours": 1}),
+        ("lab:eve/g", "eve", "default", "lab", "", NOV + 300, {"gpu_hours": 1, "cpu_hours": 2}),
+        ("job:9", "carol", "bio", "job", "gpu-1", NOV + 7.5, {"gpu_hours": 1.5}),
+        ("lab:bob/h", "bob", "physics", "lab", "", NOV + 100, {"cpu_hours": 4}),
+        ("lab:eve/i", "eve", "default", "lab", "", NOV, {"gpu_hours": 1}),
+        ("lab:dan/d", "dan", "default", "lab", "", until, {"gpu_hours": 1}),
+        ("lab:dan/e", "dan", "default", "lab", "", NOV, {"gpu_hours": 1}),
+        ("lab:dan/f", "dan", "default", "lab", "", NOV - 30, {"gpu_hours": 1}),
+    ]
+    marks = {cid: until for cid, *_ in opened} | {"lab:dan/f": None}
+
+    def tick(ledger: Ledger, together: bool) -> tuple:
+        for cid, user, account, source, profile, started, rates in opened:
+            ledger.open(cid, user=user, account=account, source=source, profile=profile,
+                        started=started, rates=rates)  # fmt: skip
+        ledger.charge({"lab:dan/c": NOV - 40, "lab:eve/i": NOV + 450, "lab:dan/e": NOV + 10})
+        ledger.charge({"lab:dan/e": NOV + 10}, close=["lab:dan/e"])
+        if together:
+            n = ledger.charge(marks, close=["lab:dan/f"])
+        else:
+            with ledger._write() as conn:
+                rows = conn.execute(
+                    select(Consumer.__table__)
+                    .where(Consumer.closed.is_(False))
+                    .order_by(Consumer.id)
+                ).all()
+                n = ledger._charge_each(conn, rows, marks)
+            ledger.charge({"lab:dan/f": None}, close=["lab:dan/f"])
+        with ledger.engine.connect() as conn:
+            journal = sorted(
+                (j.consumer, j.user, j.account, j.resource, j.source, j.start, j.end,
+                 j.amount, j.period_start)
+                for j in conn.execute(select(JournalEntry))
+            )  # fmt: skip
+            consumers = sorted(
+                (c.id, c.charged_until, c.closed) for c in conn.execute(select(Consumer))
+            )
+        return n, journal, consumers, ledger.totals_used(OCT), ledger.totals_used(NOV)
+
+    ledgers = [Ledger(make_engine(new_database()), policy(), TZ) for _ in range(2)]
+    for ledger in ledgers:
+        migrate(ledger.engine)
+    together, one_by_one = tick(ledgers[0], True), tick(ledgers[1], False)
+    # a: 2 periods x 2 resources, job:8 and dan/c: 2 periods, eve/g 2 resources, job:9,
+    # bob/h, eve/i: 1 each; dan/d (its mark), dan/e (closed) and dan/f (gone): none
+    assert together[0] == one_by_one[0] == 4 + 2 + 2 + 2 + 1 + 1 + 1
+    assert together[1] == one_by_one[1]
+    assert [j[4] for j in together[1] if j[0] in ("job:8", "job:9")] == ["job", "job", "lab"]
+    assert together[2] == one_by_one[2]
+    assert ("lab:dan/f", NOV - 30, True) in together[2]
+    assert ("lab:dan/d", until, False) in together[2]
+    for period in (3, 4):
+        assert together[period].keys() == one_by_one[period].keys()
+        for key, used in together[period].items():
+            assert used == pytest.approx(one_by_one[period][key], rel=1e-12)
+    assert together[4][("user", "eve", "gpu_hours")] == pytest.approx((600 + 900) / H)
 
 
 def check_no_double_charge(ledger: Ledger, consumer: str) -> None:

@@ -181,3 +181,23 @@ def test_a_ticks_readings_given_again_count_once_and_hide_no_other_sessions(ledg
         assert u.recent(conn, bob, T0) == [(t, 5.0)]
         hours = u.efficiency_by(conn, "account", T0, T0 + 3600)["physics"]
     assert (hours.gpu_hours, hours.idle_gpu_hours) == pytest.approx((30 / 3600, 15 / 3600))
+
+
+def test_the_accounts_hours_take_what_the_meter_knows_of_its_consumers(ledger, write):
+    """The meter hands record_many the (account, GPUs) of the consumers it read this tick
+    (issue 15: no second read of 1,000 consumers); one it does not know is read from the
+    ledger: the same hours as without."""
+    bob = "lab:bob/@1790000000000"
+    for user, consumer, account in (("alice", LAB, "physics"), ("bob", bob, "bio")):
+        ledger.set_account(user, account)
+        ledger.open(consumer, user=user, account=account, source="lab", started=T0,
+                    rates={"gpu_hours": 2})  # fmt: skip
+    t = T0 + 15
+    with write() as conn:
+        tick = [u.Sample(LAB, "alice", t, 5.0, 15.0), u.Sample(bob, "bob", t, 50.0, 15.0)]
+        u.record_many(conn, tick, {LAB: ("physics", 2.0)})
+        hours = u.efficiency_by(conn, "account", T0, T0 + 3600)
+    assert (hours["physics"].gpu_hours, hours["physics"].idle_gpu_hours) == pytest.approx(
+        (30 / 3600, 30 / 3600)
+    )
+    assert (hours["bio"].gpu_hours, hours["bio"].idle_gpu_hours) == pytest.approx((30 / 3600, 0))
