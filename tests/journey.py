@@ -244,10 +244,17 @@ class Journey:
         raise Failed("progress stream ended before ready")
 
     def server(self) -> dict | None:
-        """The user's default server as the hub lists it (their own model), or None."""
-        r = self.hub("GET", f"/users/{self.name}")
-        if r.status_code != 200:
-            raise Failed(f"own model: {r.status_code}")
+        """The user's default server as the hub lists it (their own model), or None.
+        Asked after the spawn and every 0.2 s while a stop completes: only a failure is
+        recorded (as "own model"), so the counts of the timed steps stay comparable."""
+        t0 = time.perf_counter()
+        try:
+            r = self.hub("GET", f"/users/{self.name}")
+            if r.status_code != 200:
+                raise Failed(f"own model: {r.status_code}")
+        except Exception as e:
+            self.record("own model", time.perf_counter() - t0, describe(e))
+            raise
         return r.json()["servers"].get("")
 
     def open_lab(self) -> None:
