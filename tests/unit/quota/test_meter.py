@@ -49,9 +49,9 @@ class FakeSource:
             raise ConnectionError("hub API unreachable")
         return list(self.items.values())
 
-    async def stop(self, consumer: str, user: str, reason: str) -> None:
+    async def stop(self, consumer: str, user: str, reason: str) -> bool:
         self.stopped.append((consumer, user, reason))
-        self.items.pop(consumer, None)
+        return self.items.pop(consumer, None) is not None  # False: it had ended already
 
 
 def tick(meter: Meter, now: float) -> TickReport:
@@ -206,6 +206,20 @@ def test_a_failing_stop_is_not_recorded(ledger, source, meter):
         raise RuntimeError("hub said 500")
 
     source.stop = broken
+    tick(meter, T0 + 2 * H)
+    assert tick(meter, T0 + 2 * H + GRACE).stopped == []
+    assert ledger.stops() == []
+
+
+def test_a_run_that_ended_before_its_stop_is_not_recorded_as_stopped(ledger, source, meter):
+    """At zero after the grace, but the run ended between the listing and the stop (the
+    user stopped it herself; the source stops nothing and says so): no stop at zero."""
+    source.start("carol", T0, gpus=1)
+
+    async def ended_already(consumer, user, reason):
+        return False
+
+    source.stop = ended_already
     tick(meter, T0 + 2 * H)
     assert tick(meter, T0 + 2 * H + GRACE).stopped == []
     assert ledger.stops() == []

@@ -84,8 +84,9 @@ class Processes:
     async def running(self) -> list[Running]:
         return list(self.items.values())
 
-    async def stop(self, consumer: str, user: str, reason: str) -> None:
+    async def stop(self, consumer: str, user: str, reason: str) -> bool:
         self.machine.end(consumer, exact=True)
+        return True
 
 
 class Metering(RuleBasedStateMachine):

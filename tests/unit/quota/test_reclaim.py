@@ -43,13 +43,17 @@ class FakeLab:
     def __init__(self):
         self.sessions: list[Running] = []
         self.stopped: list[tuple[str, str]] = []
+        self.ended: set[str] = set()  # runs the user stopped between listing and stop
 
     async def running(self) -> list[Running]:
         return list(self.sessions)
 
-    async def stop(self, consumer: str, user: str, reason: str) -> None:
+    async def stop(self, consumer: str, user: str, reason: str) -> bool:
+        if consumer in self.ended:
+            return False
         self.stopped.append((consumer, reason))
         self.sessions = [r for r in self.sessions if r.consumer != consumer]
+        return True
 
 
 def gpu_session(user: str, profile: str = "gpu", gpus: float = 1.0) -> Running:
@@ -261,6 +265,20 @@ def test_a_stopped_session_is_stopped_once_and_said_why_for_a_day(ledger, lab):
     clock.now += 86400  # a day on: gone
     clock.run(TICK)
     assert clock.reclaim.warnings() == {}
+
+
+def test_a_run_the_user_stopped_herself_is_not_said_to_be_reclaimed(ledger, lab):
+    """The grace is over, but the run ended between the tick's listing and the stop (the
+    source stops nothing and says so): no stop is recorded and the home page does not say
+    reclaim stopped it."""
+    session = gpu_session("alice")
+    lab.sessions = [session]
+    lab.ended = {session.consumer}
+    clock = Clock(ledger, site(), lab)
+    clock.run(960)
+    assert lab.stopped == [] and ledger.stops("alice") == []
+    (warning,) = clock.reclaim.warnings("alice").values()
+    assert warning.stopped_at is None
 
 
 def test_off_by_default(ledger, lab):
