@@ -111,11 +111,10 @@ class Hub(Section):
     # a hub restart or upgrade drops no connection; the hub reads their shared token from
     # $CONFIGPROXY_AUTH_TOKEN. False: the hub starts the proxy as its child (`make up`).
     separate_proxy: bool = False
-    # How long the proxy keeps a client's idle keep-alive connection open. Longer than the
-    # gaps clients leave between requests (a Lab's 30 s polls, a script's API calls, a
-    # browser keeps an idle connection up to 115-300 s), so the client closes first and
-    # never reuses a connection the proxy is closing as the request goes out (with Node's
-    # default, 5 s, that lost requests under load: docs/benchmarks.md, keep-alive).
+    # How long the proxy keeps a client's idle keep-alive connection open. Longer than a
+    # browser keeps one (Chromium: 300 s) and than a Lab's 30 s polls, so the client closes
+    # first and never sends on a connection the proxy is closing (with Node's default, 5 s,
+    # such requests got no answer under load: docs/benchmarks.md, the proxy's keep-alive).
     proxy_keep_alive_seconds: int = Field(330, ge=1, le=3600)
 
     # The address people open. User servers and apps get an origin of their own below it,
