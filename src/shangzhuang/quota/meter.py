@@ -3,7 +3,7 @@
 Sources of usage plug in through `UsageSource` (quota/sources.py): Lab sessions and Voila
 apps from the hub API, Slurm jobs from squeue (and, once they end, from Slurm's
 accounting). A source lists what runs and can stop a consumer. Charges go to the
-ledger's journal; each tick also posts a slice of it.
+ledger's journal; after each tick a slice of it is posted (`Meter.between_ticks`).
 """
 
 from __future__ import annotations
@@ -80,11 +80,15 @@ class TickReport:
     settle_seconds: float = 0.0
     held: int = 0  # queued work held at zero, and released once the balance pays again
     released: int = 0
-    posted: int = 0  # journal rows this tick posted to the history
+    seconds: float = 0.0  # the whole tick
+    # After the tick, in a thread (Meter.between_ticks): posting, downsampling, the WAL copy
+    posted: int = 0  # journal rows posted to the history
     post_seconds: float = 0.0
-    seconds: float = 0.0  # the whole tick, posting included
+    merged: int = 0  # raw GPU readings past 24 h merged into hourly rows
+    tidy_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
     sampled: int = 0  # GPU sessions whose utilisation this tick read (quota/utilisation.py)
-    sample_seconds: float = 0.0  # reading it, recording and downsampling the history
+    sample_seconds: float = 0.0  # reading it and recording it
     # GPU-hours of this tick's readings under utilisation.IDLE_PERCENT, per account
     idle_gpu_hours: dict[str, float] = field(default_factory=dict)
     reclaim: ReclaimReport | None = None  # idle GPU sessions warned, cleared, stopped
@@ -111,6 +115,7 @@ class Meter:
         self._posted_to = ""  # the last user posted: the next slice starts after them
         self.sample_seconds = sample_seconds  # the interval: what one GPU reading stands for
         self._sampled_at: float | None = None
+        self._ticked: tuple[float, int] | None = None  # the last tick's time, users running
 
     async def tick(self, now: float | None = None) -> TickReport:
         t0 = time.perf_counter()
@@ -184,23 +189,44 @@ class Meter:
             except Exception as e:
                 log.warning("usage source %s could not hold or release work: %s", source.name, e)
 
-        t1 = time.perf_counter()
-        size = max(1, math.ceil(len({r.user for r in seen.values()}) / self.post_slices))
+        self._ticked = (now, len({r.user for r in seen.values()}))
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def between_ticks(self, report: TickReport | None = None) -> None:
+        """What the quota service runs after each tick, in a thread off its event loop
+        (service.run_meter): post the next slice of the journal to the charges, merge a few
+        sessions' hour of GPU readings past 24 h into hourly rows (utilisation.tidy), and
+        copy the WAL back into the database file (Ledger.checkpoint). Bookkeeping that must
+        go on, but at no given instant: out of the tick, which the loop waits on (issue 15).
+        Each step is its own transaction: a crash between them leaves the journal rows
+        where every read finds them and the readings to merge at the next round.
+        REPORT (the tick's): gets what was posted and merged, and the time it took."""
+        report = report if report is not None else TickReport()
+        now, running = self._ticked if self._ticked is not None else (time.time(), 0)
+        t0 = time.perf_counter()
+        size = max(1, math.ceil(running / self.post_slices))
         users = self.ledger.journal_users(after=self._posted_to, limit=size)
         if len(users) < size:  # past the last name: round again from the first
             users += self.ledger.journal_users(limit=size - len(users))
         self._posted_to = users[-1] if users else ""
         report.posted = self.ledger.post(sorted(set(users)))
-        report.post_seconds = time.perf_counter() - t1
-        report.seconds = time.perf_counter() - t0
-        return report
+        t1 = time.perf_counter()
+        report.post_seconds = t1 - t0
+        with self.ledger._write() as conn:
+            report.merged, _ = utilisation.tidy(conn, now)
+        t2 = time.perf_counter()
+        report.tidy_seconds = t2 - t1
+        self.ledger.checkpoint()
+        report.checkpoint_seconds = time.perf_counter() - t2
 
     async def _read_gpus(
         self, seen: dict[str, Running], now: float, charged_to: dict[str, str],
         idle: dict[str, float], known: dict[str, tuple[str, float]] | None = None,
     ) -> int:  # fmt: skip
         """Record the GPU sessions' utilisation, read by their sources (NVML on the node,
-        Slurm's accounting: never the sessions themselves), and tidy its history. Adds the
+        Slurm's accounting: never the sessions themselves); its history is tidied between
+        ticks (`between_ticks`). Adds the
         idle GPU-hours read to `idle` per account (`charged_to`: each consumer's). KNOWN:
         the ledger's (account, gpu_rate) of consumers read this tick."""
         last, self._sampled_at = self._sampled_at, now
@@ -231,7 +257,6 @@ class Meter:
                 idle[account] = idle.get(account, 0.0) + gpus * s.seconds / 3600
         with self.ledger._write() as conn:
             utilisation.record_many(conn, samples, known)
-            utilisation.tidy(conn, now)
         return len(samples)
 
     async def _enforce(self, seen: dict[str, Running], now: float) -> list[str]:

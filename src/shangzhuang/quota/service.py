@@ -506,9 +506,10 @@ async def run_meter(meter: Meter, every: float, metrics: Metrics) -> None:
             metrics.stops.inc(len(report.stopped))
             for account, hours in report.idle_gpu_hours.items():
                 metrics.idle_gpu_hours.labels(account).inc(hours)
-            # Between ticks and off the loop: the WAL the tick wrote goes to the database
-            # file (~2,000 pages at 1,000 GPU sessions), not in the next tick's commit.
-            await asyncio.to_thread(meter.ledger.checkpoint)
+            # Between ticks and off the loop: the journal's next slice posted, old GPU
+            # readings merged, and the WAL the tick wrote (~2,000 pages at 1,000 GPU
+            # sessions) copied to the database file, not in the next tick's commit.
+            await asyncio.to_thread(meter.between_ticks, report)
         except Exception:
             log.exception("meter tick failed")
         await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))

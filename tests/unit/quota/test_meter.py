@@ -277,15 +277,18 @@ def test_a_restarted_meter_charges_from_the_marks(ledger, source, meter, engines
 
 
 def test_each_tick_posts_the_next_slice_of_users(ledger, source):
-    """Four users, 2 slices: each tick posts the journal rows of the next 2 users by name,
-    round and round, so every user's rows reach the history every other tick; nothing is
-    lost or charged twice on the way."""
+    """Four users, 2 slices: after each tick (between ticks, as the service runs it) the
+    journal rows of the next 2 users by name are posted, round and round, so every user's
+    rows reach the history every other tick; nothing is lost or charged twice on the way.
+    The tick itself posts nothing (issue 15: bookkeeping off the event loop)."""
     meter = Meter(ledger, [source], grace_seconds=GRACE, post_slices=2)
     for user in ("erin", "dave", "fay", "gus"):
         source.start(user, T0)
     posted = []
     for i in range(1, 6):
         r = tick(meter, T0 + 15 * i)
+        assert r.posted == 0 and ledger.journal_size() == (4 if i == 1 else 6)
+        meter.between_ticks(r)
         with ledger.engine.connect() as conn:
             posted.append(sorted(set(conn.scalars(select(Charge.user)))))
         assert r.posted == (2 if i == 1 else 4)  # one row per tick per user (cpu only)
@@ -294,6 +297,30 @@ def test_each_tick_posts_the_next_slice_of_users(ledger, source):
     assert len(ledger.usage()) == 20
     for user in ("dave", "erin", "fay", "gus"):
         assert used(ledger, user, T0 + 75) == pytest.approx(75 / H)
+
+
+def test_old_gpu_readings_are_merged_between_ticks_not_in_them(ledger, source, meter):
+    """Downsampling the GPU readings past 24 h (utilisation.tidy) runs between ticks, with
+    the posting and the WAL copy (Meter.between_ticks, in a thread in the service): the
+    tick leaves them raw, the round after it merges them into one row per hour."""
+    from shangzhuang.quota import utilisation
+
+    now = T0 + 2 * 86400
+    hour = (now - utilisation.RAW_SECONDS) // H * H - 2 * H  # a whole hour past 24 h
+    with ledger._write() as conn:
+        for k in range(240):
+            utilisation.record(conn, "lab:old/@1", "old", hour + 15 * k, 5.0 + k % 3)
+
+    def rows() -> int:
+        with ledger._read() as conn:
+            return len(utilisation.recent(conn, "lab:old/@1", hour))
+
+    source.start("dave", now - 60)
+    r = tick(meter, now)
+    assert (r.merged, rows()) == (0, 240)
+    meter.between_ticks(r)
+    assert (r.merged, rows()) == (240, 1)
+    assert r.tidy_seconds > 0 and r.checkpoint_seconds > 0
 
 
 def test_a_consumer_the_hub_opens_while_the_sources_answer_is_not_closed(ledger, source, meter):
