@@ -185,7 +185,7 @@ signups_per_address_per_hour = {signups_per_hour}
         self.preexec = interruptible  # what runs in the hub's process before `shangzhuang up`
 
     # --- lifecycle -------------------------------------------------------------------
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 120) -> None:
         env = dict(os.environ)
         env.pop("SHANGZHUANG_ADMIN_PASSWORD", None)
         if self.admin_password:
