@@ -1,7 +1,7 @@
 """GPU utilisation sampling's cost per meter tick, with 1,000 GPU sessions.
 
     .venv/bin/python bench/gpu_utilisation.py [--sessions 1000] [--ticks 40] [--history-hours 2]
-        [--no-write] [--profile FILE]
+        [--no-write] [--profile FILE] [--contend N]
 
 There is no GPU here: NVML is the test suite's stand-in `pynvml` (tests/integration/
 pynvml_standin/pynvml.py), one stand-in GPU per session, so the figures are the
@@ -19,7 +19,8 @@ spawner state, as JupyterHub's API lists them to the quota service.
    loaded machine) and its time waiting for a CPU (/proc/thread-self/schedstat). After
    each tick, timed apart, what the quota service runs between ticks in a thread off its
    event loop (`Meter.between_ticks`: posting a slice of the journal, `utilisation.tidy`,
-   the WAL copy). --profile FILE: cProfile of the ticks.
+   the WAL copy). --profile FILE: cProfile of the ticks. --contend N: the ticks share one
+   CPU with N busy processes (a stand-in for a loaded machine, the same for every run).
 3. The hourly downsampling: one clock hour of raw readings of every session, past 24 h,
    merged by one `utilisation.tidy` (what the first version did once an hour).
 
@@ -129,6 +130,20 @@ def waited_ms() -> float:
         return float("nan")
 
 
+def contend(n: int) -> list:
+    """Pin this process to one CPU with N busy processes beside it: a controlled stand-in
+    for a loaded machine (the bench gets 1/(N+1) of a CPU, as at load 2(N+1) on 2 cores),
+    the same for the code before and after a change. Returns the processes to kill."""
+    import subprocess
+
+    if n <= 0:
+        return []
+    cpu = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    spin = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
+    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
+
+
 def timed_parts() -> dict[str, list[float]]:
     """Time the GPU readings (`Meter._read_gpus`) and their three steps inside the meter's
     ticks: wall ms per call under NAME, CPU ms (this process) under NAME_cpu."""
@@ -179,6 +194,11 @@ def main() -> None:
     ap.add_argument("--history-hours", type=float, default=2)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--profile", metavar="FILE", help="write cProfile stats of the ticks here")
+    ap.add_argument(
+        "--contend", type=int, default=0, metavar="N",
+        help="during the ticks, share one CPU with N busy processes (a process at load "
+        "2 (N + 1) on 2 cores gets as much: 2 -> ~6)",
+    )  # fmt: skip
     args = ap.parse_args()
     n = args.sessions
 
@@ -230,6 +250,7 @@ def main() -> None:
     log(f"merged {whole:,} rows at once in {tidy_ms:.0f} ms (rolled back)")
 
     ticks, samples, cpu, copies, waits = [], [], [], [], []
+    busy = contend(args.contend)
     gc.freeze()  # as the quota service does once started (quota/service.py)
     parts = timed_parts()
     profile = None
@@ -258,6 +279,9 @@ def main() -> None:
         t, c = time.perf_counter(), time.process_time()
         between(report) if between else ledger.checkpoint()
         copies.append((1000 * (time.perf_counter() - t), 1000 * (time.process_time() - c)))
+    for p in busy:
+        p.kill()
+        p.wait()
     if profile:
         profile.dump_stats(args.profile)
     with ledger._read() as conn:
