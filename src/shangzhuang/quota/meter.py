@@ -108,9 +108,9 @@ class Meter:
         self.reclaim = reclaim  # idle GPU reclaim (quota/reclaim.py), when the site has it
         self.sources = {s.name: s for s in sources}
         self.grace = grace_seconds
-        # Each tick posts the journal rows of the next 1/post_slices of the users (in name
-        # order, round and round): each user's rows wait about that many ticks and then fill
-        # index pages together, and no tick posts them all at once.
+        # After each tick the journal rows of the next 1/post_slices of the users (in name
+        # order, round and round) are posted: each user's rows wait about that many ticks and
+        # then fill index pages together, and no round posts them all at once.
         self.post_slices = post_slices
         self._posted_to = ""  # the last user posted: the next slice starts after them
         self.sample_seconds = sample_seconds  # the interval: what one GPU reading stands for

@@ -14,7 +14,7 @@ Bounded size (the table `gpu_samples`, one row per consumer per sample):
 - rows older than KEEP_SECONDS (400 days) are deleted.
 So the table holds at most 24 h x 3,600 / sample_seconds rows per session running in the
 last day, plus one per session-hour of the last 400 days. `tidy` does both, a few hours
-of history at a time, from the meter's tick. Beside it, `gpu_account_hours` keeps each
+of history at a time, after each meter tick. Beside it, `gpu_account_hours` keeps each
 account's GPU-seconds read and idle per hour (the estate's figure), also for 400 days.
 
 `record`, `recent` and `idle_for` take a connection of the ledger's engine inside a
@@ -202,8 +202,9 @@ def tidy(conn: Connection, now: float) -> tuple[int, int]:
     """Downsample the raw readings older than RAW_SECONDS to hourly rows, a few sessions'
     hour at a time (SESSIONS_PER_TIDY; more while it is behind), and delete rows older than
     KEEP_SECONDS. Merging an hour of 1,000 sessions at once held the database for seconds
-    (bench/gpu_utilisation.py); a slice per tick keeps each tick short, and keeps up with
-    SESSIONS_PER_TIDY x 3,600 / quota.sample_seconds GPU sessions (1,920 at 15 s).
+    (bench/gpu_utilisation.py); a slice after each meter tick (Meter.between_ticks) keeps
+    each short, and keeps up with SESSIONS_PER_TIDY x 3,600 / quota.sample_seconds GPU
+    sessions (1,920 at 15 s).
     Returns (raw rows merged, rows deleted)."""
     cutoff = math.floor((now - RAW_SECONDS) / BUCKET_SECONDS) * BUCKET_SECONDS
     mark = conn.execute(select(Watermark.value).where(Watermark.name == DOWNSAMPLED)).scalar()
