@@ -23,8 +23,9 @@ from subprocess import Popen, SubprocessError
 import batchspawner
 from jupyterhub.spawner import LocalProcessSpawner, Spawner, SpawnException, set_user_setuid
 from jupyterhub.utils import random_port
+from sqlalchemy import inspect
 from tornado import web
-from traitlets import Bool, Instance, Integer, List, Unicode, default
+from traitlets import Bool, Float, Instance, Integer, List, Unicode, default
 
 from shangzhuang.hub import N_, form, unix
 from shangzhuang.hub.containment import (
@@ -225,22 +226,32 @@ class WorkbenchSpawner(Spawner):
 
     _closing: asyncio.Event | None = None  # set once the close was tried
 
+    # When the hub began stopping the session (alive then), kept in the database before the
+    # Lab is signalled: a hub killed mid-stop (its exact close never sent) leaves it for
+    # the restarted hub, which finds the session dead and charges up to it.
+    stop_began = Float(0.0)
+
     def close_consumer(self, stopped_now: bool) -> None:
-        """Stopped by the hub: charge up to now. Found dead: up to the meter's last mark."""
+        """Stopped by the hub: charge up to now. Found dead: up to where a stop the hub
+        began before it died (stop_began), else to the meter's last mark."""
         if self.consumer and self.quota is not None:
-            end = time.time() if stopped_now else None
+            end = time.time() if stopped_now else (self.stop_began or None)
             self._closing = self.quota.close(Consumer.parse(self.consumer), end)
         self.consumer = ""
+        self.stop_began = 0.0
 
     # --- state: the ledger's consumer survives a hub restart ---------------------------
     def load_state(self, state):
         super().load_state(state)
         self.consumer = state.get("consumer", "")
+        self.stop_began = state.get("stop_began", 0.0)
 
     def get_state(self):
         state = super().get_state()
         if self.consumer:
             state["consumer"] = self.consumer
+            if self.stop_began:
+                state["stop_began"] = self.stop_began
         return state
 
     _stopping = False
@@ -249,6 +260,15 @@ class WorkbenchSpawner(Spawner):
         """The session stopped or was found dead: close its metering."""
         super().clear_state()
         self.close_consumer(stopped_now=self._stopping)
+
+    def _save_state(self) -> None:
+        """The state in the hub's database now, as JupyterHub saves it after a start (in
+        the session its row belongs to: Spawner.db is deprecated)."""
+        row = inspect(self.orm_spawner, raiseerr=False)  # None: not a database row
+        db = row.session if row is not None else None
+        if db is not None:
+            self.orm_spawner.state = self.get_state()
+            db.commit()
 
     # The backend's JupyterHub spawner (after this class in the MRO) starts and polls.
     async def start(self):
@@ -260,6 +280,9 @@ class WorkbenchSpawner(Spawner):
     async def stop(self, now=False):
         # Alive until we stop it: its end is exact. Already dead: the meter's mark stands.
         self._stopping = (await self.poll()) is None
+        if self._stopping and self.consumer:
+            self.stop_began = time.time()
+            self._save_state()
         try:
             await super().stop(now=now)
         finally:
