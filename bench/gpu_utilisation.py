@@ -100,14 +100,16 @@ Waiting: runnable, not running (schedstat). Quiet: 06:12-06:17 UTC, load average
 1/3 CPU: `--contend 2` (the ticks pinned to one CPU beside 2 busy processes, as a process
 fares at load ~6 on 2 cores), 06:19-06:21, load 0.8-2.1. One run each at other shares
 (06:23-06:25, load 2.6-3.5), tick wall p50 / p99: half a CPU (`--contend 1`, load ~4) 158 /
-255 -> 91 / 106 ms; a quarter (`--contend 3`, load ~8) 353 / 575 -> 179 / 231 ms. The goal
-(p99 under 200 ms) is met at a third of a CPU and more, not at a quarter: what is left per
-tick is ~45-53 ms of CPU, charging 17.5 (8 of it SQLite writing 2,000 journal rows, 2,002
-totals and 1,000 marks; most of the rest binding the 1,000 session ids into each of its 8
-statements), GPU readings 15 (stand-in NVML 5; the gpu_samples INSERT 7, a B-tree descent
-and a leaf page per session), enforcement 6, the listing 5. A root hub on the local backend
-runs the quota service in its own cgroup at the highest CPU weight (issue 16), where it
-waits less for a CPU than this bench at the same load (not measured here).
+255 -> 91 / 106 ms; a quarter (`--contend 3`, load ~8) 353 / 575 -> 179 / 231 ms. On the
+machine as others' suites left it (no `--contend`, 06:33-06:38, load 4.4-9.4, two runs
+each): wall p50 88-115 -> 48-50 ms, p99 270-328 -> 64-178 ms. The goal (p99 under 200 ms) is
+met at a third of a CPU and more, not at a quarter: what is left per tick is ~45-53 ms of
+CPU, charging 17.5 (8 of it SQLite writing 2,000 journal rows, 2,002 totals and 1,000 marks;
+most of the rest binding the 1,000 session ids into each of its 8 statements), GPU readings
+15 (stand-in NVML 5; the gpu_samples INSERT 7, a B-tree descent and a leaf page per
+session), enforcement 6, the listing 5. A root hub on the local backend runs the quota
+service in its own cgroup at the highest CPU weight (issue 16), where it waits less for a
+CPU than this bench at the same load (not measured here).
 Not done: a buffer of readings written in slices (each session's readings every 4th tick, 4
 at a time), prototyped at 06:22 (load 2-3.6, two runs each): WAL frames per tick 2,421 ->
 1,566 and the WAL copy between ticks 11 -> 7.5 ms CPU, but the tick's CPU within the noise
