@@ -36,8 +36,9 @@ manager with Restart=always would), the quota ledger (SQLite) locked by a `BEGIN
 IMMEDIATE` held 20 s, and PostgreSQL (the ledger's database, tests/postgres.py) restarted.
 A prober asks the hub (/hub/health) and the quota API (/me) every 0.25 s: how long each
 was down. Afterwards the ledger is checked against the sessions' true running times:
-each user's charged cpu_hours (usage API) against 2 cores x (stop - the hub's `started`),
-and no two charges of one session overlap (counted twice).
+each user's charged cpu_hours (usage API) against 2 cores x (the end of the session's Lab
+process, seen by this script every 0.2 s - the hub's `started`), and no two charges of
+one session overlap (counted twice).
 
 Prints the tables and writes them to docs/benchmarks.md (section
 "## Load: fifty users at once, and faults (bench/load.py)"; other sections are kept).
@@ -162,6 +163,67 @@ class Memory:
                 pass
 
 
+class LabLifetimes:
+    """When each user's Lab process ran (the one the hub's spawner started: a child of the
+    hub running src/shangzhuang/session.py, which execs jupyterhub-singleuser), seen from
+    this process every 0.2 s, also after a hub's restart re-parented it: the sessions'
+    true running times for the ledger check, whatever the load client's stalls.
+    `last_alive` never comes after the process's end and `gone` never before it (a late
+    look only widens that bracket); a zombie (dead, not yet reaped) counts as gone."""
+
+    EVERY = 0.2
+
+    def __init__(self, hub_pid):
+        self.hub_pid = hub_pid  # a callable, as Memory's
+        self.labs: dict[str, dict] = {}  # user: {pid, last_alive, gone}
+        self._procs: dict[str, psutil.Process] = {}
+        self._others: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.EVERY):
+            pid = self.hub_pid()
+            try:
+                children = psutil.Process(pid).children() if pid else []
+            except psutil.Error:
+                children = []
+            known = {q.pid for q in self._procs.values()} | self._others
+            for p in children:
+                if p.pid in known:
+                    continue
+                try:
+                    cmd = " ".join(p.cmdline())  # session.py execs the Lab: same pid
+                    if "session.py" not in cmd and "jupyterhub-singleuser" not in cmd:
+                        if role(p, 0) not in ("sessions", "hub"):  # (a forked Lab: not
+                            self._others.add(p.pid)  # yet exec'd) the proxy, the services
+                        continue
+                    user = p.environ().get("JUPYTERHUB_USER")
+                except psutil.Error:
+                    continue
+                if user and user not in self._procs:  # one Lab per user's journey
+                    self._procs[user] = p
+                    self.labs[user] = {"pid": p.pid, "last_alive": None, "gone": None}
+            for user, p in list(self._procs.items()):
+                lab = self.labs[user]
+                if lab["gone"] is not None:
+                    continue
+                before = time.time()  # alive at the look: alive then; dead: dead after it
+                try:
+                    alive = p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                except psutil.Error:
+                    alive = False
+                if alive:
+                    lab["last_alive"] = before
+                elif lab["last_alive"] is not None:
+                    lab["gone"] = time.time()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
 # --- the hub's event loop lag ----------------------------------------------------------
 def loop_histogram(url: str, token: str | None) -> dict[float, float]:
     """Cumulative bucket counts of jupyterhub_event_loop_interval_seconds, by upper bound."""
@@ -250,6 +312,7 @@ class Workbench:
             )
         self.url = self.hub.url
         self.memory: Memory | None = None
+        self.labs: LabLifetimes | None = None
 
     def pid(self) -> int | None:
         return self.hub.proc.pid if self.hub.proc else None
@@ -257,6 +320,7 @@ class Workbench:
     def start(self, names: list[str]) -> None:
         self.hub.start()
         self.memory = Memory(self.pid)
+        self.labs = LabLifetimes(self.pid)
         admin = self.hub.login(ADMIN, self.hub.password_of_admin())
         for name in names:  # signed up, and approved by the admin on /hub/authorize
             self.hub.signup(name, PASSWORD)
@@ -299,6 +363,8 @@ class Workbench:
                 except Exception as e:
                     log(f"workbench cleanup: {e}")
         finally:
+            if self.labs:
+                self.labs.close()
             if self.memory:
                 self.memory.close()
                 self.memory.kill_leftovers()
@@ -485,7 +551,9 @@ def run(side, names: list[str], *, rate: float, idle: float, extras: bool,
     }  # fmt: skip
     if extras:
         result["ledger"] = ledger_check(side, journeys)
-    log(f"  {side.label}: {json.dumps({k: v for k, v in result.items() if k not in ('spawn', 'api', 'pyspy')})}")  # noqa: E501
+        result["ledger sessions"] = result["ledger"].pop("per session")  # kept with --save
+    long = ("spawn", "api", "pyspy", "ledger sessions")
+    log(f"  {side.label}: {json.dumps({k: v for k, v in result.items() if k not in long})}")
     return result
 
 
@@ -502,18 +570,46 @@ def pct(xs: list[float], q: float | None = None) -> tuple[float, float] | float:
 
 
 def ledger_check(wb: Workbench, journeys: list[dict]) -> dict:
-    """Each finished session's charged cpu_hours against 2 cores x its running time."""
-    diffs, overlaps, missing = [], 0, 0
+    """Each finished session's charged cpu_hours against 2 cores x its true running time:
+    from the hub's `started` (where its metering starts, README "Quota") to the end of
+    its Lab process (LabLifetimes), which lies between the last look that saw it alive
+    and the first that saw it gone. Per session, charged - ran is then within
+    [charged - (gone - started), charged - (last alive - started)]: `most under` is the
+    lowest upper end (below 0: charge lost for certain, at least that much), `most over`
+    the highest lower end (above 0: charged for time after the process's end, at least
+    that much). The load client's own stop time is kept beside, as before."""
+    deadline = time.time() + 5  # the last stops' processes: one more look or two
+    while time.time() < deadline and any(
+        lab["gone"] is None for lab in wb.labs.labs.values()
+    ):  # fmt: skip
+        time.sleep(0.2)
+    under, over, client, brackets, overlaps, missing = [], [], [], [], 0, 0
+    per_session = {}
     for j in journeys:
-        if not (j["started"] and j["stopped"]):
+        lab = wb.labs.labs.get(j["name"])
+        if not (j["started"] and lab and lab["last_alive"] and lab["gone"]):
             missing += 1
             continue
-        check = charged_vs_ran(wb.usage(j["name"]), j["started"], j["stopped"], CORES)
-        diffs.append(check["diff"])
-        overlaps += check["overlaps"]
+        usage = wb.usage(j["name"])
+        hi = charged_vs_ran(usage, j["started"], lab["last_alive"], CORES)
+        lo = charged_vs_ran(usage, j["started"], lab["gone"], CORES)
+        under.append(hi["diff"])
+        over.append(lo["diff"])
+        brackets.append(lab["gone"] - lab["last_alive"])
+        overlaps += hi["overlaps"]
+        if j["stopped"]:
+            client.append(charged_vs_ran(usage, j["started"], j["stopped"], CORES)["diff"])
+        per_session[j["name"]] = {
+            "started": j["started"], "last alive": lab["last_alive"], "gone": lab["gone"],
+            "client stop": j["stopped"], "charges": usage,
+        }  # fmt: skip
     return {
-        "sessions": len(diffs), "unchecked": missing, "overlapping charges": overlaps,
-        "min diff s": min(diffs, default=0.0), "max diff s": max(diffs, default=0.0),
+        "sessions": len(under), "unchecked": missing, "overlapping charges": overlaps,
+        "most under s": min(under, default=0.0), "most over s": max(over, default=0.0),
+        "bracket s": max(brackets, default=0.0),
+        "client min diff s": min(client, default=0.0),
+        "client max diff s": max(client, default=0.0),
+        "per session": per_session,
     }  # fmt: skip
 
 
@@ -621,7 +717,8 @@ def fault_table(results: list[dict]) -> str:
         "| fault | brought back by (the fault's own s) | hub down s | quota API down s "
         "| slowest good answer s: hub / quota API | failed requests (kinds) over s "
         "| journeys complete "
-        "| ledger: charged - ran, s (min / max) | charges counted twice |",
+        "| ledger: charged - ran, s: most under / most over (widest bracket; by the "
+        "client's stop: min) | charges counted twice |",
         "|---|---|---:|---:|---|---|---:|---|---:|",
     ]
     for r in results:
@@ -633,7 +730,12 @@ def fault_table(results: list[dict]) -> str:
             f"{r['down'].get('quota API', 0):.1f} | {r['slowest'].get('hub', 0):.2f} / "
             f"{r['slowest'].get('quota API', 0):.2f} | {r['failed']} ({kinds}) over "
             f"{r['failed span']:.1f} | {r['journeys ok']}/{r['users']} | "
-            f"{led['min diff s']:+.1f} / {led['max diff s']:+.1f}"
+            + (
+                f"{led['most under s']:+.1f} / {led['most over s']:+.1f} (bracket "
+                f"{led['bracket s']:.1f}; client's stop: {led['client min diff s']:+.1f})"
+                if "most under s" in led  # runs kept before the Labs were watched: the
+                else f"client's stop: {led['min diff s']:+.1f} / {led['max diff s']:+.1f}"
+            )  # client's stop alone
             + (f" ({led['unchecked']} unchecked)" if led["unchecked"] else "")
             + f" | {led['overlapping charges']} |"
         )
@@ -786,8 +888,14 @@ def report(args, sides, faulted, uptime, uptime_end, elapsed) -> str:
             "Injected once every user has run their cell and idles. Down s: the longest "
             "span the prober (every 0.25 s, 5 s timeout) saw /hub/health or the quota API's "
             "/me fail; slowest: its slowest answer that came. "
-            "Ledger: per session, charged cpu_hours / 2 cores x 3600 minus (stop - the hub's "
-            "`started`), in seconds; 'counted twice': overlapping charges of one session.",
+            "Ledger: per session, charged cpu_hours / 2 cores x 3600 minus its true running "
+            "time, in seconds: from the hub's `started` (where metering starts) to the end of "
+            "its Lab process, which the bench saw every 0.2 s (between the last look that saw "
+            "it alive and the first that saw it gone: the bracket). Most under: the lowest "
+            "charged - (last alive - started), below 0 a charge lost for certain; most over: "
+            "the highest charged - (gone - started), above 0 time charged after the Lab's end. "
+            "Beside it, as measured before, against the load client's own stop time (late by "
+            "the client's stalls). 'Counted twice': overlapping charges of one session.",
             "", fault_table(faulted), "",
         ]  # fmt: skip
         for r in faulted:
