@@ -7,7 +7,9 @@ What happens when the quota service does not answer (README, "Quota"):
 - starting and stopping a session's metering is delivered later (fail open, no charge
   lost): the calls wait in order in this process and are retried until answered; should
   the hub stop before that, the meter opens what runs from the hub's own start time and
-  closes what vanished at its last mark (at most one sampling interval unbilled);
+  closes what vanished at its last mark (at most one sampling interval unbilled); a hub
+  killed mid-stop (before its close was sent) leaves the stop's beginning in the spawner's
+  state, and the restarted hub charges up to it (hub/spawners.py, close_consumer);
 - a login goes ahead (the spawn sets the user's account again);
 - deleting a user is refused, changing nothing, so a new user of the same name never
   inherits the old one's usage;
